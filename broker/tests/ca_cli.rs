@@ -1,0 +1,270 @@
+//! The `attache-broker ca` commands as a user runs them, checked with openssl.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn broker(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attache-broker"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A failure is one line on stderr, a non-zero exit, and never a panic.
+fn assert_clean_failure(o: &Output, expect: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {}", text(o));
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(expect), "expected {expect:?} in {err}");
+}
+
+#[test]
+fn init_issue_show_round_trip_with_an_openssl_csr() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_dir = d.join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    let o = broker(&["ca", "init", "--dir", ca, "--common-name", "test CA"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("trust anchor"), "{}", text(&o));
+    let mode = std::fs::metadata(ca_dir.join("ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Refuses to overwrite without --force, and leaves the CA untouched.
+    let before = std::fs::read(ca_dir.join("ca.pem")).unwrap();
+    assert_clean_failure(&broker(&["ca", "init", "--dir", ca]), "already exists");
+    assert_eq!(std::fs::read(ca_dir.join("ca.pem")).unwrap(), before);
+
+    let o = openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf-key.pem",
+            "-subj",
+            "/CN=whatever",
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = broker(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--csr",
+        d.join("leaf.csr").to_str().unwrap(),
+        "--namespace",
+        "team-a",
+        "--service-account",
+        "uploader",
+        "--trust-domain",
+        "prod.example.com",
+        "--out",
+        d.join("leaf.pem").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = openssl(d, &["verify", "-CAfile", "ca/ca.pem", "leaf.pem"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+    );
+    assert!(
+        text(&o).contains("URI:spiffe://prod.example.com/ns/team-a/sa/uploader"),
+        "{}",
+        text(&o)
+    );
+
+    // Without --out the PEM goes to stdout.
+    let o = broker(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca,
+        "--csr",
+        d.join("leaf.csr").to_str().unwrap(),
+        "--namespace",
+        "a",
+        "--service-account",
+        "b",
+    ]);
+    assert!(
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).starts_with("-----BEGIN CERTIFICATE-----")
+    );
+
+    let o = broker(&["ca", "show", "--dir", ca]);
+    assert!(o.status.success(), "{}", text(&o));
+    let fp = openssl(
+        d,
+        &[
+            "x509",
+            "-in",
+            "ca/ca.pem",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ],
+    );
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .trim()
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let shown = text(&o);
+    assert!(shown.contains(&fp), "{shown} lacks {fp}");
+    assert!(
+        shown.contains("ecdsa-p256") && shown.contains("CN=test CA"),
+        "{shown}"
+    );
+
+    // --force replaces it.
+    let o = broker(&[
+        "ca",
+        "init",
+        "--dir",
+        ca,
+        "--force",
+        "--key-type",
+        "ecdsa-p384",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(std::fs::read(ca_dir.join("ca.pem")).unwrap(), before);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = d.join("ca");
+    let ca = ca.to_str().unwrap();
+    assert!(broker(&["ca", "init", "--dir", ca]).status.success());
+    let issue = |csr: &str, ns: &str| {
+        broker(&[
+            "ca",
+            "issue",
+            "--dir",
+            ca,
+            "--csr",
+            d.join(csr).to_str().unwrap(),
+            "--namespace",
+            ns,
+            "--service-account",
+            "sa",
+        ])
+    };
+
+    let o = openssl(
+        d,
+        &[
+            "req", "-new", "-newkey", "rsa:1024", "-nodes", "-keyout", "k.pem", "-subj", "/CN=x",
+            "-out", "weak.csr",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_clean_failure(&issue("weak.csr", "ns"), "RSA-1024, too weak");
+
+    let o = openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "k2.pem",
+            "-subj",
+            "/CN=x",
+            "-outform",
+            "DER",
+            "-out",
+            "ok.der",
+        ],
+    );
+    assert!(o.status.success());
+    let mut der = std::fs::read(d.join("ok.der")).unwrap();
+    let n = der.len();
+    der[n - 3] ^= 0x55;
+    std::fs::write(d.join("corrupt.csr"), der).unwrap();
+    assert_clean_failure(&issue("corrupt.csr", "ns"), "signature does not verify");
+
+    std::fs::write(d.join("garbage.csr"), b"\x00\x01garbage bytes").unwrap();
+    assert_clean_failure(&issue("garbage.csr", "ns"), "malformed CSR");
+
+    assert_clean_failure(&issue("ok.der", "Bad_NS"), "invalid namespace");
+    assert_clean_failure(&issue("missing.csr", "ns"), "cannot read");
+    assert_clean_failure(
+        &broker(&["ca", "show", "--dir", d.join("nowhere").to_str().unwrap()]),
+        "cannot read",
+    );
+    // Unknown key type: clap reports it (usage error, exit 2), still no panic.
+    let o = broker(&[
+        "ca",
+        "init",
+        "--dir",
+        d.join("x").to_str().unwrap(),
+        "--key-type",
+        "dsa",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("unknown key type"),
+        "{}",
+        text(&o)
+    );
+    let o = broker(&[
+        "ca",
+        "init",
+        "--dir",
+        d.join("x").to_str().unwrap(),
+        "--validity",
+        "soon",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("invalid duration"),
+        "{}",
+        text(&o)
+    );
+}

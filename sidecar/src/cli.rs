@@ -1,0 +1,328 @@
+//! Command-line and environment configuration of `attache-sidecar`, and its
+//! validation into the parts the library runs. Every flag has an `ATTACHE_*`
+//! environment variable, which is how the broker's webhook configures it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attache_pki::KeyType;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cache::RefreshPolicy;
+use crate::certsource::{
+    BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
+};
+use crate::metrics::Metrics;
+use crate::session::{SessionClient, SessionConfig};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 15m, 30s)"))
+}
+
+fn key_type(s: &str) -> Result<KeyType, String> {
+    s.parse().map_err(|e: attache_pki::KeyError| e.to_string())
+}
+
+/// AWS credentials for this pod through IAM Roles Anywhere.
+#[derive(Debug, Parser)]
+#[command(name = "attache-sidecar", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve credentials on the loopback container-credentials endpoint.
+    Serve(ServeArgs),
+    /// Print one credential_process JSON document and exit (for ~/.aws/config).
+    CredentialProcess(SourceArgs),
+    /// Keep a profile in an AWS shared credentials file fresh.
+    Update(UpdateArgs),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (in-cluster default).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Where credentials come from: the role to assume and the certificate to use.
+#[derive(Debug, Args, Clone)]
+pub struct SourceArgs {
+    /// AWS region of Roles Anywhere (default: the trust anchor ARN's region).
+    #[arg(long, env = "ATTACHE_REGION")]
+    pub region: Option<String>,
+    /// Roles Anywhere profile ARN.
+    #[arg(long, env = "ATTACHE_PROFILE_ARN")]
+    pub profile_arn: String,
+    /// IAM role to assume.
+    #[arg(long, env = "ATTACHE_ROLE_ARN")]
+    pub role_arn: String,
+    /// Roles Anywhere trust anchor ARN.
+    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
+    pub trust_anchor_arn: String,
+    /// Session lifetime in seconds (900..43200; the profile may cap it).
+    #[arg(long, env = "ATTACHE_SESSION_DURATION", default_value_t = 3600)]
+    pub session_duration: u32,
+    /// Role session name (only if the profile accepts custom names).
+    #[arg(long, env = "ATTACHE_ROLE_SESSION_NAME")]
+    pub role_session_name: Option<String>,
+    /// Roles Anywhere endpoint override (default https://rolesanywhere.<region>.amazonaws.com).
+    #[arg(long, env = "ATTACHE_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Extra CA bundle (PEM) to trust for the Roles Anywhere endpoint, e.g. a TLS-inspecting proxy.
+    #[arg(long, env = "ATTACHE_ENDPOINT_CA_BUNDLE")]
+    pub endpoint_ca_bundle: Option<PathBuf>,
+    /// Certificate file (PEM; may hold the chain after the leaf). Use with --private-key.
+    #[arg(
+        long,
+        env = "ATTACHE_CERTIFICATE",
+        conflicts_with = "broker_url",
+        requires = "private_key"
+    )]
+    pub certificate: Option<PathBuf>,
+    /// Private key file (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, env = "ATTACHE_PRIVATE_KEY", requires = "certificate")]
+    pub private_key: Option<PathBuf>,
+    /// Intermediate certificates (PEM) sent as X-Amz-X509-Chain.
+    #[arg(long, env = "ATTACHE_INTERMEDIATES", requires = "certificate")]
+    pub intermediates: Option<PathBuf>,
+    /// attache broker URL; the certificate is requested from it with a CSR.
+    #[arg(long, env = "ATTACHE_BROKER_URL")]
+    pub broker_url: Option<String>,
+    /// CA bundle (PEM) that signed the broker's serving certificate.
+    #[arg(
+        long,
+        env = "ATTACHE_CA_BUNDLE",
+        default_value = "/var/run/secrets/attache.dev/ca/ca.pem"
+    )]
+    pub ca_bundle: PathBuf,
+    /// Projected ServiceAccount token (audience attache-broker) proving this pod's identity to the broker.
+    #[arg(
+        long,
+        env = "ATTACHE_SERVICE_ACCOUNT_TOKEN_FILE",
+        default_value = "/var/run/secrets/attache.dev/serviceaccount/token"
+    )]
+    pub service_account_token_file: PathBuf,
+    /// Key type generated for broker-issued certificates.
+    #[arg(long, env = "ATTACHE_KEY_TYPE", default_value = "ecdsa-p256", value_parser = key_type)]
+    pub key_type: KeyType,
+    /// Connect timeout for AWS and the broker.
+    #[arg(long, env = "ATTACHE_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout for AWS and the broker.
+    #[arg(long, env = "ATTACHE_REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// `serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Source of credentials.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Listen address (keep it on loopback).
+    #[arg(long, env = "ATTACHE_LISTEN", default_value = "127.0.0.1:9911")]
+    pub listen: SocketAddr,
+    /// Authorization token file (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); created with a random token if absent.
+    #[arg(
+        long,
+        env = "ATTACHE_TOKEN_FILE",
+        default_value = "/var/run/secrets/attache.dev/token"
+    )]
+    pub token_file: PathBuf,
+    /// Refresh when this fraction of the credentials' lifetime has passed.
+    #[arg(long, env = "ATTACHE_REFRESH_FRACTION", default_value_t = 0.5)]
+    pub refresh_fraction: f64,
+    /// Refresh no later than this long before expiry.
+    #[arg(long, env = "ATTACHE_REFRESH_BEFORE", default_value = "15m", value_parser = duration)]
+    pub refresh_before: Duration,
+    /// Also serve IMDSv2-compatible paths (/latest/api/token, /latest/meta-data/iam/security-credentials/).
+    #[arg(long, env = "ATTACHE_IMDS")]
+    pub imds: bool,
+}
+
+/// `update` flags.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Source of credentials.
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Shared credentials file to keep fresh.
+    #[arg(
+        long,
+        env = "ATTACHE_CREDENTIALS_FILE",
+        default_value = "~/.aws/credentials"
+    )]
+    pub credentials_file: String,
+    /// Profile (section) name to write.
+    #[arg(long, env = "ATTACHE_PROFILE", default_value = "default")]
+    pub profile: String,
+    /// Write once and exit instead of refreshing forever.
+    #[arg(long)]
+    pub once: bool,
+}
+
+impl ServeArgs {
+    /// The refresh policy these flags describe.
+    pub fn policy(&self) -> Result<RefreshPolicy, String> {
+        if !(0.05..=0.95).contains(&self.refresh_fraction) {
+            return Err(format!(
+                "invalid --refresh-fraction {}: expected 0.05..0.95",
+                self.refresh_fraction
+            ));
+        }
+        Ok(RefreshPolicy {
+            fraction: self.refresh_fraction,
+            min_before_expiry: self.refresh_before,
+            ..RefreshPolicy::default()
+        })
+    }
+}
+
+/// The validated runtime pieces.
+pub struct Setup {
+    /// CreateSession client.
+    pub client: SessionClient,
+    /// Certificate source.
+    pub certs: CertSource,
+}
+
+impl SourceArgs {
+    /// Validates everything and builds the pieces. On failure returns one line
+    /// per problem found, so a user fixes them all in one go.
+    pub fn build(&self, metrics: &Metrics) -> Result<Setup, Vec<String>> {
+        let mut problems = Vec::new();
+        let region = self
+            .region
+            .clone()
+            .or_else(|| crate::arn::arn_region(&self.trust_anchor_arn).map(str::to_string))
+            .unwrap_or_default();
+        let extra_roots_pem = match &self.endpoint_ca_bundle {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(format!(
+                        "cannot read --endpoint-ca-bundle {}: {e}",
+                        p.display()
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        let config = SessionConfig {
+            region,
+            endpoint: self.endpoint.clone(),
+            profile_arn: self.profile_arn.clone(),
+            role_arn: self.role_arn.clone(),
+            trust_anchor_arn: self.trust_anchor_arn.clone(),
+            duration_seconds: self.session_duration,
+            role_session_name: self.role_session_name.clone(),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            extra_roots_pem,
+        };
+        // Report each bad field, not only the first.
+        let checks = [
+            crate::arn::validate_region(&config.region),
+            crate::arn::validate_rolesanywhere_arn(&config.profile_arn, "profile"),
+            crate::arn::validate_rolesanywhere_arn(&config.trust_anchor_arn, "trust-anchor"),
+            crate::arn::validate_role_arn(&config.role_arn),
+        ];
+        problems.extend(
+            checks
+                .into_iter()
+                .filter_map(Result::err)
+                .map(|e| e.to_string()),
+        );
+        let client = if problems.is_empty() {
+            SessionClient::new(config)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+        } else {
+            None
+        };
+        let certs = match (&self.certificate, &self.private_key, &self.broker_url) {
+            (Some(cert), Some(key), _) => {
+                let files = FileSource::new(
+                    FileSourceConfig {
+                        certificate: cert.clone(),
+                        private_key: key.clone(),
+                        intermediates: self.intermediates.clone(),
+                    },
+                    metrics.clone(),
+                );
+                match files.load(time::OffsetDateTime::now_utc()) {
+                    Ok(_) => Some(CertSource::Files(files)),
+                    Err(e) => {
+                        problems.push(e.to_string());
+                        None
+                    }
+                }
+            }
+            (_, _, Some(url)) => BrokerSource::new(
+                BrokerSourceConfig {
+                    url: url.clone(),
+                    ca_bundle: self.ca_bundle.clone(),
+                    service_account_token: self.service_account_token_file.clone(),
+                    key_type: self.key_type,
+                    timeout: self.request_timeout,
+                },
+                metrics.clone(),
+            )
+            .map(CertSource::Broker)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
+            _ => {
+                problems.push(
+                    "no certificate source: give --certificate and --private-key, or --broker-url"
+                        .into(),
+                );
+                None
+            }
+        };
+        match (client, certs) {
+            (Some(client), Some(certs)) if problems.is_empty() => Ok(Setup { client, certs }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Sets up `tracing` output in the chosen format; `RUST_LOG` sets the level (default info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Expands a leading `~/` with `$HOME`.
+pub fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// Shared handle type of the clock used in binaries.
+pub fn system_clock() -> Arc<dyn crate::clock::Clock> {
+    Arc::new(crate::clock::SystemClock)
+}

@@ -1,0 +1,418 @@
+//! The IAM Roles Anywhere `CreateSession` client: builds, signs and sends the
+//! request, and turns AWS's reply into [`Credentials`] or a classified error.
+
+use std::time::Duration;
+
+use attache_pki::X509Signer;
+use attache_pki::signing::SERVICE_ROLESANYWHERE;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
+
+use crate::arn::{ConfigError, validate_region, validate_role_arn, validate_rolesanywhere_arn};
+use crate::credentials::Credentials;
+
+/// Largest CreateSession reply read (AWS's are about 2 KiB).
+const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+/// Where and what to ask Roles Anywhere for.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// AWS region of the Roles Anywhere endpoint and the credential scope.
+    pub region: String,
+    /// Base URL override (e.g. the emulator); default `https://rolesanywhere.<region>.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// Roles Anywhere profile ARN.
+    pub profile_arn: String,
+    /// IAM role to assume.
+    pub role_arn: String,
+    /// Trust anchor the certificate chains to.
+    pub trust_anchor_arn: String,
+    /// Requested session lifetime, 900..=43200 seconds.
+    pub duration_seconds: u32,
+    /// Optional role session name (the profile must accept it).
+    pub role_session_name: Option<String>,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Extra PEM roots to trust for the endpoint (private CA of a proxy or emulator).
+    pub extra_roots_pem: Option<String>,
+}
+
+impl SessionConfig {
+    /// Checks every field, naming the first that cannot be right.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_region(&self.region)?;
+        validate_rolesanywhere_arn(&self.profile_arn, "profile")?;
+        validate_rolesanywhere_arn(&self.trust_anchor_arn, "trust-anchor")?;
+        validate_role_arn(&self.role_arn)?;
+        if !(900..=43200).contains(&self.duration_seconds) {
+            return Err(ConfigError::Arn {
+                what: "session duration",
+                value: self.duration_seconds.to_string(),
+                expected: "900..=43200 seconds",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why CreateSession failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// AWS answered with an error.
+    #[error("Roles Anywhere refused CreateSession: {code} (HTTP {status}): {message}")]
+    Aws {
+        /// HTTP status.
+        status: u16,
+        /// AWS error type, e.g. `AccessDeniedException`.
+        code: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// The request did not complete in time.
+    #[error("CreateSession to {endpoint} timed out")]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+    },
+    /// Connection-level failure.
+    #[error("cannot reach Roles Anywhere at {endpoint}: {reason}")]
+    Transport {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A success status with a body that is not a credential set.
+    #[error("unexpected CreateSession reply: {0}")]
+    BadReply(String),
+    /// The request could not be signed.
+    #[error("cannot sign CreateSession: {0}")]
+    Signing(#[from] attache_pki::SigningError),
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl SessionError {
+    /// Whether retrying the same request may succeed (throttling, 5xx,
+    /// timeouts, connection failures); access denied and validation errors
+    /// need someone to change the configuration first.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SessionError::Aws { status, code, .. } => {
+                *status == 429 || *status >= 500 || code.contains("Throttl")
+            }
+            SessionError::Timeout { .. } | SessionError::Transport { .. } => true,
+            SessionError::BadReply(_) => true,
+            SessionError::Signing(_) | SessionError::Config(_) => false,
+        }
+    }
+
+    /// A short label for metrics: `throttled`, `server`, `denied`, `invalid`,
+    /// `timeout`, `network`, `reply`, `signing`, `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SessionError::Aws { status, code, .. }
+                if *status == 429 || code.contains("Throttl") =>
+            {
+                "throttled"
+            }
+            SessionError::Aws { status, .. } if *status >= 500 => "server",
+            SessionError::Aws { status: 403, .. } | SessionError::Aws { status: 401, .. } => {
+                "denied"
+            }
+            SessionError::Aws { .. } => "invalid",
+            SessionError::Timeout { .. } => "timeout",
+            SessionError::Transport { .. } => "network",
+            SessionError::BadReply(_) => "reply",
+            SessionError::Signing(_) => "signing",
+            SessionError::Config(_) => "config",
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSessionRequest<'a> {
+    duration_seconds: u32,
+    profile_arn: &'a str,
+    role_arn: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role_session_name: Option<&'a str>,
+    trust_anchor_arn: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSessionReply {
+    credential_set: Vec<CredentialSetEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialSetEntry {
+    credentials: WireCredentials,
+    role_arn: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCredentials {
+    access_key_id: String,
+    secret_access_key: Zeroizing<String>,
+    session_token: Zeroizing<String>,
+    expiration: String,
+}
+
+/// A reusable CreateSession client (one connection pool).
+#[derive(Clone, Debug)]
+pub struct SessionClient {
+    http: reqwest::Client,
+    config: SessionConfig,
+    url: reqwest::Url,
+    host: String,
+}
+
+impl SessionClient {
+    /// Validates `config` and builds the HTTP client. Proxies come from
+    /// `HTTPS_PROXY` / `NO_PROXY` as usual.
+    pub fn new(config: SessionConfig) -> Result<Self, SessionError> {
+        config.validate()?;
+        let base = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://rolesanywhere.{}.amazonaws.com", config.region));
+        let bad_endpoint = |why: String| {
+            SessionError::Config(ConfigError::Arn {
+                what: "Roles Anywhere endpoint",
+                value: format!("{base} ({why})"),
+                expected: "an http(s) URL such as https://rolesanywhere.us-east-1.amazonaws.com",
+            })
+        };
+        let mut url = reqwest::Url::parse(&base).map_err(|e| bad_endpoint(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad_endpoint("scheme must be http or https".into()));
+        }
+        let host_name = url
+            .host_str()
+            .ok_or_else(|| bad_endpoint("no host".into()))?
+            .to_string();
+        let host = match url.port() {
+            Some(p) => format!("{host_name}:{p}"),
+            None => host_name,
+        };
+        let path = format!("{}/sessions", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("attache-sidecar/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &config.extra_roots_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| bad_endpoint(format!("extra roots: {e}")))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| bad_endpoint(format!("HTTP client: {e}")))?;
+        Ok(SessionClient {
+            http,
+            config,
+            url,
+            host,
+        })
+    }
+
+    /// The session settings.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Calls CreateSession signed with `signer`'s certificate and key.
+    pub async fn create_session(&self, signer: &X509Signer) -> Result<Credentials, SessionError> {
+        let c = &self.config;
+        let body = serde_json::to_vec(&CreateSessionRequest {
+            duration_seconds: c.duration_seconds,
+            profile_arn: &c.profile_arn,
+            role_arn: &c.role_arn,
+            role_session_name: c.role_session_name.as_deref(),
+            trust_anchor_arn: &c.trust_anchor_arn,
+        })
+        .map_err(|e| SessionError::BadReply(e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
+        let content_type = ("Content-Type".to_string(), "application/json".to_string());
+        let signed = signer.sign(
+            "POST",
+            &self.host,
+            self.url.path(),
+            self.url.query().unwrap_or(""),
+            std::slice::from_ref(&content_type),
+            &body,
+            &c.region,
+            SERVICE_ROLESANYWHERE,
+            now,
+        )?;
+        let mut req = self
+            .http
+            .post(self.url.clone())
+            .header(&content_type.0, &content_type.1)
+            .body(body);
+        for (k, v) in &signed.headers {
+            if !k.eq_ignore_ascii_case("host") {
+                req = req.header(k, v);
+            }
+        }
+        let endpoint = self.url.to_string();
+        let map_err = |e: reqwest::Error| {
+            if e.is_timeout() {
+                SessionError::Timeout {
+                    endpoint: endpoint.clone(),
+                }
+            } else {
+                SessionError::Transport {
+                    endpoint: endpoint.clone(),
+                    reason: error_chain(&e),
+                }
+            }
+        };
+        let resp = req.send().await.map_err(map_err)?;
+        let status = resp.status().as_u16();
+        let error_type = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(':').next().unwrap_or(v).to_string());
+        let bytes = resp.bytes().await.map_err(map_err)?;
+        if bytes.len() > MAX_REPLY_BYTES {
+            return Err(SessionError::BadReply(format!(
+                "{} bytes is too large",
+                bytes.len()
+            )));
+        }
+        if !(200..300).contains(&status) {
+            let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = parsed
+                .get("message")
+                .or_else(|| parsed.get("Message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+            let code = error_type
+                .or_else(|| {
+                    parsed
+                        .get("__type")
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| format!("HTTP{status}"));
+            return Err(SessionError::Aws {
+                status,
+                code,
+                message,
+            });
+        }
+        let reply: CreateSessionReply = serde_json::from_slice(&bytes)
+            .map_err(|e| SessionError::BadReply(format!("not a credentialSet: {e}")))?;
+        let entry = reply
+            .credential_set
+            .into_iter()
+            .next()
+            .ok_or_else(|| SessionError::BadReply("empty credentialSet".into()))?;
+        let expiration = OffsetDateTime::parse(&entry.credentials.expiration, &Rfc3339)
+            .map_err(|e| SessionError::BadReply(format!("expiration: {e}")))?;
+        if expiration <= now {
+            return Err(SessionError::BadReply(format!(
+                "credentials already expired at {}",
+                entry.credentials.expiration
+            )));
+        }
+        Ok(Credentials {
+            access_key_id: entry.credentials.access_key_id,
+            secret_access_key: entry.credentials.secret_access_key,
+            session_token: entry.credentials.session_token,
+            expiration,
+            issued_at: now,
+            role_arn: entry.role_arn.unwrap_or_else(|| c.role_arn.clone()),
+        })
+    }
+}
+
+/// An error and its causes on one line (reqwest hides the root cause otherwise).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_for_retry_and_metrics() {
+        let aws = |status, code: &str| SessionError::Aws {
+            status,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(aws(429, "ThrottlingException").is_retryable());
+        assert_eq!(aws(429, "ThrottlingException").kind(), "throttled");
+        assert!(aws(400, "ThrottlingException").is_retryable());
+        assert!(aws(503, "ServiceUnavailable").is_retryable());
+        assert!(!aws(403, "AccessDeniedException").is_retryable());
+        assert_eq!(aws(403, "AccessDeniedException").kind(), "denied");
+        assert!(!aws(400, "ValidationException").is_retryable());
+        assert_eq!(aws(400, "ValidationException").kind(), "invalid");
+    }
+
+    #[test]
+    fn config_validation_names_the_bad_field() {
+        let cfg = SessionConfig {
+            region: "us-east-1".into(),
+            endpoint: None,
+            profile_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p".into(),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            trust_anchor_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/t".into(),
+            duration_seconds: 3600,
+            role_session_name: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            extra_roots_pem: None,
+        };
+        assert!(cfg.validate().is_ok());
+        let bad = SessionConfig {
+            role_arn: "arn:aws:iam::123:role/r".into(),
+            ..cfg.clone()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("role ARN"));
+        let bad = SessionConfig {
+            duration_seconds: 60,
+            ..cfg.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("session duration")
+        );
+        let bad = SessionConfig {
+            endpoint: Some("ftp://x".into()),
+            ..cfg
+        };
+        assert!(
+            SessionClient::new(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("endpoint")
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Credentials from IAM Roles Anywhere: the certificate source plus the
+//! CreateSession client, as one [`CredentialSource`] for the cache.
+
+use std::sync::Arc;
+
+use crate::cache::{CredentialSource, FetchError};
+use crate::certsource::CertSource;
+use crate::clock::Clock;
+use crate::credentials::Credentials;
+use crate::session::SessionClient;
+
+/// CreateSession signed with the current certificate.
+pub struct RolesAnywhereSource {
+    /// Where the certificate comes from.
+    pub certs: CertSource,
+    /// The CreateSession client.
+    pub client: SessionClient,
+    /// The clock used to judge certificate validity.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl CredentialSource for RolesAnywhereSource {
+    async fn fetch(&self) -> Result<Credentials, FetchError> {
+        let signer = self.certs.signer(self.clock.as_ref()).await?;
+        self.client
+            .create_session(&signer)
+            .await
+            .map_err(|e| FetchError {
+                kind: e.kind(),
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+    }
+}

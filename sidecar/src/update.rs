@@ -1,0 +1,99 @@
+//! Keeping one profile of an AWS shared credentials file fresh, for tools that
+//! read only that file. Other profiles and comments are kept as they are.
+
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::credentials::Credentials;
+
+/// Returns `existing` with profile `profile` set to `creds` (its other keys,
+/// other sections and comments untouched; the section is added if missing).
+pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroizing<String> {
+    let keys = [
+        ("aws_access_key_id", creds.access_key_id.as_str()),
+        ("aws_secret_access_key", creds.secret_access_key.as_str()),
+        ("aws_session_token", creds.session_token.as_str()),
+    ];
+    let mut out = Zeroizing::new(String::with_capacity(existing.len() + 1024));
+    let mut in_section = false;
+    let mut found = false;
+    let mut written = false;
+    let write_keys = |out: &mut String| {
+        for (k, v) in keys {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    };
+    for line in existing.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            if in_section && !written {
+                write_keys(&mut out);
+                written = true;
+            }
+            in_section = trimmed[1..trimmed.len() - 1].trim() == profile;
+            found |= in_section;
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        if in_section {
+            let key = trimmed.split('=').next().unwrap_or("").trim();
+            if keys.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if in_section && !written {
+        write_keys(&mut out);
+    }
+    if !found {
+        if !out.is_empty() && !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+        out.push_str(&format!("[{profile}]\n"));
+        write_keys(&mut out);
+    }
+    out
+}
+
+/// Writes `creds` into `profile` of the credentials file at `path`, atomically
+/// and with mode 0600.
+pub fn update_file(path: &Path, profile: &str, creds: &Credentials) -> std::io::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(s) => Zeroizing::new(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Zeroizing::new(String::new()),
+        Err(e) => return Err(e),
+    };
+    let text = set_profile(&existing, profile, creds);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    attache_pki::files::write_atomic(path, text.as_bytes(), 0o600, true)
+        .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_only_the_named_profile() {
+        let creds =
+            crate::credentials::sample(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+        let before = "# keep me\n[default]\naws_access_key_id = OLD\nregion = eu-west-1\naws_session_token = OLDTOKEN\n\n[other]\naws_access_key_id = KEEP\n";
+        let after = set_profile(before, "default", &creds);
+        assert!(after.contains("# keep me"));
+        assert!(after.contains("region = eu-west-1"));
+        assert!(after.contains("[other]\naws_access_key_id = KEEP"));
+        assert!(!after.contains("OLD"));
+        assert!(after.contains("aws_access_key_id = ASIAEXAMPLE"));
+        assert_eq!(after.matches("aws_session_token").count(), 1);
+        let added = set_profile(&after, "attache", &creds);
+        assert!(added.contains("[attache]\naws_access_key_id = ASIAEXAMPLE"));
+        assert!(added.contains("[other]\naws_access_key_id = KEEP"));
+        assert_eq!(set_profile("", "p", &creds).lines().next(), Some("[p]"));
+    }
+}

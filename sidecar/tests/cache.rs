@@ -1,0 +1,209 @@
+//! The refresh loop's timing and failure behaviour, against a scripted source
+//! and a manual clock (no waiting for real hours).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
+use attache_sidecar::clock::{Clock, ManualClock};
+use attache_sidecar::credentials::Credentials;
+use attache_sidecar::metrics::Metrics;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// A source whose next answers the test scripts: Ok(lifetime) or Err(kind).
+struct Scripted {
+    clock: ManualClock,
+    script: Mutex<Vec<Result<time::Duration, &'static str>>>,
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl CredentialSource for Scripted {
+    async fn fetch(&self) -> Result<Credentials, FetchError> {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(n, Ordering::SeqCst);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        let next = {
+            let mut s = self.script.lock().await;
+            if s.is_empty() {
+                Err("exhausted")
+            } else {
+                s.remove(0)
+            }
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let now = self.clock.now();
+        match next {
+            Ok(lifetime) => Ok(Credentials {
+                access_key_id: format!("ASIA{call}"),
+                secret_access_key: Zeroizing::new("secret".into()),
+                session_token: Zeroizing::new("token".into()),
+                expiration: now + lifetime,
+                issued_at: now,
+                role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            }),
+            Err(kind) => Err(FetchError {
+                kind,
+                retryable: kind != "denied",
+                message: format!("scripted {kind}"),
+            }),
+        }
+    }
+}
+
+fn start(script: Vec<Result<time::Duration, &'static str>>) -> (Arc<Scripted>, ManualClock) {
+    let clock = ManualClock::new(OffsetDateTime::now_utc());
+    let s = Arc::new(Scripted {
+        clock: clock.clone(),
+        script: Mutex::new(script),
+        calls: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
+    });
+    (s, clock)
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+const HOUR: time::Duration = time::Duration::hours(1);
+
+#[tokio::test]
+async fn refreshes_at_half_life_not_before() {
+    let (src, clock) = start(vec![Ok(HOUR), Ok(HOUR), Ok(HOUR)]);
+    let (mut cache, task) = cache::spawn(
+        src.clone(),
+        RefreshPolicy::default(),
+        Arc::new(clock.clone()),
+        Metrics::default(),
+    );
+    cache.wait_ready().await;
+    assert_eq!(cache.current().unwrap().access_key_id, "ASIA0");
+    clock.advance(time::Duration::minutes(29));
+    settle().await;
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        1,
+        "no refresh before half-life"
+    );
+    clock.advance(time::Duration::minutes(1));
+    settle().await;
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.current().unwrap().access_key_id, "ASIA1");
+    assert_eq!(
+        src.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "never two refreshes at once"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn serves_the_cached_set_through_an_outage_then_reports_none_after_expiry() {
+    let mut script = vec![Ok(HOUR)];
+    script.extend(std::iter::repeat_n(Err("server"), 200));
+    let (src, clock) = start(script);
+    let metrics = Metrics::default();
+    let (mut cache, task) = cache::spawn(
+        src.clone(),
+        RefreshPolicy::default(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    );
+    cache.wait_ready().await;
+    // Step through the outage a minute at a time: retries back off but continue.
+    for _ in 0..59 {
+        clock.advance(time::Duration::minutes(1));
+        settle().await;
+        assert!(
+            cache.is_ready(),
+            "the still-valid set is served during the outage"
+        );
+    }
+    let calls_during_outage = src.calls.load(Ordering::SeqCst);
+    assert!(calls_during_outage >= 5, "retried: {calls_during_outage}");
+    assert!(
+        calls_during_outage < 60,
+        "backed off, not one call per tick: {calls_during_outage}"
+    );
+    clock.advance(time::Duration::minutes(2));
+    settle().await;
+    assert!(
+        cache.current().is_none(),
+        "expired credentials are never served"
+    );
+    assert!(!cache.is_ready());
+    let text = metrics.encode();
+    assert!(
+        text.contains("attache_sidecar_credential_refresh_failures_total{kind=\"server\"}"),
+        "{text}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn backoff_delays_grow_between_failures() {
+    let mut script: Vec<_> = std::iter::repeat_n(Err("throttled"), 6).collect();
+    script.push(Ok(HOUR));
+    let (src, clock) = start(script);
+    let policy = RefreshPolicy {
+        backoff_initial: Duration::from_secs(10),
+        ..RefreshPolicy::default()
+    };
+    let (cache, task) = cache::spawn(
+        src.clone(),
+        policy,
+        Arc::new(clock.clone()),
+        Metrics::default(),
+    );
+    settle().await;
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    // First retry comes within 5..10 s, not before 5 s.
+    clock.advance(time::Duration::seconds(4));
+    settle().await;
+    assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+    clock.advance(time::Duration::seconds(6));
+    settle().await;
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    // Eventually succeeds and is ready (delays 5-10, 10-20, ... up to 300 s: at most 610 s).
+    for _ in 0..62 {
+        clock.advance(time::Duration::seconds(10));
+        settle().await;
+    }
+    assert!(cache.is_ready());
+    assert_eq!(src.calls.load(Ordering::SeqCst), 7);
+    task.abort();
+}
+
+#[tokio::test]
+async fn access_denied_is_retried_slowly() {
+    let (src, clock) = start(vec![Err("denied"), Ok(HOUR)]);
+    let (cache, task) = cache::spawn(
+        src.clone(),
+        RefreshPolicy::default(),
+        Arc::new(clock.clone()),
+        Metrics::default(),
+    );
+    settle().await;
+    clock.advance(time::Duration::seconds(60));
+    settle().await;
+    assert_eq!(
+        src.calls.load(Ordering::SeqCst),
+        1,
+        "a configuration error is not hammered"
+    );
+    clock.advance(time::Duration::minutes(5));
+    settle().await;
+    assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    assert!(cache.is_ready());
+    task.abort();
+}

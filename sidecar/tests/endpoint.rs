@@ -1,0 +1,300 @@
+//! The loopback credentials endpoint as an SDK and an attacker see it.
+
+use std::sync::Arc;
+
+use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
+use attache_sidecar::clock::SystemClock;
+use attache_sidecar::credentials::Credentials;
+use attache_sidecar::metrics::Metrics;
+use attache_sidecar::server::{EndpointState, ImdsTokens, router};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Fails until `open` is notified, then returns a fixed set.
+struct Gate {
+    open: Arc<Notify>,
+}
+
+impl CredentialSource for Gate {
+    async fn fetch(&self) -> Result<Credentials, FetchError> {
+        self.open.notified().await;
+        let now = OffsetDateTime::now_utc();
+        Ok(Credentials {
+            access_key_id: "ASIATESTKEY".into(),
+            secret_access_key: Zeroizing::new("SECRETVALUE".into()),
+            session_token: Zeroizing::new("SESSIONTOKEN".into()),
+            expiration: now + time::Duration::hours(1),
+            issued_at: now,
+            role_arn: "arn:aws:iam::123456789012:role/app-reader".into(),
+        })
+    }
+}
+
+struct Running {
+    url: String,
+    open: Arc<Notify>,
+    state: EndpointState,
+    http: reqwest::Client,
+}
+
+async fn start(imds: bool) -> Running {
+    let open = Arc::new(Notify::new());
+    let metrics = Metrics::default();
+    let (cache, _task) = cache::spawn(
+        Gate { open: open.clone() },
+        RefreshPolicy::default(),
+        Arc::new(SystemClock),
+        metrics.clone(),
+    );
+    let state = EndpointState {
+        cache,
+        token: Arc::new(Zeroizing::new(TOKEN.into())),
+        metrics,
+        imds: imds.then(|| Arc::new(ImdsTokens::default())),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(attache_sidecar::serve::serve(
+        listener,
+        router(state.clone()),
+        None,
+        std::future::pending(),
+    ));
+    Running {
+        url,
+        open,
+        state,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Running {
+    async fn ready(&self) {
+        self.open.notify_one();
+        let mut cache = self.state.cache.clone();
+        cache.wait_ready().await;
+    }
+}
+
+#[tokio::test]
+async fn credentials_need_the_exact_token() {
+    let r = start(false).await;
+    r.ready().await;
+    let get = |auth: Option<&str>| {
+        let mut req = r.http.get(format!("{}/v1/credentials", r.url));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.send()
+    };
+    let resp = get(None).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let mut wrong = TOKEN.to_string();
+    wrong.replace_range(63.., "0");
+    assert_eq!(get(Some(&wrong)).await.unwrap().status(), 401);
+    assert_eq!(get(Some(&TOKEN[..10])).await.unwrap().status(), 401);
+    assert_eq!(
+        get(Some(&format!("Bearer {TOKEN}")))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let resp = get(Some(TOKEN)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["AccessKeyId"], "ASIATESTKEY");
+    assert_eq!(body["SecretAccessKey"], "SECRETVALUE");
+    assert_eq!(body["Token"], "SESSIONTOKEN");
+    assert_eq!(body["RoleArn"], "arn:aws:iam::123456789012:role/app-reader");
+    assert_eq!(body["AccountId"], "123456789012");
+    let exp = body["Expiration"].as_str().unwrap();
+    assert!(
+        exp.ends_with('Z')
+            && OffsetDateTime::parse(exp, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{exp}"
+    );
+}
+
+#[tokio::test]
+async fn unavailable_and_not_ready_until_credentials_are_held() {
+    let r = start(false).await;
+    let resp = r
+        .http
+        .get(format!("{}/v1/credentials", r.url))
+        .header("Authorization", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "no_credentials");
+    assert_eq!(
+        r.http
+            .get(format!("{}/readyz", r.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        r.http
+            .get(format!("{}/healthz", r.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    r.ready().await;
+    assert_eq!(
+        r.http
+            .get(format!("{}/readyz", r.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_status_and_show_expiry_without_secrets() {
+    let r = start(false).await;
+    r.ready().await;
+    let _ = r
+        .http
+        .get(format!("{}/v1/credentials", r.url))
+        .send()
+        .await
+        .unwrap();
+    let _ = r
+        .http
+        .get(format!("{}/v1/credentials", r.url))
+        .header("Authorization", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let text = r
+        .http
+        .get(format!("{}/metrics", r.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "attache_sidecar_http_requests_total{path=\"/v1/credentials\",status=\"401\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "attache_sidecar_http_requests_total{path=\"/v1/credentials\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("attache_sidecar_credential_refreshes_total 1"),
+        "{text}"
+    );
+    let expiry_line = text
+        .lines()
+        .find(|l| l.starts_with("attache_sidecar_credentials_expiry_seconds "))
+        .unwrap();
+    let secs: i64 = expiry_line.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!((3500..=3600).contains(&secs), "{expiry_line}");
+    for secret in ["SECRETVALUE", "SESSIONTOKEN", TOKEN] {
+        assert!(!text.contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn imds_v2_flow_works_only_with_a_session_token() {
+    let r = start(true).await;
+    r.ready().await;
+    let base = format!("{}/latest/meta-data/iam/security-credentials/", r.url);
+    assert_eq!(r.http.get(&base).send().await.unwrap().status(), 401);
+    let resp = r
+        .http
+        .put(format!("{}/latest/api/token", r.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "TTL header is required");
+    let token = r
+        .http
+        .put(format!("{}/latest/api/token", r.url))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let role = r
+        .http
+        .get(&base)
+        .header("X-aws-ec2-metadata-token", &token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(role, "app-reader");
+    let creds: serde_json::Value = r
+        .http
+        .get(format!("{base}{role}"))
+        .header("X-aws-ec2-metadata-token", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(creds["Code"], "Success");
+    assert_eq!(creds["AccessKeyId"], "ASIATESTKEY");
+    let forwarded = r
+        .http
+        .get(&base)
+        .header("X-aws-ec2-metadata-token", &token)
+        .header("X-Forwarded-For", "10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 403);
+    let big = r
+        .http
+        .put(format!("{}/latest/api/token", r.url))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413, "body limit");
+}
+
+#[tokio::test]
+async fn imds_paths_are_off_by_default() {
+    let r = start(false).await;
+    r.ready().await;
+    let resp = r
+        .http
+        .put(format!("{}/latest/api/token", r.url))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}

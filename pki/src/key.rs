@@ -262,6 +262,11 @@ impl PrivateKey {
         )))
     }
 
+    /// The key as PKCS#8 DER (for a TLS server configuration), zeroed on drop.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        self.pkcs8.clone()
+    }
+
     /// The public half as a DER SubjectPublicKeyInfo.
     pub fn public_key_der(&self) -> Vec<u8> {
         self.cert_signer.subject_public_key_info()

@@ -4,3 +4,6 @@
 //!   the cluster CA from files.
 
 pub mod ca_cli;
+pub mod inject;
+pub mod names;
+pub mod policy;

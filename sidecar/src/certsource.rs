@@ -70,8 +70,10 @@ pub struct FileSourceConfig {
 pub struct BrokerSourceConfig {
     /// e.g. `https://attache-broker.attache-system.svc:8443`.
     pub url: String,
-    /// PEM of the CA that signed the broker's serving certificate.
+    /// PEM file of the CA that signed the broker's serving certificate.
     pub ca_bundle: PathBuf,
+    /// The same bundle as PEM text; when set, `ca_bundle` is not read.
+    pub ca_bundle_pem: Option<String>,
     /// The projected ServiceAccount token (audience `attache-broker`), re-read on every request.
     pub service_account_token: PathBuf,
     /// Key type to generate (default ECDSA P-256).
@@ -246,10 +248,13 @@ impl BrokerSource {
         config: BrokerSourceConfig,
         metrics: crate::metrics::Metrics,
     ) -> Result<Self, CertSourceError> {
-        let pem = std::fs::read(&config.ca_bundle).map_err(|e| CertSourceError::Read {
-            path: config.ca_bundle.clone(),
-            reason: e.to_string(),
-        })?;
+        let pem = match &config.ca_bundle_pem {
+            Some(text) => text.as_bytes().to_vec(),
+            None => std::fs::read(&config.ca_bundle).map_err(|e| CertSourceError::Read {
+                path: config.ca_bundle.clone(),
+                reason: e.to_string(),
+            })?,
+        };
         let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             CertSourceError::Invalid(format!("{}: {e}", config.ca_bundle.display()))
         })?;

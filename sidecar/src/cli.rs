@@ -44,6 +44,16 @@ pub enum Command {
     CredentialProcess(SourceArgs),
     /// Keep a profile in an AWS shared credentials file fresh.
     Update(UpdateArgs),
+    /// Exit 0 if the local endpoint is ready (for exec probes: it listens on loopback only).
+    Probe(ProbeArgs),
+}
+
+/// `probe` flags.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The endpoint's listen address.
+    #[arg(long, env = "ATTACHE_LISTEN", default_value = "127.0.0.1:9911")]
+    pub listen: SocketAddr,
 }
 
 /// Log output format.
@@ -106,6 +116,9 @@ pub struct SourceArgs {
         default_value = "/var/run/secrets/attache.dev/ca/ca.pem"
     )]
     pub ca_bundle: PathBuf,
+    /// The broker CA bundle as PEM text (instead of --ca-bundle; how the webhook passes it).
+    #[arg(long, env = "ATTACHE_CA_BUNDLE_PEM", hide_env_values = true)]
+    pub ca_bundle_pem: Option<String>,
     /// Projected ServiceAccount token (audience attache-broker) proving this pod's identity to the broker.
     #[arg(
         long,
@@ -277,6 +290,7 @@ impl SourceArgs {
                 BrokerSourceConfig {
                     url: url.clone(),
                     ca_bundle: self.ca_bundle.clone(),
+                    ca_bundle_pem: self.ca_bundle_pem.clone(),
                     service_account_token: self.service_account_token_file.clone(),
                     key_type: self.key_type,
                     timeout: self.request_timeout,

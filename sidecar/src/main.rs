@@ -43,6 +43,26 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let metrics = Metrics::default();
     match cli.command {
+        Command::Probe(args) => {
+            let url = format!("http://{}/readyz", args.listen);
+            let ok = async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(2))
+                    .build()
+                    .ok()?;
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status().is_success())
+            };
+            match ok.await {
+                Some(true) => ExitCode::SUCCESS,
+                Some(false) => fail(&[format!("{url}: not ready")]),
+                None => fail(&[format!("{url}: not reachable")]),
+            }
+        }
         Command::CredentialProcess(args) => {
             init_logging(args.log_format);
             let src = match source(&args, &metrics) {

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use attache_pki::{CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity};
-use attache_sidecar::certsource::{BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig};
+use attache_pki::{
+    CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
+};
+use attache_sidecar::certsource::{
+    BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
+};
 use attache_sidecar::clock::ManualClock;
 use attache_sidecar::metrics::Metrics;
 use axum::extract::State;
@@ -23,38 +27,76 @@ struct FakeBroker {
     clock: ManualClock,
 }
 
-async fn issue(State(b): State<Arc<FakeBroker>>, headers: HeaderMap, Json(body): Json<serde_json::Value>) -> (StatusCode, Json<serde_json::Value>) {
+async fn issue(
+    State(b): State<Arc<FakeBroker>>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> (StatusCode, Json<serde_json::Value>) {
     use attache_sidecar::clock::Clock as _;
     if !b.up.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "unavailable", "message": "down for the test"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"error": "unavailable", "message": "down for the test"})),
+        );
     }
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {}", b.token)) {
-        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "unauthenticated", "message": "bad token"})));
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {}", b.token))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "unauthenticated", "message": "bad token"})),
+        );
     }
     let csr = match VerifiedCsr::parse(body["csr"].as_str().unwrap_or("").as_bytes()) {
         Ok(c) => c,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "bad_csr", "message": e.to_string()}))),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "bad_csr", "message": e.to_string()})),
+            );
+        }
     };
     let id = WorkloadIdentity::new("cluster.local", "team-a", "app").unwrap();
-    let leaf = b.ca.issue_workload(&csr, &id, Duration::from_secs(24 * 3600), b.clock.now()).unwrap();
+    let leaf =
+        b.ca.issue_workload(&csr, &id, Duration::from_secs(24 * 3600), b.clock.now())
+            .unwrap();
     b.issued.fetch_add(1, Ordering::SeqCst);
-    (StatusCode::OK, Json(serde_json::json!({"certificate": leaf.pem, "chain": [], "notAfter": leaf.not_after.to_string()})))
+    (
+        StatusCode::OK,
+        Json(
+            serde_json::json!({"certificate": leaf.pem, "chain": [], "notAfter": leaf.not_after.to_string()}),
+        ),
+    )
 }
 
-async fn start_broker(dir: &std::path::Path, clock: ManualClock) -> (Arc<FakeBroker>, BrokerSourceConfig) {
-    let ca = CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc() - time::Duration::days(1)).unwrap();
+async fn start_broker(
+    dir: &std::path::Path,
+    clock: ManualClock,
+) -> (Arc<FakeBroker>, BrokerSourceConfig) {
+    let ca = CertificateAuthority::create(
+        &CaOptions::default(),
+        OffsetDateTime::now_utc() - time::Duration::days(1),
+    )
+    .unwrap();
     let (server_cert, server_key) = ca
-        .issue_server(&["localhost".into()], KeyType::EcdsaP256, Duration::from_secs(30 * 24 * 3600), OffsetDateTime::now_utc())
-        .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server_cert.der.clone().into()],
-            rustls::pki_types::PrivatePkcs8KeyDer::from(server_key.to_pkcs8_der().to_vec()).into(),
+        .issue_server(
+            &["localhost".into()],
+            KeyType::EcdsaP256,
+            Duration::from_secs(30 * 24 * 3600),
+            OffsetDateTime::now_utc(),
         )
         .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server_cert.der.clone().into()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(server_key.to_pkcs8_der().to_vec()).into(),
+    )
+    .unwrap();
     std::fs::write(dir.join("ca.pem"), ca.certificate_pem()).unwrap();
     std::fs::write(dir.join("sa-token"), "the-sa-token\n").unwrap();
     let broker = Arc::new(FakeBroker {
@@ -64,7 +106,9 @@ async fn start_broker(dir: &std::path::Path, clock: ManualClock) -> (Arc<FakeBro
         issued: AtomicUsize::new(0),
         clock,
     });
-    let app = Router::new().route("/v1/certificates", post(issue)).with_state(broker.clone());
+    let app = Router::new()
+        .route("/v1/certificates", post(issue))
+        .with_state(broker.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(attache_sidecar::serve::serve(
@@ -76,6 +120,7 @@ async fn start_broker(dir: &std::path::Path, clock: ManualClock) -> (Arc<FakeBro
     let config = BrokerSourceConfig {
         url: format!("https://localhost:{port}"),
         ca_bundle: dir.join("ca.pem"),
+        ca_bundle_pem: None,
         service_account_token: dir.join("sa-token"),
         key_type: KeyType::EcdsaP256,
         timeout: Duration::from_secs(5),
@@ -92,7 +137,11 @@ async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
 
     let first = source.signer(&clock).await.unwrap();
     assert_eq!(
-        first.certificate().workload_identity().unwrap().spiffe_uri(),
+        first
+            .certificate()
+            .workload_identity()
+            .unwrap()
+            .spiffe_uri(),
         "spiffe://cluster.local/ns/team-a/sa/app"
     );
     assert_eq!(broker.issued.load(Ordering::SeqCst), 1);
@@ -110,14 +159,21 @@ async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
     broker.up.store(true, Ordering::SeqCst);
     let renewed = source.signer(&clock).await.unwrap();
     assert_ne!(renewed.certificate().serial, first.certificate().serial);
-    assert_ne!(renewed.certificate().public_key_der, first.certificate().public_key_der);
+    assert_ne!(
+        renewed.certificate().public_key_der,
+        first.certificate().public_key_der
+    );
     assert_eq!(broker.issued.load(Ordering::SeqCst), 2);
     // Down past expiry: an error that says why.
     broker.up.store(false, Ordering::SeqCst);
     clock.advance(time::Duration::hours(30));
     let err = source.signer(&clock).await.unwrap_err();
     assert_eq!(err.kind, "certificate");
-    assert!(err.message.contains("HTTP 503") && err.message.contains("down for the test"), "{}", err.message);
+    assert!(
+        err.message.contains("HTTP 503") && err.message.contains("down for the test"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
@@ -128,7 +184,11 @@ async fn broker_refusal_is_reported_with_its_message() {
     std::fs::write(dir.path().join("sa-token"), "someone-else").unwrap();
     let source = CertSource::Broker(BrokerSource::new(config, Metrics::default()).unwrap());
     let err = source.signer(&clock).await.unwrap_err();
-    assert!(err.message.contains("HTTP 401 unauthenticated: bad token"), "{}", err.message);
+    assert!(
+        err.message.contains("HTTP 401 unauthenticated: bad token"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]
@@ -136,7 +196,8 @@ async fn broker_with_an_untrusted_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(OffsetDateTime::now_utc());
     let (_broker, config) = start_broker(dir.path(), clock.clone()).await;
-    let other = CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
+    let other =
+        CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
     std::fs::write(dir.path().join("ca.pem"), other.certificate_pem()).unwrap();
     let source = CertSource::Broker(BrokerSource::new(config, Metrics::default()).unwrap());
     let err = source.signer(&clock).await.unwrap_err();
@@ -147,7 +208,14 @@ fn write_pair(dir: &std::path::Path, ca: &CertificateAuthority, sa: &str) -> Str
     let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
     let csr = VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();
     let id = WorkloadIdentity::new("td", "ns", sa).unwrap();
-    let leaf = ca.issue_workload(&csr, &id, Duration::from_secs(3600), OffsetDateTime::now_utc()).unwrap();
+    let leaf = ca
+        .issue_workload(
+            &csr,
+            &id,
+            Duration::from_secs(3600),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
     std::fs::write(dir.join("tls.key"), key.to_pkcs8_pem().as_bytes()).unwrap();
     std::fs::write(dir.join("tls.crt"), &leaf.pem).unwrap();
     leaf.serial
@@ -156,7 +224,8 @@ fn write_pair(dir: &std::path::Path, ca: &CertificateAuthority, sa: &str) -> Str
 #[tokio::test]
 async fn file_certificates_are_reloaded_when_rotated() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
+    let ca =
+        CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
     let first = write_pair(dir.path(), &ca, "one");
     let metrics = Metrics::default();
     let files = FileSource::new(
@@ -169,14 +238,23 @@ async fn file_certificates_are_reloaded_when_rotated() {
     );
     let source = CertSource::Files(files);
     let clock = ManualClock::new(OffsetDateTime::now_utc());
-    assert_eq!(source.signer(&clock).await.unwrap().certificate().serial, first);
+    assert_eq!(
+        source.signer(&clock).await.unwrap().certificate().serial,
+        first
+    );
     // cert-manager style rotation: both files replaced.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = write_pair(dir.path(), &ca, "two-longer-name");
-    assert_eq!(source.signer(&clock).await.unwrap().certificate().serial, second);
+    assert_eq!(
+        source.signer(&clock).await.unwrap().certificate().serial,
+        second
+    );
     // A torn write (new cert, old key) keeps the previous pair in use.
     let key_before = std::fs::read(dir.path().join("tls.key")).unwrap();
     write_pair(dir.path(), &ca, "three-even-longer-name");
     std::fs::write(dir.path().join("tls.key"), key_before).unwrap();
-    assert_eq!(source.signer(&clock).await.unwrap().certificate().serial, second);
+    assert_eq!(
+        source.signer(&clock).await.unwrap().certificate().serial,
+        second
+    );
 }

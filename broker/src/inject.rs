@@ -1,0 +1,639 @@
+//! Sidecar injection as a pure function: from a pod, its ServiceAccount's and
+//! namespace's annotations and the broker's settings, decide to skip, deny,
+//! or return a minimal RFC 6902 JSON Patch.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::names::*;
+use crate::policy::check_role;
+
+/// Broker settings the injection uses.
+#[derive(Clone, Debug)]
+pub struct InjectConfig {
+    /// Sidecar image.
+    pub image: String,
+    /// `imagePullPolicy` of the sidecar.
+    pub image_pull_policy: String,
+    /// CPU request, e.g. `10m`.
+    pub cpu_request: String,
+    /// Memory request, e.g. `16Mi`.
+    pub memory_request: String,
+    /// Memory limit, e.g. `64Mi`.
+    pub memory_limit: String,
+    /// Default region (used when the trust anchor ARN names none).
+    pub region: String,
+    /// Default Roles Anywhere profile ARN.
+    pub profile_arn: Option<String>,
+    /// Default trust anchor ARN.
+    pub trust_anchor_arn: Option<String>,
+    /// URL the sidecar reaches the broker at.
+    pub broker_url: String,
+    /// PEM bundle the sidecar trusts for the broker.
+    pub ca_bundle_pem: String,
+    /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes >= 1.29).
+    pub native_sidecar: bool,
+    /// Enforce `attache.dev/allowed-roles`.
+    pub restrictions: bool,
+    /// Lifetime of the projected ServiceAccount token, seconds.
+    pub sa_token_seconds: i64,
+}
+
+/// What to do with a pod.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Leave the pod as it is, and why.
+    Skip(&'static str),
+    /// Refuse the pod with this message.
+    Deny(String),
+    /// Apply this JSON Patch; `warnings` go back to the user.
+    Patch {
+        /// RFC 6902 operations.
+        ops: Vec<Value>,
+        /// Warnings for `kubectl`.
+        warnings: Vec<String>,
+        /// The role the pod will assume (for logs and metrics).
+        role_arn: String,
+    },
+}
+
+/// The inputs beside the pod.
+pub struct Context<'a> {
+    /// Pod namespace.
+    pub namespace: &'a str,
+    /// Namespace annotations.
+    pub namespace_annotations: &'a BTreeMap<String, String>,
+    /// ServiceAccount name.
+    pub service_account: &'a str,
+    /// ServiceAccount annotations (empty when the SA does not exist yet).
+    pub sa_annotations: &'a BTreeMap<String, String>,
+}
+
+/// RFC 6901 escaping of one path segment.
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    v.pointer(path).and_then(Value::as_str)
+}
+
+/// The role a pod would assume: the pod's own annotation, else its SA's.
+pub fn pod_role<'a>(
+    pod: &'a Value,
+    sa_annotations: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    str_at(
+        pod,
+        &format!("/metadata/annotations/{}", escape(ANN_ROLE_ARN)),
+    )
+    .or_else(|| sa_annotations.get(ANN_ROLE_ARN).map(String::as_str))
+    .map(str::trim)
+    .filter(|r| !r.is_empty())
+}
+
+fn already_injected(pod: &Value) -> bool {
+    ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .any(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| c["name"] == SIDECAR_NAME))
+        })
+}
+
+/// Decides what to do with `pod`.
+pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
+    let pod_ann = |k: &str| str_at(pod, &format!("/metadata/annotations/{}", escape(k)));
+    if pod_ann(ANN_INJECT).is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
+        return Decision::Skip("opted out with attache.dev/inject=false");
+    }
+    let Some(role) = pod_role(pod, ctx.sa_annotations) else {
+        return Decision::Skip("no attache.dev/role-arn on the pod or its ServiceAccount");
+    };
+    if already_injected(pod) {
+        return Decision::Skip("already injected");
+    }
+    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        return Decision::Deny(format!(
+            "attache cannot serve credentials to pods with hostNetwork: true (the loopback endpoint would be shared with the node); pod in namespace {:?} with role {role:?}: remove hostNetwork or the {ANN_ROLE_ARN} annotation",
+            ctx.namespace
+        ));
+    }
+    if let Err(e) = attache_sidecar::arn::validate_role_arn(role) {
+        return Decision::Deny(format!("{ANN_ROLE_ARN}: {e}"));
+    }
+    if let Err(e) = check_role(
+        ctx.namespace,
+        ctx.namespace_annotations,
+        role,
+        cfg.restrictions,
+    ) {
+        return Decision::Deny(e.to_string());
+    }
+    let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
+    let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.profile_arn.clone()) else {
+        return Decision::Deny(format!(
+            "no Roles Anywhere profile for ServiceAccount {}/{}: set {ANN_PROFILE_ARN} on it or start the broker with --profile-arn",
+            ctx.namespace, ctx.service_account
+        ));
+    };
+    let Some(anchor) = sa(ANN_TRUST_ANCHOR_ARN).or_else(|| cfg.trust_anchor_arn.clone()) else {
+        return Decision::Deny(format!(
+            "no trust anchor for ServiceAccount {}/{}: set {ANN_TRUST_ANCHOR_ARN} on it or start the broker with --trust-anchor-arn",
+            ctx.namespace, ctx.service_account
+        ));
+    };
+    for (what, arn, kind) in [
+        (ANN_PROFILE_ARN, &profile, "profile"),
+        (ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
+    ] {
+        if let Err(e) = attache_sidecar::arn::validate_rolesanywhere_arn(arn, kind) {
+            return Decision::Deny(format!("{what}: {e}"));
+        }
+    }
+    let duration = match sa(ANN_SESSION_DURATION) {
+        None => 3600,
+        Some(v) => match v.parse::<u32>() {
+            Ok(d) if (900..=43200).contains(&d) => d,
+            _ => {
+                return Decision::Deny(format!(
+                    "ServiceAccount {}/{} has {ANN_SESSION_DURATION}={v:?}: expected whole seconds from 900 to 43200",
+                    ctx.namespace, ctx.service_account
+                ));
+            }
+        },
+    };
+    let region = attache_sidecar::arn::arn_region(&anchor)
+        .unwrap_or(&cfg.region)
+        .to_string();
+
+    let mut warnings = Vec::new();
+    let partition = |arn: &str| arn.split(':').nth(1).unwrap_or("").to_string();
+    if partition(role) != partition(&profile) {
+        warnings.push(format!(
+            "role {role} is in partition {:?} but profile {profile} is in {:?}; CreateSession will fail",
+            partition(role),
+            partition(&profile)
+        ));
+    }
+
+    let mut ops = Vec::new();
+    let app_env = [
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{SIDECAR_PORT}/v1/credentials"),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            TOKEN_FILE.to_string(),
+        ),
+        ("AWS_REGION", region.clone()),
+        ("AWS_DEFAULT_REGION", region.clone()),
+        ("AWS_STS_REGIONAL_ENDPOINTS", "regional".to_string()),
+    ];
+    let kinds: &[&str] = if cfg.native_sidecar {
+        &["initContainers", "containers"]
+    } else {
+        &["containers"]
+    };
+    for kind in kinds {
+        let Some(containers) = pod
+            .pointer(&format!("/spec/{kind}"))
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
+        for (i, c) in containers.iter().enumerate() {
+            let base = format!("/spec/{kind}/{i}");
+            let env = c.get("env").and_then(Value::as_array);
+            let has = |name: &str| env.is_some_and(|e| e.iter().any(|v| v["name"] == name));
+            if has("AWS_ACCESS_KEY_ID") {
+                warnings.push(format!(
+                    "container {} sets AWS_ACCESS_KEY_ID; SDKs prefer static keys over the attache endpoint",
+                    c["name"].as_str().unwrap_or("?")
+                ));
+            }
+            let missing: Vec<Value> = app_env
+                .iter()
+                .filter(|(n, _)| !has(n))
+                .map(|(n, v)| json!({"name": n, "value": v}))
+                .collect();
+            if env.is_none() {
+                if !missing.is_empty() {
+                    ops.push(json!({"op": "add", "path": format!("{base}/env"), "value": missing}));
+                }
+            } else {
+                for m in missing {
+                    ops.push(json!({"op": "add", "path": format!("{base}/env/-"), "value": m}));
+                }
+            }
+            let mounts = c.get("volumeMounts").and_then(Value::as_array);
+            let mounted = mounts.is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| m["mountPath"] == TOKEN_DIR || m["name"] == TOKEN_VOLUME)
+            });
+            if !mounted {
+                let m = json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true});
+                if mounts.is_none() {
+                    ops.push(
+                        json!({"op": "add", "path": format!("{base}/volumeMounts"), "value": [m]}),
+                    );
+                } else {
+                    ops.push(
+                        json!({"op": "add", "path": format!("{base}/volumeMounts/-"), "value": m}),
+                    );
+                }
+            }
+        }
+    }
+
+    let volumes = [
+        json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": SA_TOKEN_VOLUME, "projected": {"defaultMode": 0o444, "sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": cfg.sa_token_seconds, "path": "token"}}]}}),
+    ];
+    match pod.pointer("/spec/volumes").and_then(Value::as_array) {
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
+        Some(_) => ops.extend(
+            volumes
+                .into_iter()
+                .map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v})),
+        ),
+    }
+
+    let sidecar = sidecar_container(cfg, role, &profile, &anchor, &region, duration);
+    if cfg.native_sidecar {
+        match pod
+            .pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+        {
+            None => {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}))
+            }
+            // First, so later init containers can use AWS too. Applied after the
+            // per-container ops above, whose indices refer to the original list.
+            Some(_) => {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}))
+            }
+        }
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
+    }
+    match pod.pointer("/metadata/annotations") {
+        Some(Value::Object(_)) => ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(ANN_INJECTED)), "value": "true"})),
+        _ => ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_INJECTED: "true"}})),
+    }
+    Decision::Patch {
+        ops,
+        warnings,
+        role_arn: role.to_string(),
+    }
+}
+
+fn sidecar_container(
+    cfg: &InjectConfig,
+    role: &str,
+    profile: &str,
+    anchor: &str,
+    region: &str,
+    duration: u32,
+) -> Value {
+    let env = [
+        ("ATTACHE_REGION", region.to_string()),
+        ("ATTACHE_ROLE_ARN", role.to_string()),
+        ("ATTACHE_PROFILE_ARN", profile.to_string()),
+        ("ATTACHE_TRUST_ANCHOR_ARN", anchor.to_string()),
+        ("ATTACHE_SESSION_DURATION", duration.to_string()),
+        ("ATTACHE_BROKER_URL", cfg.broker_url.clone()),
+        ("ATTACHE_CA_BUNDLE_PEM", cfg.ca_bundle_pem.clone()),
+        (
+            "ATTACHE_SERVICE_ACCOUNT_TOKEN_FILE",
+            format!("{SA_TOKEN_DIR}/token"),
+        ),
+        ("ATTACHE_TOKEN_FILE", TOKEN_FILE.to_string()),
+        ("ATTACHE_LISTEN", format!("127.0.0.1:{SIDECAR_PORT}")),
+        ("ATTACHE_LOG_FORMAT", "json".to_string()),
+    ];
+    let mut c = json!({
+        "name": SIDECAR_NAME,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "args": ["serve"],
+        "env": env.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+        "resources": {
+            "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
+            "limits": {"memory": cfg.memory_limit},
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR},
+            {"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_DIR, "readOnly": true},
+        ],
+        // The endpoint listens on loopback only, so probes exec the binary.
+        "startupProbe": {
+            "exec": {"command": ["/attache-sidecar", "probe"]},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["/attache-sidecar", "probe"]},
+            "periodSeconds": 10,
+        },
+    });
+    if cfg.native_sidecar {
+        c["restartPolicy"] = json!("Always");
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/app-reader";
+
+    fn cfg() -> InjectConfig {
+        InjectConfig {
+            image: "ghcr.io/attache-dev/attache:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            cpu_request: "10m".into(),
+            memory_request: "16Mi".into(),
+            memory_limit: "64Mi".into(),
+            region: "us-east-1".into(),
+            profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
+            trust_anchor_arn: Some(
+                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
+            ),
+            broker_url: "https://attache-broker.attache-system.svc:8443".into(),
+            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            native_sidecar: true,
+            restrictions: true,
+            sa_token_seconds: 3600,
+        }
+    }
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "team-a"},
+            "spec": {
+                "serviceAccountName": "app",
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [
+                    {"name": "app", "image": "app", "env": [{"name": "AWS_REGION", "value": "ap-south-1"}]},
+                    {"name": "worker", "image": "worker", "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                ],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            }
+        })
+    }
+
+    fn allowed() -> BTreeMap<String, String> {
+        BTreeMap::from([(ANN_ALLOWED_ROLES.into(), format!("[\"{ROLE}\"]"))])
+    }
+
+    fn sa() -> BTreeMap<String, String> {
+        BTreeMap::from([(ANN_ROLE_ARN.into(), ROLE.into())])
+    }
+
+    fn run(
+        pod: &Value,
+        ns: &BTreeMap<String, String>,
+        sa: &BTreeMap<String, String>,
+        cfg: &InjectConfig,
+    ) -> Decision {
+        decide(
+            pod,
+            &Context {
+                namespace: "team-a",
+                namespace_annotations: ns,
+                service_account: "app",
+                sa_annotations: sa,
+            },
+            cfg,
+        )
+    }
+
+    fn apply(pod: &Value, ops: &[Value]) -> Value {
+        let mut out = pod.clone();
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec())).unwrap();
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
+    }
+
+    fn env_of(c: &Value, name: &str) -> Option<String> {
+        c["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn injects_native_sidecar_env_and_volumes_without_overriding() {
+        let Decision::Patch {
+            ops,
+            warnings,
+            role_arn,
+        } = run(&pod(), &allowed(), &sa(), &cfg())
+        else {
+            panic!()
+        };
+        assert_eq!(role_arn, ROLE);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let out = apply(&pod(), &ops);
+        let init = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(init[0]["name"], SIDECAR_NAME);
+        assert_eq!(init[0]["restartPolicy"], "Always");
+        assert_eq!(init[1]["name"], "setup");
+        assert_eq!(
+            env_of(&init[1], "AWS_CONTAINER_CREDENTIALS_FULL_URI").unwrap(),
+            "http://127.0.0.1:9911/v1/credentials"
+        );
+        assert_eq!(env_of(&init[0], "ATTACHE_ROLE_ARN").unwrap(), ROLE);
+        assert_eq!(env_of(&init[0], "ATTACHE_REGION").unwrap(), "eu-west-1");
+        let app = &out["spec"]["containers"][0];
+        assert_eq!(
+            env_of(app, "AWS_REGION").unwrap(),
+            "ap-south-1",
+            "the pod's own value wins"
+        );
+        assert_eq!(env_of(app, "AWS_DEFAULT_REGION").unwrap(), "eu-west-1");
+        assert_eq!(
+            env_of(app, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").unwrap(),
+            TOKEN_FILE
+        );
+        assert_eq!(
+            app["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["name"] == "AWS_REGION")
+                .count(),
+            1
+        );
+        let worker = &out["spec"]["containers"][1];
+        let mounts = worker["volumeMounts"].as_array().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == TOKEN_VOLUME && m["readOnly"] == true)
+        );
+        let vols: Vec<&str> = out["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(vols, ["data", TOKEN_VOLUME, SA_TOKEN_VOLUME]);
+        assert_eq!(out["spec"]["volumes"][1]["emptyDir"]["medium"], "Memory");
+        assert_eq!(
+            out["spec"]["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            TOKEN_AUDIENCE
+        );
+        assert_eq!(out["metadata"]["annotations"][ANN_INJECTED], "true");
+        // The SA token is mounted in the sidecar only.
+        for c in out["spec"]["containers"].as_array().unwrap() {
+            assert!(
+                !c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["name"] == SA_TOKEN_VOLUME)
+            );
+        }
+        // Idempotent: a second admission of the result changes nothing.
+        assert_eq!(
+            run(&out, &allowed(), &sa(), &cfg()),
+            Decision::Skip("already injected")
+        );
+    }
+
+    #[test]
+    fn plain_container_mode_leaves_init_containers_alone() {
+        let cfg = InjectConfig {
+            native_sidecar: false,
+            ..cfg()
+        };
+        let Decision::Patch { ops, .. } = run(&pod(), &allowed(), &sa(), &cfg) else {
+            panic!()
+        };
+        let out = apply(&pod(), &ops);
+        assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
+        assert!(out["spec"]["initContainers"][0].get("env").is_none());
+        let last = out["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["name"], SIDECAR_NAME);
+        assert!(last.get("restartPolicy").is_none());
+    }
+
+    #[test]
+    fn pods_without_a_role_or_opted_out_are_untouched() {
+        assert!(matches!(
+            run(&pod(), &allowed(), &BTreeMap::new(), &cfg()),
+            Decision::Skip(_)
+        ));
+        let mut p = pod();
+        p["metadata"]["annotations"] = json!({ANN_INJECT: "false"});
+        assert!(matches!(
+            run(&p, &allowed(), &sa(), &cfg()),
+            Decision::Skip(_)
+        ));
+        // A pod-level role works without the SA annotation and keeps existing annotations.
+        let mut p = pod();
+        p["metadata"]["annotations"] = json!({ANN_ROLE_ARN: ROLE, "keep": "me"});
+        let Decision::Patch { ops, .. } = run(&p, &allowed(), &BTreeMap::new(), &cfg()) else {
+            panic!()
+        };
+        let out = apply(&p, &ops);
+        assert_eq!(out["metadata"]["annotations"]["keep"], "me");
+        assert!(
+            ops.iter()
+                .any(|o| o["path"] == "/metadata/annotations/attache.dev~1injected")
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_to_fix() {
+        let mut p = pod();
+        p["spec"]["hostNetwork"] = json!(true);
+        let Decision::Deny(m) = run(&p, &allowed(), &sa(), &cfg()) else {
+            panic!()
+        };
+        assert!(m.contains("hostNetwork"), "{m}");
+        let Decision::Deny(m) = run(&pod(), &BTreeMap::new(), &sa(), &cfg()) else {
+            panic!()
+        };
+        assert!(
+            m.contains("team-a") && m.contains(ROLE) && m.contains(ANN_ALLOWED_ROLES),
+            "{m}"
+        );
+        let mut bad = sa();
+        bad.insert(ANN_SESSION_DURATION.into(), "60".into());
+        let Decision::Deny(m) = run(&pod(), &allowed(), &bad, &cfg()) else {
+            panic!()
+        };
+        assert!(m.contains(ANN_SESSION_DURATION) && m.contains("900"), "{m}");
+        let mut bad = sa();
+        bad.insert(ANN_ROLE_ARN.into(), "not-an-arn".into());
+        let Decision::Deny(m) = run(
+            &pod(),
+            &allowed(),
+            &bad,
+            &InjectConfig {
+                restrictions: false,
+                ..cfg()
+            },
+        ) else {
+            panic!()
+        };
+        assert!(m.contains("role ARN"), "{m}");
+    }
+
+    #[test]
+    fn warns_about_static_keys_and_partition_mismatch() {
+        let mut p = pod();
+        p["spec"]["containers"][0]["env"] =
+            json!([{"name": "AWS_ACCESS_KEY_ID", "value": "AKIA..."}]);
+        let china = "arn:aws-cn:iam::123456789012:role/x";
+        let sa = BTreeMap::from([(ANN_ROLE_ARN.into(), china.into())]);
+        let Decision::Patch { warnings, .. } = run(
+            &p,
+            &BTreeMap::new(),
+            &sa,
+            &InjectConfig {
+                restrictions: false,
+                ..cfg()
+            },
+        ) else {
+            panic!()
+        };
+        assert!(
+            warnings.iter().any(|w| w.contains("AWS_ACCESS_KEY_ID")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("partition")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn escapes_json_pointer_segments() {
+        assert_eq!(escape("a/b~c"), "a~1b~0c");
+    }
+}

@@ -1,0 +1,43 @@
+//! The names users see (DESIGN.md section 3): annotations, env vars, paths.
+
+/// ServiceAccount/pod annotation: the IAM role to assume; its presence opts pods in.
+pub const ANN_ROLE_ARN: &str = "attache.dev/role-arn";
+/// ServiceAccount annotation: Roles Anywhere profile ARN override.
+pub const ANN_PROFILE_ARN: &str = "attache.dev/profile-arn";
+/// ServiceAccount annotation: trust anchor ARN override.
+pub const ANN_TRUST_ANCHOR_ARN: &str = "attache.dev/trust-anchor-arn";
+/// ServiceAccount annotation: session duration in seconds, 900..43200.
+pub const ANN_SESSION_DURATION: &str = "attache.dev/session-duration";
+/// ServiceAccount / namespace annotation: ECR registries to keep a pull secret for.
+pub const ANN_ECR_REGISTRIES: &str = "attache.dev/ecr-registries";
+/// ServiceAccount annotation: role used for ECR tokens.
+pub const ANN_ECR_ROLE_ARN: &str = "attache.dev/ecr-role-arn";
+/// Pod annotation: `"false"` opts the pod out of injection.
+pub const ANN_INJECT: &str = "attache.dev/inject";
+/// Pod annotation the webhook sets on pods it injected.
+pub const ANN_INJECTED: &str = "attache.dev/injected";
+/// Namespace annotation: JSON list of role ARNs or `*` globs pods here may use.
+pub const ANN_ALLOWED_ROLES: &str = "attache.dev/allowed-roles";
+
+/// Name of the injected sidecar container.
+pub const SIDECAR_NAME: &str = "attache-sidecar";
+/// Volume holding the endpoint token (in-memory emptyDir).
+pub const TOKEN_VOLUME: &str = "attache-token";
+/// Volume holding the projected ServiceAccount token for the broker.
+pub const SA_TOKEN_VOLUME: &str = "attache-sa-token";
+/// Where the endpoint token volume is mounted.
+pub const TOKEN_DIR: &str = "/var/run/secrets/attache.dev";
+/// The endpoint token file (`AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+pub const TOKEN_FILE: &str = "/var/run/secrets/attache.dev/token";
+/// Where the projected ServiceAccount token is mounted (sidecar only).
+pub const SA_TOKEN_DIR: &str = "/var/run/secrets/attache.dev-broker";
+/// Audience of the projected ServiceAccount token the broker accepts.
+pub const TOKEN_AUDIENCE: &str = "attache-broker";
+/// Port of the sidecar's loopback endpoint.
+pub const SIDECAR_PORT: u16 = 9911;
+/// Secret holding the CA (in the broker's namespace).
+pub const CA_SECRET: &str = "attache-ca";
+/// ConfigMap publishing the CA bundle (in the broker's namespace).
+pub const CA_BUNDLE_CONFIGMAP: &str = "attache-ca-bundle";
+/// Label on every object attache manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "attache");

@@ -4,6 +4,12 @@
 //!   the cluster CA from files.
 
 pub mod ca_cli;
+pub mod castore;
+pub mod certapi;
 pub mod inject;
+pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod run;
+pub mod tls;
+pub mod webhook;

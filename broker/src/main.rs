@@ -2,6 +2,7 @@
 //! clear line on any error.
 
 use attache_broker::ca_cli::{self, CaCommand};
+use attache_broker::run::RunArgs;
 use clap::{Parser, Subcommand};
 
 /// attache's control plane for Kubernetes clusters outside AWS.
@@ -17,12 +18,32 @@ enum Command {
     /// Manage the cluster certificate authority kept in a directory.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run the broker in the cluster: webhook, certificate API, admin endpoints.
+    Run(Box<RunArgs>),
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    attache_sidecar::cli::init_logging(args.log_format);
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot configure the Kubernetes client (in-cluster config or KUBECONFIG): {e}"
+        )
+    })?;
+    let running = attache_broker::run::start(args, client).await?;
+    attache_sidecar::serve::shutdown_signal().await;
+    running.shutdown().await;
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca(cmd) => ca_cli::run(cmd, &mut std::io::stdout().lock()),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,324 @@
+//! `attache-broker run`: loads or creates the CA, serves the webhook and the
+//! certificate API over HTTPS with a rotating certificate, and health and
+//! metrics on a separate admin port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use attache_pki::{CaOptions, CertificateAuthority, KeyType};
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use clap::{ArgAction, Args};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::api::{Api, PostParams};
+use tokio::sync::oneshot;
+
+use crate::certapi::CertApi;
+use crate::inject::InjectConfig;
+use crate::metrics::Metrics;
+use crate::tls::{RotatingCert, service_names};
+use crate::webhook::Webhook;
+
+/// Largest request body on the HTTPS port (AdmissionReviews of big pods fit).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Requests handled at once on the HTTPS port.
+pub const MAX_CONCURRENT: usize = 1024;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 24h, 90m)"))
+}
+
+/// Flags of `attache-broker run`; each also settable by its `ATTACHE_*` variable.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Namespace the broker runs in (holds its CA Secret and bundle ConfigMap).
+    #[arg(long, env = "ATTACHE_NAMESPACE", default_value = "attache-system")]
+    pub namespace: String,
+    /// Name of the broker's Service (its DNS names go into the serving certificate).
+    #[arg(long, env = "ATTACHE_SERVICE_NAME", default_value = "attache-broker")]
+    pub service_name: String,
+    /// Extra names/IPs for the serving certificate, comma-separated.
+    #[arg(long, env = "ATTACHE_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Trust domain: the cluster's name in certificate subjects (O) and SPIFFE IDs.
+    #[arg(long, env = "ATTACHE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Human name of the cluster, used in the CA's common name.
+    #[arg(long, env = "ATTACHE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Default AWS region for pods (else the trust anchor ARN's region).
+    #[arg(long, env = "ATTACHE_REGION", default_value = "")]
+    pub region: String,
+    /// Default Roles Anywhere profile ARN (a ServiceAccount may override it).
+    #[arg(long, env = "ATTACHE_PROFILE_ARN")]
+    pub profile_arn: Option<String>,
+    /// Default trust anchor ARN (a ServiceAccount may override it).
+    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
+    pub trust_anchor_arn: Option<String>,
+    /// Sidecar image injected into pods.
+    #[arg(long, env = "ATTACHE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/attache-dev/attache:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+    /// imagePullPolicy of the sidecar.
+    #[arg(
+        long,
+        env = "ATTACHE_SIDECAR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub sidecar_image_pull_policy: String,
+    /// CPU request of the sidecar.
+    #[arg(long, env = "ATTACHE_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    pub sidecar_cpu_request: String,
+    /// Memory request of the sidecar.
+    #[arg(long, env = "ATTACHE_SIDECAR_MEMORY_REQUEST", default_value = "16Mi")]
+    pub sidecar_memory_request: String,
+    /// Memory limit of the sidecar.
+    #[arg(long, env = "ATTACHE_SIDECAR_MEMORY_LIMIT", default_value = "64Mi")]
+    pub sidecar_memory_limit: String,
+    /// Inject a native sidecar (init container, restartPolicy Always; Kubernetes >= 1.29); false: a plain container.
+    #[arg(long, env = "ATTACHE_NATIVE_SIDECAR", default_value_t = true, action = ArgAction::Set)]
+    pub native_sidecar: bool,
+    /// Enforce the namespace annotation attache.dev/allowed-roles.
+    #[arg(long, env = "ATTACHE_NAMESPACE_RESTRICTIONS", default_value_t = true, action = ArgAction::Set)]
+    pub namespace_restrictions: bool,
+    /// Namespaces never injected, comma-separated (the broker's own is always excluded).
+    #[arg(
+        long,
+        env = "ATTACHE_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub excluded_namespaces: Vec<String>,
+    /// Lifetime of workload certificates.
+    #[arg(long, env = "ATTACHE_LEAF_LIFETIME", default_value = "24h", value_parser = duration)]
+    pub leaf_lifetime: Duration,
+    /// Lifetime of the projected ServiceAccount token given to sidecars, seconds.
+    #[arg(long, env = "ATTACHE_SA_TOKEN_SECONDS", default_value_t = 3600)]
+    pub sa_token_seconds: i64,
+    /// HTTPS listen address (webhook and certificate API).
+    #[arg(long, env = "ATTACHE_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Admin listen address (/healthz, /readyz, /metrics; plain HTTP).
+    #[arg(long, env = "ATTACHE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// URL sidecars use to reach the broker (default https://<service>.<namespace>.svc:443).
+    #[arg(long, env = "ATTACHE_BROKER_URL")]
+    pub broker_url: Option<String>,
+    /// Secret holding the CA in --namespace.
+    #[arg(long, env = "ATTACHE_CA_SECRET", default_value = crate::names::CA_SECRET)]
+    pub ca_secret: String,
+    /// Use the CA in DIR/ca.pem and DIR/ca-key.pem instead of the Secret (you manage it).
+    #[arg(long, env = "ATTACHE_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Key type of a CA the broker creates.
+    #[arg(long, env = "ATTACHE_CA_KEY_TYPE", default_value = "ecdsa-p256", value_parser = crate::ca_cli::parse_key_type)]
+    pub ca_key_type: KeyType,
+    /// MutatingWebhookConfiguration whose caBundle the broker keeps set to its CA ("" to skip).
+    #[arg(long, env = "ATTACHE_WEBHOOK_CONFIG", default_value = "attache-broker")]
+    pub webhook_config: String,
+    /// Log format: json or text.
+    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_sidecar::cli::LogFormat::Json)]
+    pub log_format: attache_sidecar::cli::LogFormat,
+}
+
+/// A running broker (for tests and the binary).
+pub struct Running {
+    /// HTTPS address actually bound.
+    pub addr: SocketAddr,
+    /// Admin address actually bound.
+    pub admin_addr: SocketAddr,
+    /// The CA.
+    pub ca: Arc<CertificateAuthority>,
+    /// Metrics.
+    pub metrics: Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn load_ca(args: &RunArgs, client: &kube::Client) -> Result<CertificateAuthority> {
+    if let Some(dir) = &args.ca_dir {
+        return crate::ca_cli::load_ca(dir);
+    }
+    let options = CaOptions {
+        key_type: args.ca_key_type,
+        common_name: format!(
+            "attache CA ({})",
+            args.cluster_name.as_deref().unwrap_or(&args.trust_domain)
+        ),
+        ..CaOptions::default()
+    };
+    let secrets = Api::namespaced(client.clone(), &args.namespace);
+    Ok(
+        crate::castore::load_or_create(&secrets, &args.namespace, &args.ca_secret, &options)
+            .await?,
+    )
+}
+
+/// Sets `caBundle` of every webhook in the configuration to the CA PEM.
+pub async fn patch_webhook_ca_bundle(
+    client: &kube::Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<bool> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    for _ in 0..5 {
+        let Some(mut cfg) = api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))?
+        else {
+            return Ok(false);
+        };
+        let bundle = ByteString(ca_pem.as_bytes().to_vec());
+        let mut changed = false;
+        for w in cfg.webhooks.iter_mut().flatten() {
+            if w.client_config.ca_bundle.as_ref() != Some(&bundle) {
+                w.client_config.ca_bundle = Some(bundle.clone());
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(true);
+        }
+        match api.replace(name, &PostParams::default(), &cfg).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("updating MutatingWebhookConfiguration {name}"));
+            }
+        }
+    }
+    anyhow::bail!("MutatingWebhookConfiguration {name} kept changing; caBundle not set")
+}
+
+/// Starts the broker with `client` and returns once both listeners are bound.
+pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
+    let metrics = Metrics::default();
+    let ca = Arc::new(load_ca(&args, &client).await?);
+    let ca_pem = ca.trust_anchor_pem();
+    tracing::info!(fingerprint = %ca.info().sha256_fingerprint, not_after = %ca.info().not_after, "CA ready");
+    let configmaps = Api::namespaced(client.clone(), &args.namespace);
+    if let Err(e) = crate::castore::publish_bundle(&configmaps, &args.namespace, &ca_pem).await {
+        tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
+    }
+    if !args.webhook_config.is_empty() {
+        match patch_webhook_ca_bundle(&client, &args.webhook_config, &ca_pem).await {
+            Ok(true) => tracing::info!(webhook = %args.webhook_config, "webhook caBundle set"),
+            Ok(false) => {
+                tracing::warn!(webhook = %args.webhook_config, "MutatingWebhookConfiguration not found; caBundle not set")
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle"),
+        }
+    }
+    let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
+    let cert = RotatingCert::new(&ca, &names)?;
+    let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
+
+    let mut excluded = args.excluded_namespaces.clone();
+    excluded.push(args.namespace.clone());
+    let broker_url = args
+        .broker_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace));
+    let webhook = Webhook {
+        client: client.clone(),
+        config: Arc::new(InjectConfig {
+            image: args.sidecar_image.clone(),
+            image_pull_policy: args.sidecar_image_pull_policy.clone(),
+            cpu_request: args.sidecar_cpu_request.clone(),
+            memory_request: args.sidecar_memory_request.clone(),
+            memory_limit: args.sidecar_memory_limit.clone(),
+            region: args.region.clone(),
+            profile_arn: args.profile_arn.clone(),
+            trust_anchor_arn: args.trust_anchor_arn.clone(),
+            broker_url,
+            ca_bundle_pem: ca_pem.clone(),
+            native_sidecar: args.native_sidecar,
+            restrictions: args.namespace_restrictions,
+            sa_token_seconds: args.sa_token_seconds,
+        }),
+        excluded_namespaces: Arc::new(excluded),
+        metrics: metrics.clone(),
+    };
+    let certs = CertApi {
+        client: client.clone(),
+        ca: ca.clone(),
+        trust_domain: args.trust_domain.clone(),
+        leaf_lifetime: args.leaf_lifetime,
+        restrictions: args.namespace_restrictions,
+        metrics: metrics.clone(),
+        cache: Arc::new(Mutex::new(Default::default())),
+    };
+    let main = Router::new()
+        .route("/mutate", post(crate::webhook::mutate).with_state(webhook))
+        .route(
+            "/v1/certificates",
+            post(crate::certapi::issue).with_state(certs),
+        )
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT,
+        ));
+    let admin = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route(
+            "/metrics",
+            get(|State(m): State<Metrics>| async move { m.encode() }),
+        )
+        .with_state(metrics.clone());
+
+    let listener = attache_sidecar::serve::bind(args.listen).await?;
+    let admin_listener = attache_sidecar::serve::bind(args.admin_listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+    let rotation = tokio::spawn(cert.clone().rotate_forever(ca.clone(), names));
+    let serve_main = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        attache_sidecar::serve::serve(listener, main, Some(tls), stop).await;
+        // The admin port goes down last, after in-flight reviews finished.
+        let _ = admin_stop_tx.send(());
+        rotation.abort();
+    });
+    let serve_admin = tokio::spawn(attache_sidecar::serve::serve(
+        admin_listener,
+        admin,
+        None,
+        async move {
+            let _ = admin_stop_rx.await;
+        },
+    ));
+    tracing::info!(%addr, %admin_addr, "broker serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        ca,
+        metrics,
+        stop: Some(stop_tx),
+        tasks: vec![serve_main, serve_admin],
+    })
+}

@@ -1,0 +1,153 @@
+//! `POST /mutate`: the mutating admission webhook. Reads the pod's
+//! ServiceAccount and namespace, asks [`crate::inject::decide`], and answers
+//! with an AdmissionReview carrying a JSON Patch, a denial, or nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::Api;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::Value;
+
+use crate::inject::{Context, Decision, InjectConfig, decide};
+use crate::metrics::Metrics;
+
+/// Shared state of the webhook.
+#[derive(Clone)]
+pub struct Webhook {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// Injection settings.
+    pub config: Arc<InjectConfig>,
+    /// Namespaces never injected (the broker's own, kube-system, ...).
+    pub excluded_namespaces: Arc<Vec<String>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+fn review(resp: AdmissionResponse) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::OK,
+        Json(serde_json::to_value(resp.into_review()).unwrap_or_default()),
+    )
+}
+
+/// The axum handler: malformed reviews get a 400 naming what is wrong.
+pub async fn mutate(
+    State(w): State<Webhook>,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<Value>) {
+    let parsed: Result<AdmissionReview<DynamicObject>, _> = serde_json::from_slice(&body);
+    let req: AdmissionRequest<DynamicObject> =
+        match parsed.map_err(|e| e.to_string()).and_then(|r| {
+            r.try_into()
+                .map_err(|_| "the review has no \"request\"".to_string())
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::count(&w.metrics.admissions, "invalid");
+                let msg = format!("malformed AdmissionReview: {e}");
+                tracing::warn!(error = %msg, "refused admission review");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        serde_json::to_value(AdmissionResponse::invalid(&msg).into_review())
+                            .unwrap_or_default(),
+                    ),
+                );
+            }
+        };
+    let resp = w.review(&req).await;
+    review(resp)
+}
+
+impl Webhook {
+    async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let allow = AdmissionResponse::from(req);
+        if req.kind.kind != "Pod"
+            || !matches!(req.operation, Operation::Create)
+            || req.sub_resource.is_some()
+        {
+            Metrics::count(&self.metrics.admissions, "skipped");
+            return allow;
+        }
+        let namespace = req.namespace.clone().unwrap_or_default();
+        if self.excluded_namespaces.iter().any(|n| *n == namespace) {
+            Metrics::count(&self.metrics.admissions, "skipped");
+            return allow;
+        }
+        let Some(obj) = &req.object else {
+            Metrics::count(&self.metrics.admissions, "invalid");
+            return allow.deny("the review has no pod object");
+        };
+        let pod = serde_json::to_value(obj).unwrap_or_default();
+        let sa_name = pod
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let (sa, ns) = tokio::join!(sas.get_opt(&sa_name), namespaces.get_opt(&namespace));
+        let (sa_ann, ns_ann): (BTreeMap<String, String>, BTreeMap<String, String>) = match (sa, ns)
+        {
+            (Ok(sa), Ok(ns)) => (
+                sa.and_then(|s| s.metadata.annotations).unwrap_or_default(),
+                ns.and_then(|n| n.metadata.annotations).unwrap_or_default(),
+            ),
+            (Err(e), _) | (_, Err(e)) => {
+                // failurePolicy decides what the API server does with this.
+                Metrics::count(&self.metrics.admissions, "error");
+                tracing::error!(namespace = %namespace, service_account = %sa_name, error = %e, "cannot read ServiceAccount or namespace");
+                return allow.deny(format!(
+                    "attache cannot read ServiceAccount {namespace}/{sa_name} or its namespace: {e}"
+                ));
+            }
+        };
+        let ctx = Context {
+            namespace: &namespace,
+            namespace_annotations: &ns_ann,
+            service_account: &sa_name,
+            sa_annotations: &sa_ann,
+        };
+        let pod_name = req.name.clone();
+        match decide(&pod, &ctx, &self.config) {
+            Decision::Skip(why) => {
+                tracing::debug!(namespace = %namespace, service_account = %sa_name, reason = why, "not injecting");
+                Metrics::count(&self.metrics.admissions, "skipped");
+                allow
+            }
+            Decision::Deny(message) => {
+                tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, message = %message, "denied pod");
+                Metrics::count(&self.metrics.admissions, "denied");
+                allow.deny(message)
+            }
+            Decision::Patch {
+                ops,
+                warnings,
+                role_arn,
+            } => {
+                let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
+                    Ok(p) => p,
+                    Err(e) => return allow.deny(format!("internal error building the patch: {e}")),
+                };
+                tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, role_arn = %role_arn, "injecting sidecar");
+                Metrics::count(&self.metrics.admissions, "injected");
+                let mut resp = match allow.clone().with_patch(patch) {
+                    Ok(r) => r,
+                    Err(e) => return allow.deny(format!("internal error encoding the patch: {e}")),
+                };
+                if !warnings.is_empty() {
+                    resp.warnings = Some(warnings);
+                }
+                resp
+            }
+        }
+    }
+}

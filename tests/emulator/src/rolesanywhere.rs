@@ -1,0 +1,373 @@
+//! IAM Roles Anywhere `CreateSession`: every check AWS makes on an
+//! `AWS4-X509-*` signed request, then fresh temporary credentials.
+
+use attache_pki::signing::{ALGORITHM_ECDSA, ALGORITHM_RSA, SERVICE_ROLESANYWHERE};
+use attache_pki::sigv4::{self, Authorization, RequestParts};
+use attache_pki::{CertificateInfo, KeyType, verify_chain};
+use aws_lc_rs::signature;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use http::Response;
+use serde::Deserialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::policy::{self, PrincipalTags};
+use crate::sigv4_verify::check_skew;
+use crate::state::{
+    IssuedCredentials, SECRET_ALPHABET, SessionRecord, Shared, UPPER_ALNUM, random_string,
+};
+use crate::wire::{ApiError, Body, RawRequest, response};
+
+/// Shortest session AWS allows, in seconds.
+pub const MIN_DURATION: i64 = 900;
+/// Longest session AWS allows, in seconds.
+pub const MAX_DURATION: i64 = 43200;
+/// Duration when the request names none.
+pub const DEFAULT_DURATION: i64 = 3600;
+/// Intermediates accepted in `X-Amz-X509-Chain`.
+const MAX_CHAIN: usize = 5;
+
+/// The JSON body of `CreateSession`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateSessionBody {
+    duration_seconds: Option<i64>,
+    profile_arn: String,
+    role_arn: String,
+    trust_anchor_arn: String,
+    role_session_name: Option<String>,
+}
+
+fn denied(msg: impl Into<String>) -> ApiError {
+    ApiError::access_denied(msg)
+}
+
+/// Serves `POST /sessions`.
+pub(crate) fn create_session(
+    shared: &Shared,
+    req: &RawRequest,
+) -> Result<Response<Body>, ApiError> {
+    let now = shared.now();
+    // --- signature envelope --------------------------------------------------
+    let auth_value = req
+        .header("authorization")
+        .ok_or_else(|| denied("Missing Authorization header"))?;
+    let auth = Authorization::parse(auth_value).map_err(|e| denied(e.to_string()))?;
+    if auth.algorithm != ALGORITHM_ECDSA && auth.algorithm != ALGORITHM_RSA {
+        return Err(denied(format!(
+            "Unsupported signing algorithm {:?}: expected {ALGORITHM_ECDSA} or {ALGORITHM_RSA}",
+            auth.algorithm
+        )));
+    }
+    let amz_date = req
+        .header("x-amz-date")
+        .ok_or_else(|| denied("Missing X-Amz-Date header"))?;
+    let signed_at = sigv4::parse_amz_date(amz_date).map_err(|e| denied(e.to_string()))?;
+    check_skew(signed_at, now).map_err(|m| denied(format!("X-Amz-Date is stale: {m}")))?;
+    if auth.date != amz_date[..8] {
+        return Err(denied(format!(
+            "Credential scope date {} does not match the X-Amz-Date date {}",
+            auth.date,
+            &amz_date[..8]
+        )));
+    }
+    if auth.region != shared.region {
+        return Err(denied(format!(
+            "Credential scope region '{}' does not match this endpoint's region '{}'",
+            auth.region, shared.region
+        )));
+    }
+    if auth.service != SERVICE_ROLESANYWHERE {
+        return Err(denied(format!(
+            "Credential scope service '{}' is not '{SERVICE_ROLESANYWHERE}'",
+            auth.service
+        )));
+    }
+    let chain_header = req.header("x-amz-x509-chain");
+    let mut required = vec!["content-type", "host", "x-amz-date", "x-amz-x509"];
+    if chain_header.is_some() {
+        required.push("x-amz-x509-chain");
+    }
+    for name in required {
+        if !auth.signed_headers.iter().any(|h| h == name) {
+            return Err(denied(format!(
+                "SignedHeaders must include '{name}' (signed: {})",
+                auth.signed_headers.join(";")
+            )));
+        }
+    }
+    // --- certificates ----------------------------------------------------------
+    let leaf_b64 = req
+        .header("x-amz-x509")
+        .ok_or_else(|| denied("Missing X-Amz-X509 header"))?;
+    let leaf_der = B64
+        .decode(leaf_b64.trim())
+        .map_err(|e| denied(format!("X-Amz-X509 is not base64: {e}")))?;
+    let leaf = CertificateInfo::from_der(&leaf_der)
+        .map_err(|e| denied(format!("X-Amz-X509 is not a usable certificate: {e}")))?;
+    let mut chain = Vec::new();
+    if let Some(text) = chain_header {
+        for (i, part) in text.split(',').enumerate() {
+            if i >= MAX_CHAIN {
+                return Err(denied(format!(
+                    "X-Amz-X509-Chain holds more than {MAX_CHAIN} certificates"
+                )));
+            }
+            let der = B64
+                .decode(part.trim())
+                .map_err(|e| denied(format!("X-Amz-X509-Chain entry {i} is not base64: {e}")))?;
+            CertificateInfo::from_der(&der).map_err(|e| {
+                denied(format!(
+                    "X-Amz-X509-Chain entry {i} is not a certificate: {e}"
+                ))
+            })?;
+            chain.push(der);
+        }
+    }
+    if auth.credential_id != leaf.serial {
+        return Err(denied(format!(
+            "Credential serial number {} does not match the X-Amz-X509 certificate's serial {}",
+            auth.credential_id, leaf.serial
+        )));
+    }
+    let verify_alg: &'static dyn signature::VerificationAlgorithm =
+        match (auth.algorithm.as_str(), leaf.key_type) {
+            (ALGORITHM_ECDSA, KeyType::EcdsaP256) => &signature::ECDSA_P256_SHA256_ASN1,
+            (ALGORITHM_ECDSA, KeyType::EcdsaP384) => &signature::ECDSA_P384_SHA256_ASN1,
+            (ALGORITHM_RSA, k) if k.is_rsa() => &signature::RSA_PKCS1_2048_8192_SHA256,
+            (alg, k) => {
+                return Err(denied(format!(
+                    "Signing algorithm {alg} does not match the certificate's {k} key"
+                )));
+            }
+        };
+    // --- signature over the request as received ------------------------------------
+    let payload_hash = sigv4::sha256_hex(&req.body);
+    let parts = RequestParts {
+        method: &req.method,
+        path: &req.path,
+        query: &req.query,
+        headers: &req.headers,
+        payload_hash: &payload_hash,
+    };
+    let (canonical, _) = sigv4::canonical_request(&parts, &auth.signed_headers)
+        .map_err(|e| denied(e.to_string()))?;
+    let to_sign = sigv4::string_to_sign(&auth.algorithm, amz_date, &auth.scope(), &canonical);
+    let sig = hex::decode(&auth.signature).map_err(|_| denied("Signature is not hex"))?;
+    let (_, parsed_leaf) =
+        X509Certificate::from_der(&leaf_der).map_err(|e| denied(format!("X-Amz-X509: {e}")))?;
+    let spk = parsed_leaf.public_key().subject_public_key.data.as_ref();
+    if signature::UnparsedPublicKey::new(verify_alg, spk)
+        .verify(to_sign.as_bytes(), &sig)
+        .is_err()
+    {
+        tracing::debug!(canonical_request = %canonical, "X.509 request signature mismatch");
+        return Err(denied(
+            "Signature does not match: the request signature we calculated does not match the signature you provided",
+        ));
+    }
+    // --- body ------------------------------------------------------------------
+    let body: CreateSessionBody = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::validation(format!("Invalid request body: {e}")))?;
+    // --- trust anchor and certificate path ---------------------------------------
+    let registry = shared.registry();
+    let anchor = registry
+        .anchors
+        .get(&body.trust_anchor_arn)
+        .ok_or_else(|| {
+            denied(format!(
+                "Trust anchor {} does not exist",
+                body.trust_anchor_arn
+            ))
+        })?;
+    if !anchor.enabled {
+        return Err(denied(format!(
+            "Trust anchor {} is disabled",
+            body.trust_anchor_arn
+        )));
+    }
+    if let Some(why) = &anchor.load_error {
+        return Err(denied(format!(
+            "Trust anchor {} has no usable CA bundle: {why}",
+            body.trust_anchor_arn
+        )));
+    }
+    verify_chain(&leaf_der, &chain, &anchor.certs_der, now).map_err(|e| {
+        denied(format!(
+            "Untrusted signing certificate for trust anchor {}: {e}",
+            body.trust_anchor_arn
+        ))
+    })?;
+    if leaf.is_ca {
+        return Err(denied(
+            "Untrusted signing certificate: the end-entity certificate is a CA (basicConstraints CA:TRUE)",
+        ));
+    }
+    if !leaf.digital_signature {
+        return Err(denied(
+            "Untrusted signing certificate: keyUsage does not allow digitalSignature",
+        ));
+    }
+    // --- profile, role, trust policy --------------------------------------------------
+    let profile = registry
+        .profiles
+        .get(&body.profile_arn)
+        .ok_or_else(|| denied(format!("Profile {} does not exist", body.profile_arn)))?;
+    if !profile.enabled {
+        return Err(denied(format!("Profile {} is disabled", body.profile_arn)));
+    }
+    if !profile.role_arns.contains(&body.role_arn) {
+        return Err(denied(format!(
+            "Role {} is not in profile {}",
+            body.role_arn, body.profile_arn
+        )));
+    }
+    let role = registry.roles.get(&body.role_arn).ok_or_else(|| {
+        denied(format!(
+            "Unable to assume role {}: the role does not exist",
+            body.role_arn
+        ))
+    })?;
+    let tags = PrincipalTags::from_certificate(&leaf, &parsed_leaf, &body.trust_anchor_arn);
+    policy::evaluate(&role.conditions, &tags).map_err(|why| {
+        denied(format!(
+            "Unable to assume role {}: its trust policy does not allow this certificate: {why}",
+            body.role_arn
+        ))
+    })?;
+    let cap = profile
+        .duration_seconds
+        .map_or(MAX_DURATION, |c| i64::from(c).min(MAX_DURATION));
+    let duration = body.duration_seconds.unwrap_or(DEFAULT_DURATION.min(cap));
+    if !(MIN_DURATION..=cap).contains(&duration) {
+        return Err(ApiError::validation(format!(
+            "durationSeconds {duration} is out of range: must be between {MIN_DURATION} and {cap} for profile {}",
+            body.profile_arn
+        )));
+    }
+    let session_name = match &body.role_session_name {
+        Some(_) if !profile.accept_role_session_name => {
+            return Err(ApiError::validation(format!(
+                "roleSessionName is not accepted by profile {} (acceptRoleSessionName is false)",
+                body.profile_arn
+            )));
+        }
+        Some(name) if !valid_session_name(name) => {
+            return Err(ApiError::validation(format!(
+                "roleSessionName {name:?} must be 2-64 characters of [A-Za-z0-9_=,.@-]"
+            )));
+        }
+        Some(name) => name.clone(),
+        None => parsed_leaf.serial.to_str_radix(16),
+    };
+    let role_arn = role.arn.clone();
+    drop(registry);
+    // --- issue ---------------------------------------------------------------------
+    let expiration = now + time::Duration::seconds(duration);
+    let access_key_id = format!("ASIA{}", random_string(16, UPPER_ALNUM));
+    let creds = IssuedCredentials {
+        secret_access_key: random_string(40, SECRET_ALPHABET),
+        session_token: format!("IQoJemulator{}", random_string(300, SECRET_ALPHABET)),
+        expiration,
+        role_arn: role_arn.clone(),
+        session_name: session_name.clone(),
+    };
+    let role_name = crate::config::role_name(&role_arn).unwrap_or("role");
+    let reply = serde_json::json!({
+        "credentialSet": [{
+            "assumedRoleUser": {
+                "arn": crate::assumed_role_arn(&shared.account, role_name, &session_name),
+                "assumedRoleId": format!("{}:{session_name}", crate::role_id(&role_arn)),
+            },
+            "credentials": {
+                "accessKeyId": access_key_id,
+                "secretAccessKey": creds.secret_access_key,
+                "sessionToken": creds.session_token,
+                "expiration": crate::rfc3339(expiration),
+            },
+            "packedPolicySize": 0,
+            "roleArn": role_arn,
+            "sourceIdentity": format!("CN={}", leaf.common_name.clone().unwrap_or_default()),
+        }],
+        "subjectArn": format!(
+            "arn:aws:rolesanywhere:{}:{}:subject/{}",
+            shared.region,
+            shared.account,
+            uuid_from(leaf.subject.as_bytes())
+        ),
+    });
+    let record = SessionRecord {
+        role_arn: role_arn.clone(),
+        profile_arn: body.profile_arn.clone(),
+        trust_anchor_arn: body.trust_anchor_arn.clone(),
+        certificate_serial: leaf.serial.clone(),
+        subject_cn: leaf.common_name.clone(),
+        subject_ou: leaf.organizational_units.first().cloned(),
+        subject_o: leaf.organizations.first().cloned(),
+        san_uri: leaf.uris.first().cloned(),
+        access_key_id: access_key_id.clone(),
+        expiration,
+        role_session_name: session_name.clone(),
+    };
+    {
+        let mut registry = shared.registry();
+        registry.credentials.insert(access_key_id.clone(), creds);
+        registry.sessions.push(record);
+    }
+    tracing::info!(
+        role_arn = %role_arn,
+        profile_arn = %body.profile_arn,
+        serial = %leaf.serial,
+        subject = %leaf.subject,
+        access_key_id = %access_key_id,
+        duration_seconds = duration,
+        "CreateSession granted"
+    );
+    Ok(response(
+        201,
+        "application/json",
+        reply.to_string(),
+        &crate::state::request_id(),
+    ))
+}
+
+/// AWS's `roleSessionName` rule: 2-64 characters of `[\w+=,.@-]`.
+fn valid_session_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
+}
+
+/// A stable UUID-shaped id derived from `data`.
+fn uuid_from(data: &[u8]) -> String {
+    let h = sigv4::sha256_hex(data);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_follow_aws_rules() {
+        assert!(valid_session_name("app-1@ns.example"));
+        assert!(!valid_session_name("a"));
+        assert!(!valid_session_name("has space"));
+        assert!(!valid_session_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn subject_ids_are_stable_and_uuid_shaped() {
+        assert_eq!(uuid_from(b"CN=a"), uuid_from(b"CN=a"));
+        assert_ne!(uuid_from(b"CN=a"), uuid_from(b"CN=b"));
+        assert_eq!(uuid_from(b"x").len(), 36);
+    }
+}

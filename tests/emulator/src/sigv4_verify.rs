@@ -1,0 +1,258 @@
+//! Verifies AWS Signature Version 4 (`AWS4-HMAC-SHA256`) on STS and ECR
+//! requests against credentials this emulator issued, as AWS does.
+
+use attache_pki::sigv4::{self, Authorization, RequestParts};
+
+use crate::state::{IssuedCredentials, Shared};
+use crate::wire::{ApiError, RawRequest};
+
+/// How far `X-Amz-Date` may be from the emulator's clock.
+pub(crate) const MAX_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The error codes a service uses for SigV4 failures (they differ between the
+/// query protocol of STS and the JSON protocol of ECR).
+pub(crate) struct SigV4Codes {
+    /// Signing name in the credential scope (`sts`, `ecr`).
+    pub service: &'static str,
+    /// No `Authorization` at all.
+    pub missing: (u16, &'static str),
+    /// `Authorization` that cannot be read.
+    pub incomplete: (u16, &'static str),
+    /// Wrong signature, scope or date.
+    pub mismatch: (u16, &'static str),
+    /// Unknown access key or session token.
+    pub invalid_token: (u16, &'static str),
+    /// Expired credentials.
+    pub expired: (u16, &'static str),
+}
+
+/// STS (query protocol) codes.
+pub(crate) const STS: SigV4Codes = SigV4Codes {
+    service: "sts",
+    missing: (403, "MissingAuthenticationToken"),
+    incomplete: (400, "IncompleteSignature"),
+    mismatch: (403, "SignatureDoesNotMatch"),
+    invalid_token: (403, "InvalidClientTokenId"),
+    expired: (403, "ExpiredToken"),
+};
+
+/// ECR (AWS JSON 1.1) codes.
+pub(crate) const ECR: SigV4Codes = SigV4Codes {
+    service: "ecr",
+    missing: (400, "MissingAuthenticationTokenException"),
+    incomplete: (400, "IncompleteSignatureException"),
+    mismatch: (400, "InvalidSignatureException"),
+    invalid_token: (400, "UnrecognizedClientException"),
+    expired: (400, "ExpiredTokenException"),
+};
+
+fn err(code: (u16, &'static str), message: impl Into<String>) -> ApiError {
+    ApiError::new(code.0, code.1, message)
+}
+
+/// Checks the request's SigV4 signature and returns the credentials it was
+/// signed with.
+pub(crate) fn verify(
+    shared: &Shared,
+    req: &RawRequest,
+    codes: &SigV4Codes,
+) -> Result<IssuedCredentials, ApiError> {
+    if req.query.contains("X-Amz-Signature=") {
+        return Err(err(
+            codes.incomplete,
+            "presigned (query-string) requests are not supported by this emulator",
+        ));
+    }
+    let auth_value = match req.header_count("authorization") {
+        0 => {
+            return Err(err(
+                codes.missing,
+                "Request is missing Authentication Token",
+            ));
+        }
+        1 => req.header("authorization").unwrap_or_default(),
+        _ => return Err(err(codes.incomplete, "more than one Authorization header")),
+    };
+    let auth = Authorization::parse(auth_value)
+        .map_err(|e| err(codes.incomplete, format!("Authorization header: {e}")))?;
+    if auth.algorithm != "AWS4-HMAC-SHA256" {
+        return Err(err(
+            codes.incomplete,
+            format!(
+                "Unsupported AWS 'algorithm': {:?} (expected AWS4-HMAC-SHA256)",
+                auth.algorithm
+            ),
+        ));
+    }
+    let amz_date = req.header("x-amz-date").ok_or_else(|| {
+        err(
+            codes.incomplete,
+            "Authorization header requires existence of a valid X-Amz-Date header",
+        )
+    })?;
+    let signed_at = sigv4::parse_amz_date(amz_date)
+        .map_err(|e| err(codes.incomplete, format!("X-Amz-Date: {e}")))?;
+    let now = shared.now();
+    check_skew(signed_at, now).map_err(|m| err(codes.mismatch, m))?;
+    if auth.date != amz_date[..8] {
+        return Err(err(
+            codes.mismatch,
+            format!(
+                "Date in Credential scope ({}) does not match YYYYMMDD from X-Amz-Date ({})",
+                auth.date,
+                &amz_date[..8]
+            ),
+        ));
+    }
+    if auth.region != shared.region {
+        return Err(err(
+            codes.mismatch,
+            format!(
+                "Credential should be scoped to a valid region, not '{}' (this endpoint serves '{}')",
+                auth.region, shared.region
+            ),
+        ));
+    }
+    if auth.service != codes.service {
+        return Err(err(
+            codes.mismatch,
+            format!(
+                "Credential should be scoped to correct service: '{}' (got '{}')",
+                codes.service, auth.service
+            ),
+        ));
+    }
+    for required in ["host", "x-amz-date"] {
+        if !auth.signed_headers.iter().any(|h| h == required) {
+            return Err(err(
+                codes.mismatch,
+                format!("'{required}' must be a 'SignedHeader' in the AWS Authorization"),
+            ));
+        }
+    }
+    let creds = shared
+        .registry()
+        .credentials
+        .get(&auth.credential_id)
+        .cloned()
+        .ok_or_else(|| {
+            err(
+                codes.invalid_token,
+                format!(
+                    "The security token included in the request is invalid (unknown access key {})",
+                    auth.credential_id
+                ),
+            )
+        })?;
+    match req.header("x-amz-security-token") {
+        None => {
+            return Err(err(
+                codes.invalid_token,
+                "The security token included in the request is invalid (temporary credentials need X-Amz-Security-Token)",
+            ));
+        }
+        Some(token) => {
+            if !constant_time_eq(token.as_bytes(), creds.session_token.as_bytes()) {
+                return Err(err(
+                    codes.invalid_token,
+                    "The security token included in the request is invalid (X-Amz-Security-Token does not belong to this access key)",
+                ));
+            }
+            if !auth
+                .signed_headers
+                .iter()
+                .any(|h| h == "x-amz-security-token")
+            {
+                return Err(err(
+                    codes.mismatch,
+                    "'x-amz-security-token' must be a 'SignedHeader' in the AWS Authorization",
+                ));
+            }
+        }
+    }
+    if now >= creds.expiration {
+        return Err(err(
+            codes.expired,
+            format!(
+                "The security token included in the request is expired (expired at {})",
+                crate::rfc3339(creds.expiration)
+            ),
+        ));
+    }
+    let payload_hash = sigv4::sha256_hex(&req.body);
+    let parts = RequestParts {
+        method: &req.method,
+        path: &req.path,
+        query: &req.query,
+        headers: &req.headers,
+        payload_hash: &payload_hash,
+    };
+    let (canonical, _) = sigv4::canonical_request(&parts, &auth.signed_headers)
+        .map_err(|e| err(codes.mismatch, e.to_string()))?;
+    let to_sign = sigv4::string_to_sign(&auth.algorithm, amz_date, &auth.scope(), &canonical);
+    let expected = sigv4::hmac_signature(
+        &creds.secret_access_key,
+        &auth.date,
+        &auth.region,
+        &auth.service,
+        &to_sign,
+    );
+    if !constant_time_eq(
+        expected.as_bytes(),
+        auth.signature.to_ascii_lowercase().as_bytes(),
+    ) {
+        // The canonical request holds the session token: log only its shape.
+        tracing::debug!(scope = %auth.scope(), signed_headers = %auth.signed_headers.join(";"), "SigV4 signature mismatch");
+        return Err(err(
+            codes.mismatch,
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
+        ));
+    }
+    Ok(creds)
+}
+
+/// Refuses a signing time more than [`MAX_SKEW`] away from `now`, with AWS's wording.
+pub(crate) fn check_skew(
+    signed_at: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Result<(), String> {
+    let fmt = sigv4::format_amz_date;
+    if signed_at < now - MAX_SKEW {
+        return Err(format!(
+            "Signature expired: {} is now earlier than {} ({} - 5 min.)",
+            fmt(signed_at),
+            fmt(now - MAX_SKEW),
+            fmt(now)
+        ));
+    }
+    if signed_at > now + MAX_SKEW {
+        return Err(format!(
+            "Signature not yet current: {} is still later than {} ({} + 5 min.)",
+            fmt(signed_at),
+            fmt(now + MAX_SKEW),
+            fmt(now)
+        ));
+    }
+    Ok(())
+}
+
+/// Compares secrets without an early exit.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_window_is_five_minutes_either_way() {
+        let now = time::OffsetDateTime::now_utc();
+        assert!(check_skew(now - time::Duration::minutes(4), now).is_ok());
+        assert!(check_skew(now + time::Duration::minutes(4), now).is_ok());
+        let e = check_skew(now - time::Duration::minutes(6), now).unwrap_err();
+        assert!(e.starts_with("Signature expired"), "{e}");
+        let e = check_skew(now + time::Duration::minutes(6), now).unwrap_err();
+        assert!(e.starts_with("Signature not yet current"), "{e}");
+    }
+}

@@ -1,0 +1,444 @@
+//! Shared test fixtures: test CAs built with rcgen (so every certificate
+//! property can be bent), an emulator with one anchor/profile/role, and
+//! request helpers that sign the way real clients do.
+#![allow(dead_code)]
+
+use std::time::SystemTime;
+
+use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_pki::{KeyType, PrivateKey, X509Signer};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use time::OffsetDateTime;
+
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+pub const TA_ARN: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/ta-1";
+pub const PROFILE_ARN: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p-1";
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/app-role";
+pub const OTHER_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/other-role";
+pub const SPIFFE_URI: &str = "spiffe://cluster.local/ns/payments/sa/app";
+
+/// A CA made with rcgen whose key is an attache `PrivateKey`.
+pub struct TestCa {
+    pub issuer: CertifiedIssuer<'static, PrivateKey>,
+}
+
+/// What a leaf certificate should look like.
+#[derive(Clone)]
+pub struct LeafOpts {
+    pub key_type: KeyType,
+    pub cn: String,
+    pub ou: String,
+    pub o: String,
+    pub uri: Option<String>,
+    pub dns: Option<String>,
+    pub is_ca: bool,
+    pub digital_signature: bool,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Default for LeafOpts {
+    fn default() -> Self {
+        let now = OffsetDateTime::now_utc();
+        LeafOpts {
+            key_type: KeyType::EcdsaP256,
+            cn: "app".into(),
+            ou: "payments".into(),
+            o: "cluster.local".into(),
+            uri: Some(SPIFFE_URI.into()),
+            dns: None,
+            is_ca: false,
+            digital_signature: true,
+            not_before: now - time::Duration::hours(1),
+            not_after: now + time::Duration::hours(24),
+        }
+    }
+}
+
+fn serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    b[0] = (b[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&b)
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let now = OffsetDateTime::now_utc();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.serial_number = Some(serial());
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(30);
+    p
+}
+
+impl TestCa {
+    pub fn new(cn: &str) -> TestCa {
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(ca_params(cn), key).unwrap(),
+        }
+    }
+
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, cn: &str) -> TestCa {
+        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+        TestCa {
+            issuer: CertifiedIssuer::signed_by(ca_params(cn), key, &self.issuer).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    /// A leaf with its key, as a signer (with `chain` as X-Amz-X509-Chain).
+    pub fn leaf_with_chain(&self, opts: &LeafOpts, chain: Vec<Vec<u8>>) -> X509Signer {
+        let key = PrivateKey::generate(opts.key_type).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::OrganizationName, opts.o.as_str());
+        p.distinguished_name
+            .push(DnType::OrganizationalUnitName, opts.ou.as_str());
+        p.distinguished_name
+            .push(DnType::CommonName, opts.cn.as_str());
+        if let Some(uri) = &opts.uri {
+            p.subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into().unwrap()));
+        }
+        if let Some(dns) = &opts.dns {
+            p.subject_alt_names
+                .push(SanType::DnsName(dns.as_str().try_into().unwrap()));
+        }
+        p.is_ca = if opts.is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
+        p.key_usages = if opts.digital_signature {
+            vec![KeyUsagePurpose::DigitalSignature]
+        } else {
+            vec![KeyUsagePurpose::KeyEncipherment]
+        };
+        if opts.is_ca {
+            p.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
+        p.serial_number = Some(serial());
+        p.not_before = opts.not_before;
+        p.not_after = opts.not_after;
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        X509Signer::new(cert.der().to_vec(), chain, key).unwrap()
+    }
+
+    pub fn leaf(&self, opts: &LeafOpts) -> X509Signer {
+        self.leaf_with_chain(opts, Vec::new())
+    }
+}
+
+/// The standard set-up: anchor `TA_ARN` = `ca`, profile `PROFILE_ARN` allowing
+/// `ROLE_ARN` (trust policy pins CN=app and the SPIFFE URI by glob) and
+/// `OTHER_ROLE_ARN` existing but not in the profile.
+pub async fn emulator(ca: &TestCa) -> Emulator {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_trust_anchor(TA_ARN, &ca.pem(), true);
+    emu.add_profile(Profile {
+        arn: PROFILE_ARN.into(),
+        role_arns: vec![ROLE_ARN.into()],
+        duration_seconds: Some(7200),
+        accept_role_session_name: false,
+        enabled: true,
+    });
+    emu.add_role(Role {
+        arn: ROLE_ARN.into(),
+        conditions: vec![
+            Condition {
+                operator: Operator::StringEquals,
+                key: "aws:PrincipalTag/x509Subject/CN".into(),
+                values: vec!["app".into()],
+            },
+            Condition {
+                operator: Operator::StringLike,
+                key: "aws:PrincipalTag/x509SAN/URI".into(),
+                values: vec!["spiffe://cluster.local/ns/*/sa/app".into()],
+            },
+            Condition {
+                operator: Operator::StringEquals,
+                key: "aws:SourceArn".into(),
+                values: vec![TA_ARN.into()],
+            },
+        ],
+    });
+    emu.add_role(Role {
+        arn: OTHER_ROLE_ARN.into(),
+        conditions: vec![],
+    });
+    emu
+}
+
+pub fn host_of(emu: &Emulator) -> String {
+    emu.local_addr().to_string()
+}
+
+/// A CreateSession body.
+pub fn session_body(role: &str, duration: Option<i64>) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "profileArn": PROFILE_ARN,
+        "roleArn": role,
+        "trustAnchorArn": TA_ARN,
+    });
+    if let Some(d) = duration {
+        v["durationSeconds"] = d.into();
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// A request about to be sent, open to tampering.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn get(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A CreateSession request signed by `signer` at `now` for `region`.
+pub fn signed_session_request(
+    signer: &X509Signer,
+    host: &str,
+    body: Vec<u8>,
+    region: &str,
+    now: OffsetDateTime,
+) -> Req {
+    let content = vec![("Content-Type".to_string(), "application/json".to_string())];
+    let signed = signer
+        .sign(
+            "POST",
+            host,
+            "/sessions",
+            "",
+            &content,
+            &body,
+            region,
+            "rolesanywhere",
+            now,
+        )
+        .unwrap();
+    let mut headers = content;
+    headers.extend(signed.headers);
+    Req {
+        method: "POST".into(),
+        path: "/sessions".into(),
+        headers,
+        body,
+    }
+}
+
+/// The answer: status, `x-amzn-ErrorType`, body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub error_type: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Asserts an error with this status and code whose message contains `needle`.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str, needle: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        let code_seen = if self.error_type.is_empty() {
+            xml_tag(&self.body, "Code").unwrap_or_default()
+        } else {
+            self.error_type.clone()
+        };
+        assert_eq!(code_seen, code, "{self:?}");
+        assert!(
+            self.body.contains(needle),
+            "expected {needle:?} in {self:?}"
+        );
+    }
+}
+
+pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(body[start..end].to_string())
+}
+
+pub async fn send(url: &str, req: &Req) -> Answer {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    send_with(&client, url, req).await.unwrap()
+}
+
+pub async fn send_with(client: &reqwest::Client, url: &str, req: &Req) -> reqwest::Result<Answer> {
+    let mut rb = client.request(
+        reqwest::Method::from_bytes(req.method.as_bytes()).unwrap(),
+        format!("{url}{}", req.path),
+    );
+    for (k, v) in &req.headers {
+        rb = rb.header(k, v);
+    }
+    let resp = rb.body(req.body.clone()).send().await?;
+    let status = resp.status().as_u16();
+    let error_type = resp
+        .headers()
+        .get("x-amzn-ErrorType")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.text().await?;
+    Ok(Answer {
+        status,
+        error_type,
+        body,
+    })
+}
+
+/// Temporary credentials from a CreateSession answer.
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+pub fn creds_of(answer: &Answer) -> Creds {
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let c = &answer.json()["credentialSet"][0]["credentials"];
+    Creds {
+        access_key_id: c["accessKeyId"].as_str().unwrap().into(),
+        secret_access_key: c["secretAccessKey"].as_str().unwrap().into(),
+        session_token: c["sessionToken"].as_str().unwrap().into(),
+    }
+}
+
+/// Runs a successful CreateSession for `ROLE_ARN` and returns the credentials.
+pub async fn session(emu: &Emulator, ca: &TestCa, duration: i64) -> Creds {
+    let signer = ca.leaf(&LeafOpts::default());
+    let req = signed_session_request(
+        &signer,
+        &host_of(emu),
+        session_body(ROLE_ARN, Some(duration)),
+        REGION,
+        OffsetDateTime::now_utc(),
+    );
+    creds_of(&send(&emu.url(), &req).await)
+}
+
+/// Signs with the `aws-sigv4` crate exactly as the AWS SDKs do (default
+/// settings: double URI encoding, path normalisation, session token signed).
+pub fn sdk_sign(
+    creds: &Creds,
+    service: &str,
+    region: &str,
+    url: &str,
+    req: &mut Req,
+    at: SystemTime,
+) {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+    let identity = aws_credential_types::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        Some(creds.session_token.clone()),
+        None,
+        "test",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let full = format!("{url}{}", req.path);
+    let signable = SignableRequest::new(
+        &req.method,
+        &full,
+        req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(&req.body),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(&full);
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    let mut http_req = builder.body(()).unwrap();
+    instructions.apply_to_request_http1x(&mut http_req);
+    req.headers = http_req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
+        .collect();
+    req.path = http_req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+}
+
+/// An STS GetCallerIdentity POST, unsigned.
+pub fn sts_request() -> Req {
+    Req {
+        method: "POST".into(),
+        path: "/".into(),
+        headers: vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded; charset=utf-8".into(),
+        )],
+        body: b"Action=GetCallerIdentity&Version=2011-06-15".to_vec(),
+    }
+}
+
+/// An ECR GetAuthorizationToken, unsigned.
+pub fn ecr_request() -> Req {
+    Req {
+        method: "POST".into(),
+        path: "/".into(),
+        headers: vec![
+            ("content-type".into(), "application/x-amz-json-1.1".into()),
+            (
+                "x-amz-target".into(),
+                "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken".into(),
+            ),
+        ],
+        body: b"{}".to_vec(),
+    }
+}

@@ -40,6 +40,9 @@ pub struct Caller {
     pub pod_uid: Option<String>,
 }
 
+/// TokenReview results by SHA-256 of the token, with their expiry.
+pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], (Caller, Instant)>>>;
+
 /// Shared state of the certificate API.
 #[derive(Clone)]
 pub struct CertApi {
@@ -56,7 +59,7 @@ pub struct CertApi {
     /// Metrics.
     pub metrics: Metrics,
     /// TokenReview cache keyed by SHA-256 of the token.
-    pub cache: Arc<Mutex<HashMap<[u8; 32], (Caller, Instant)>>>,
+    pub cache: TokenCache,
 }
 
 /// An API refusal: status, code, message.

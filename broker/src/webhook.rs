@@ -77,7 +77,7 @@ impl Webhook {
             return allow;
         }
         let namespace = req.namespace.clone().unwrap_or_default();
-        if self.excluded_namespaces.iter().any(|n| *n == namespace) {
+        if self.excluded_namespaces.contains(&namespace) {
             Metrics::count(&self.metrics.admissions, "skipped");
             return allow;
         }

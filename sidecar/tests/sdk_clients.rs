@@ -1,0 +1,352 @@
+//! Real AWS SDKs read the sidecar's endpoint unmodified: botocore (container
+//! provider and IMDSv2), the JavaScript SDK v3 (`fromHttp`,
+//! `fromContainerMetadata`), and `credential_process`. Each calls the
+//! emulator's STS GetCallerIdentity and must see the role the certificate's
+//! ServiceAccount is allowed. The sidecar's whole log is then searched for
+//! every secret it handled.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Sidecar {
+    child: Child,
+    port: u16,
+    token_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_sidecar(w: &World) -> Sidecar {
+    let port = free_port();
+    let token_file = w.dir.path().join("run/token");
+    let log = w.dir.path().join("sidecar.log");
+    let mut args = vec!["serve".to_string()];
+    args.extend(w.source_flags());
+    args.extend([
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--token-file".into(),
+        token_file.to_str().unwrap().into(),
+        "--imds".into(),
+    ]);
+    let child = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+        .args(&args)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut s = Sidecar {
+        child,
+        port,
+        token_file,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return s;
+        }
+        if let Ok(Some(status)) = s.child.try_wait() {
+            panic!(
+                "sidecar exited {status}: {}",
+                std::fs::read_to_string(&s.log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar not ready: {}",
+            std::fs::read_to_string(&s.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An environment with no AWS configuration but what the test gives.
+fn clean_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_REGION", REGION)
+}
+
+fn python_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import botocore"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!required(), "botocore is required (pip install botocore)");
+        eprintln!("SKIPPED: python3 with botocore is not installed");
+    }
+    ok
+}
+
+const BOTO_STS: &str = r#"
+import json, os, botocore.session
+s = botocore.session.get_session()
+c = s.create_client("sts", region_name=os.environ["AWS_REGION"], endpoint_url=os.environ["STS_ENDPOINT"])
+print(json.dumps(c.get_caller_identity()))
+"#;
+
+/// Runs a client process; `block_in_place` keeps the in-process emulator serving meanwhile.
+fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn assert_identity(w: &World, reply: &serde_json::Value) {
+    assert_eq!(reply["Arn"], w.expected_arn(), "{reply}");
+    assert_eq!(reply["Account"], ACCOUNT);
+    let sessions = w.emulator.sessions();
+    assert!(!sessions.is_empty());
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.san_uri.as_deref() == Some(SPIFFE) && s.role_arn == ROLE)
+    );
+}
+
+fn assert_no_secrets_in(log: &Path, secrets: &[&str]) {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.contains("obtained AWS credentials"),
+        "the log is captured: {text}"
+    );
+    for s in secrets {
+        assert!(!s.is_empty());
+        assert!(
+            !text.contains(s),
+            "secret {}... found in the sidecar log",
+            &s[..s.len().min(6)]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hold_no_secret() {
+    let w = World::new().await;
+    let sidecar = start_sidecar(&w).await;
+    let full_uri = format!("http://127.0.0.1:{}/v1/credentials", sidecar.port);
+    let sts = w.emulator.url();
+
+    if python_available() {
+        // Container credentials provider.
+        let reply = run_json(
+            clean_env(&mut Command::new("python3"))
+                .args(["-c", BOTO_STS])
+                .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
+                .env(
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    &sidecar.token_file,
+                )
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("STS_ENDPOINT", &sts),
+        );
+        assert_identity(&w, &reply);
+        // IMDSv2 (token PUT, role listing, credentials).
+        let reply = run_json(
+            clean_env(&mut Command::new("python3"))
+                .args(["-c", BOTO_STS])
+                .env(
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                    format!("http://127.0.0.1:{}/", sidecar.port),
+                )
+                .env("STS_ENDPOINT", &sts),
+        );
+        assert_identity(&w, &reply);
+    }
+
+    let js_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sdk-clients");
+    if js_dir.join("node_modules/@aws-sdk/client-sts").exists() {
+        let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
+        for provider in ["fromHttp", "fromContainerMetadata"] {
+            let mut cmd = Command::new("node");
+            clean_env(&mut cmd)
+                .arg(js_dir.join("sts-identity.mjs"))
+                .arg(provider)
+                .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
+                .env("STS_ENDPOINT", &sts);
+            if provider == "fromHttp" {
+                // What the SDK's default chain uses for FULL_URI: the token file.
+                cmd.env(
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    &sidecar.token_file,
+                );
+            } else {
+                // The older ECS provider only reads the token from the environment.
+                cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.trim());
+            }
+            let reply = run_json(&mut cmd);
+            assert_identity(&w, &reply);
+        }
+    } else {
+        assert!(!required(), "run npm ci --prefix tests/sdk-clients");
+        eprintln!(
+            "SKIPPED: tests/sdk-clients/node_modules is missing (npm ci --prefix tests/sdk-clients)"
+        );
+    }
+
+    // Every secret the sidecar handled, then the log.
+    let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
+    let creds: serde_json::Value = reqwest::Client::new()
+        .get(&full_uri)
+        .header("Authorization", token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_body: String = w.key_pem.lines().nth(1).unwrap().to_string();
+    drop(sidecar.child.id());
+    let log = sidecar.log.clone();
+    drop(sidecar);
+    assert_no_secrets_in(
+        &log,
+        &[
+            creds["SecretAccessKey"].as_str().unwrap(),
+            creds["Token"].as_str().unwrap(),
+            token.trim(),
+            &key_body,
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_process_output_works_as_an_aws_config_credential_process() {
+    let w = World::new().await;
+    let mut args = vec!["credential-process".to_string()];
+    args.extend(w.source_flags());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args(&args)
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["Version"], 1);
+    assert!(doc["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+    assert!(doc["Expiration"].as_str().unwrap().ends_with('Z'));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(doc["SecretAccessKey"].as_str().unwrap()));
+
+    if python_available() {
+        let quoted: Vec<String> =
+            std::iter::once(env!("CARGO_BIN_EXE_attache-sidecar").to_string())
+                .chain(args)
+                .collect();
+        let config = w.dir.path().join("config");
+        std::fs::write(
+            &config,
+            format!(
+                "[profile attache]\ncredential_process = {}\n",
+                quoted.join(" ")
+            ),
+        )
+        .unwrap();
+        let reply = run_json(
+            clean_env(&mut Command::new("python3"))
+                .args(["-c", BOTO_STS])
+                .env("AWS_CONFIG_FILE", &config)
+                .env("AWS_PROFILE", "attache")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("STS_ENDPOINT", w.emulator.url()),
+        );
+        assert_identity(&w, &reply);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_validation_lists_every_problem_on_its_own_line() {
+    let w = World::new().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+        .args([
+            "credential-process",
+            "--region",
+            "mars-1",
+            "--profile-arn",
+            "arn:aws:rolesanywhere:us-east-1:1:profile/p",
+            "--role-arn",
+            "arn:aws:iam::123456789012:user/bob",
+            "--trust-anchor-arn",
+            ANCHOR,
+            "--certificate",
+            w.cert.to_str().unwrap(),
+            "--private-key",
+            w.dir.path().join("missing.key").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    for needle in [
+        "unknown region \"mars-1\"",
+        "invalid profile ARN",
+        "invalid role ARN",
+        "missing.key",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{needle} not in {err}"
+        );
+    }
+    // A key that does not match the certificate, and an expired certificate.
+    let other = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256).unwrap();
+    std::fs::write(
+        w.dir.path().join("other.key"),
+        other.to_pkcs8_pem().as_bytes(),
+    )
+    .unwrap();
+    let mut args = vec!["credential-process".to_string()];
+    args.extend(w.source_flags());
+    let i = args.iter().position(|a| a == "--private-key").unwrap();
+    args[i + 1] = w.dir.path().join("other.key").to_str().unwrap().into();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args(&args)
+            .output()
+            .unwrap()
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not match"),
+        "{err}"
+    );
+}

@@ -228,7 +228,6 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
         .await
         .unwrap();
     let key_body: String = w.key_pem.lines().nth(1).unwrap().to_string();
-    drop(sidecar.child.id());
     let log = sidecar.log.clone();
     drop(sidecar);
     assert_no_secrets_in(

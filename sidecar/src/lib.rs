@@ -9,7 +9,9 @@
 //! - [`server`]: `/v1/credentials`, health, readiness, metrics, IMDSv2 paths.
 //! - [`serve`]: the listener loop shared with the broker (timeouts, TLS, graceful shutdown).
 //! - [`cli`]: flags and environment, validated into the pieces above.
+//! - [`app`]: the commands themselves (`serve`, `credential-process`, `update`, `probe`).
 
+pub mod app;
 pub mod arn;
 pub mod cache;
 pub mod certsource;

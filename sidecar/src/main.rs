@@ -1,31 +1,10 @@
-//! `attache-sidecar`: parses flags, validates them, runs one command.
+//! `attache-sidecar`: parses flags, runs one command, exits non-zero with one
+//! clear line per problem.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use attache_sidecar::cache::{self, CredentialSource as _};
-use attache_sidecar::cli::{Cli, Command, SourceArgs, init_logging, system_clock};
-use attache_sidecar::metrics::Metrics;
-use attache_sidecar::server::{EndpointState, ImdsTokens, router};
-use attache_sidecar::source::RolesAnywhereSource;
-use attache_sidecar::{serve, token, update};
+use attache_sidecar::cli::Cli;
 use clap::Parser as _;
-
-fn fail(problems: &[String]) -> ExitCode {
-    for p in problems {
-        eprintln!("attache-sidecar: {p}");
-    }
-    ExitCode::FAILURE
-}
-
-fn source(args: &SourceArgs, metrics: &Metrics) -> Result<RolesAnywhereSource, Vec<String>> {
-    let setup = args.build(metrics)?;
-    Ok(RolesAnywhereSource {
-        certs: setup.certs,
-        client: setup.client,
-        clock: system_clock(),
-    })
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,115 +14,13 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&[format!("cannot start runtime: {e}")]),
+        Err(e) => {
+            eprintln!("attache-sidecar: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    runtime.block_on(run(cli))
-}
-
-async fn run(cli: Cli) -> ExitCode {
-    let metrics = Metrics::default();
-    match cli.command {
-        Command::Probe(args) => {
-            let url = format!("http://{}/readyz", args.listen);
-            let ok = async {
-                let client = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(2))
-                    .build()
-                    .ok()?;
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()
-                    .map(|r| r.status().is_success())
-            };
-            match ok.await {
-                Some(true) => ExitCode::SUCCESS,
-                Some(false) => fail(&[format!("{url}: not ready")]),
-                None => fail(&[format!("{url}: not reachable")]),
-            }
-        }
-        Command::CredentialProcess(args) => {
-            init_logging(args.log_format);
-            let src = match source(&args, &metrics) {
-                Ok(s) => s,
-                Err(p) => return fail(&p),
-            };
-            match src.fetch().await {
-                Ok(c) => match serde_json::to_string(&c.process_json()) {
-                    Ok(json) => {
-                        println!("{json}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(&[e.to_string()]),
-                },
-                Err(e) => fail(&[e.message]),
-            }
-        }
-        Command::Update(args) => {
-            init_logging(args.source.log_format);
-            let src = match source(&args.source, &metrics) {
-                Ok(s) => s,
-                Err(p) => return fail(&p),
-            };
-            let path = attache_sidecar::cli::expand_home(&args.credentials_file);
-            if args.once {
-                return match src.fetch().await {
-                    Ok(c) => match update::update_file(&path, &args.profile, &c) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => fail(&[format!("cannot write {}: {e}", path.display())]),
-                    },
-                    Err(e) => fail(&[e.message]),
-                };
-            }
-            let (mut cache, _task) = cache::spawn(src, Default::default(), system_clock(), metrics);
-            let mut last = None;
-            loop {
-                cache.wait_ready().await;
-                if let Some(c) = cache.current()
-                    && last.as_deref() != Some(c.access_key_id.as_str())
-                {
-                    if let Err(e) = update::update_file(&path, &args.profile, &c) {
-                        tracing::error!(path = %path.display(), error = %e, "cannot write credentials file");
-                    } else {
-                        tracing::info!(path = %path.display(), profile = %args.profile, "updated credentials file");
-                        last = Some(c.access_key_id.clone());
-                    }
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-                    () = serve::shutdown_signal() => return ExitCode::SUCCESS,
-                }
-            }
-        }
-        Command::Serve(args) => {
-            init_logging(args.source.log_format);
-            let mut problems = Vec::new();
-            let policy = args.policy().map_err(|e| problems.push(e)).ok();
-            let token = token::load_or_create(&args.token_file)
-                .map_err(|e| problems.push(e.to_string()))
-                .ok();
-            let src = source(&args.source, &metrics)
-                .map_err(|p| problems.extend(p))
-                .ok();
-            let (Some(policy), Some(token), Some(src)) = (policy, token, src) else {
-                return fail(&problems);
-            };
-            let listener = match serve::bind(args.listen).await {
-                Ok(l) => l,
-                Err(e) => return fail(&[e.to_string()]),
-            };
-            let (cache, task) = cache::spawn(src, policy, system_clock(), metrics.clone());
-            let state = EndpointState {
-                cache,
-                token: Arc::new(token),
-                metrics,
-                imds: args.imds.then(|| Arc::new(ImdsTokens::default())),
-            };
-            tracing::info!(listen = %args.listen, imds = args.imds, "serving credentials");
-            serve::serve(listener, router(state), None, serve::shutdown_signal()).await;
-            task.abort();
-            ExitCode::SUCCESS
-        }
-    }
+    runtime.block_on(attache_sidecar::app::run(
+        cli,
+        attache_sidecar::serve::shutdown_signal(),
+    ))
 }

@@ -327,7 +327,29 @@ async fn call_one(
         return Ok(Outcome::Denied(denied(&call.name, r.get("status"))));
     }
     let mut patched = obj.clone();
-    if let Some(p64) = r.get("patch").and_then(Value::as_str) {
+    // `patch` is a Go []byte: JSON decoding accepts a base64 string (what Go
+    // clients send) or an array of byte values (what kube-rs sends).
+    let raw: Option<Vec<u8>> = match r.get("patch") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p64)) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(p64)
+                .map_err(|e| CallError::Patch(ApiError::internal(e.to_string())))?,
+        ),
+        Some(Value::Array(bytes)) => Some(
+            bytes
+                .iter()
+                .map(|b| b.as_u64().and_then(|v| u8::try_from(v).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| CallError::Transport("patch array holds a non-byte value".into()))?,
+        ),
+        Some(other) => {
+            return Err(CallError::Transport(format!(
+                "patch must be base64 or a byte array, got {other}"
+            )));
+        }
+    };
+    if let Some(raw) = raw {
         let pt = r
             .get("patchType")
             .and_then(Value::as_str)
@@ -337,9 +359,6 @@ async fn call_one(
                 "unsupported patch type {pt:?}"
             )));
         }
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(p64)
-            .map_err(|e| CallError::Patch(ApiError::internal(e.to_string())))?;
         let patch: json_patch::Patch = serde_json::from_slice(&raw)
             .map_err(|e| CallError::Patch(ApiError::internal(e.to_string())))?;
         json_patch::patch(&mut patched, &patch)

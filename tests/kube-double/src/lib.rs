@@ -308,6 +308,15 @@ impl KubeDouble {
             .context("no token in TokenRequest")
     }
 
+    /// Signs arbitrary claims with the double's ServiceAccount token key, so a
+    /// test can craft tokens the API would never issue (already expired, say).
+    pub fn sign_token_claims(&self, claims: &Value) -> anyhow::Result<String> {
+        self.sh
+            .auth
+            .sign(claims)
+            .map_err(|e| anyhow::anyhow!("signing failed ({}): {}", e.code, e.message))
+    }
+
     /// Maps webhook `clientConfig.service` `{namespace, name, port}` to a local HTTPS
     /// endpoint such as `https://127.0.0.1:8443`. The double connects there but verifies
     /// the certificate for `<name>.<namespace>.svc`, as the real API server does.

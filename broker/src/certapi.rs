@@ -40,8 +40,9 @@ pub struct Caller {
     pub pod_uid: Option<String>,
 }
 
-/// TokenReview results by SHA-256 of the token, with their expiry.
-pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], (Caller, Instant)>>>;
+/// Authentication and authorization results by SHA-256 of the token: the
+/// caller, the role it may use, and until when the entry may be reused.
+pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], (Caller, String, Instant)>>>;
 
 /// Shared state of the certificate API.
 #[derive(Clone)]
@@ -81,22 +82,8 @@ fn kube_unavailable(what: &str, e: kube::Error) -> Refusal {
 }
 
 impl CertApi {
-    /// Authenticates a bearer token with TokenReview (audience `attache-broker`), cached briefly.
+    /// Authenticates a bearer token with TokenReview (audience `attache-broker`).
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
-        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
-            .as_ref()
-            .try_into()
-            .unwrap_or([0; 32]);
-        if let Some((caller, until)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            && *until > Instant::now()
-        {
-            self.metrics.token_cache_hits.inc();
-            return Ok(caller.clone());
-        }
         self.metrics.token_reviews.inc();
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -151,15 +138,6 @@ impl CertApi {
             pod_name: first("authentication.kubernetes.io/pod-name"),
             pod_uid: first("authentication.kubernetes.io/pod-uid"),
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if cache.len() >= TOKEN_CACHE_MAX {
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= TOKEN_CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (caller.clone(), now + TOKEN_CACHE_TTL));
         Ok(caller)
     }
 
@@ -236,6 +214,38 @@ impl CertApi {
         Ok(role)
     }
 
+    /// Authenticates and authorizes `token`, reusing a decision made in the
+    /// last [`TOKEN_CACHE_TTL`] for the same token (so a burst of pods, or a
+    /// sidecar retrying, does not hammer the API server). Refusals are not cached.
+    pub async fn identify(&self, token: &str) -> Result<(Caller, String), Refusal> {
+        let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
+        if let Some((caller, role, until)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && *until > Instant::now()
+        {
+            self.metrics.token_cache_hits.inc();
+            return Ok((caller.clone(), role.clone()));
+        }
+        let caller = self.authenticate(token).await?;
+        let role = self.authorize(&caller).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if cache.len() >= TOKEN_CACHE_MAX {
+            cache.retain(|_, (_, _, until)| *until > now);
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (caller.clone(), role.clone(), now + TOKEN_CACHE_TTL));
+        Ok((caller, role))
+    }
+
     /// The whole request: authenticate, authorize, verify the CSR, issue.
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
         let token = headers
@@ -251,8 +261,7 @@ impl CertApi {
                     "an Authorization: Bearer <ServiceAccount token> header is required".into(),
                 )
             })?;
-        let caller = self.authenticate(token).await?;
-        let role = self.authorize(&caller).await?;
+        let (caller, role) = self.identify(token).await?;
         let request: Value = serde_json::from_slice(body).map_err(|e| {
             Refusal(
                 StatusCode::BAD_REQUEST,

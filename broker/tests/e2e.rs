@@ -414,8 +414,17 @@ async fn certificate_api_authenticates_authorizes_and_checks_the_csr() {
         .token_for("team-a", "app", &["attache-broker"], 3600, Some("web"))
         .await
         .unwrap();
+    let unused = c
+        .double
+        .token_for("team-a", "app", &["attache-broker"], 3600, Some("web"))
+        .await
+        .unwrap();
     let (status, body) = post_csr(c.port, &ca_pem, Some(&good), &csr()).await;
     assert_eq!(status, 200, "{body}");
+    // A second request with the same token is decided from the cache.
+    let reviews = c.double.request_count("create", "tokenreviews");
+    assert_eq!(post_csr(c.port, &ca_pem, Some(&good), &csr()).await.0, 200);
+    assert_eq!(c.double.request_count("create", "tokenreviews"), reviews);
     let (_, info) =
         attache_pki::cert::parse_certificate_pem(body["certificate"].as_str().unwrap()).unwrap();
     assert_eq!(info.uris, ["spiffe://cluster.local/ns/team-a/sa/app"]);
@@ -501,9 +510,10 @@ async fn certificate_api_authenticates_authorizes_and_checks_the_csr() {
         "{body}"
     );
 
+    // A token bound to a deleted pod (not used before, so not in the cache).
     pods.delete("web", &DeleteParams::default()).await.unwrap();
     assert_eq!(
-        post_csr(c.port, &ca_pem, Some(&good), &csr()).await.0,
+        post_csr(c.port, &ca_pem, Some(&unused), &csr()).await.0,
         401,
         "token bound to a deleted pod"
     );

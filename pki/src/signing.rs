@@ -41,6 +41,9 @@ pub enum SigningError {
 pub struct X509Signer {
     cert_der: Vec<u8>,
     chain_der: Vec<Vec<u8>>,
+    /// `X-Amz-X509` and `X-Amz-X509-Chain` values, encoded once.
+    cert_b64: String,
+    chain_b64: Option<String>,
     info: CertificateInfo,
     key: PrivateKey,
 }
@@ -90,9 +93,19 @@ impl X509Signer {
         for c in &chain_der {
             CertificateInfo::from_der(c)?;
         }
+        let cert_b64 = B64.encode(&cert_der);
+        let chain_b64 = (!chain_der.is_empty()).then(|| {
+            chain_der
+                .iter()
+                .map(|c| B64.encode(c))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         Ok(X509Signer {
             cert_der,
             chain_der,
+            cert_b64,
+            chain_b64,
             info,
             key,
         })
@@ -139,11 +152,10 @@ impl X509Signer {
         let mut added = vec![
             ("Host".to_string(), host.to_string()),
             ("X-Amz-Date".to_string(), amz_date.clone()),
-            ("X-Amz-X509".to_string(), B64.encode(&self.cert_der)),
+            ("X-Amz-X509".to_string(), self.cert_b64.clone()),
         ];
-        if !self.chain_der.is_empty() {
-            let chain: Vec<String> = self.chain_der.iter().map(|c| B64.encode(c)).collect();
-            added.push(("X-Amz-X509-Chain".to_string(), chain.join(",")));
+        if let Some(chain) = &self.chain_b64 {
+            added.push(("X-Amz-X509-Chain".to_string(), chain.clone()));
         }
         let mut all: Vec<(String, String)> = headers
             .iter()

@@ -81,7 +81,13 @@ pub fn canonical_request(
         .collect();
     names.sort();
     names.dedup();
-    let mut out = String::with_capacity(512);
+    let mut out = String::with_capacity(
+        256 + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>(),
+    );
     out.push_str(req.method);
     out.push('\n');
     out.push_str(&canonical_uri(req.path));
@@ -89,18 +95,24 @@ pub fn canonical_request(
     out.push_str(&canonical_query(req.query));
     out.push('\n');
     for name in &names {
-        let values: Vec<String> = req
+        let mut found = false;
+        for (_, v) in req
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| collapse_spaces(v))
-            .collect();
-        if values.is_empty() {
+        {
+            if found {
+                out.push(',');
+            } else {
+                out.push_str(name);
+                out.push(':');
+                found = true;
+            }
+            out.push_str(&collapse_spaces(v));
+        }
+        if !found {
             return Err(SigV4Error::MissingSignedHeader(name.clone()));
         }
-        out.push_str(name);
-        out.push(':');
-        out.push_str(&values.join(","));
         out.push('\n');
     }
     out.push('\n');
@@ -325,8 +337,21 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-fn collapse_spaces(v: &str) -> String {
-    v.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Trims and collapses runs of whitespace, borrowing when nothing changes
+/// (the common case, and the `X-Amz-X509` value is large).
+fn collapse_spaces(v: &str) -> std::borrow::Cow<'_, str> {
+    let b = v.as_bytes();
+    let clean = !b.first().is_some_and(u8::is_ascii_whitespace)
+        && !b.last().is_some_and(u8::is_ascii_whitespace)
+        && !b
+            .windows(2)
+            .any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace())
+        && !b.iter().any(|c| c.is_ascii_whitespace() && *c != b' ');
+    if clean {
+        std::borrow::Cow::Borrowed(v)
+    } else {
+        std::borrow::Cow::Owned(v.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
 }
 
 #[cfg(test)]

@@ -104,17 +104,45 @@ impl<S: CredentialSource> CredentialSource for Arc<S> {
     }
 }
 
+/// One held set and its container-credentials JSON, serialized once per
+/// refresh instead of once per request.
+pub struct Held {
+    /// The credentials.
+    pub credentials: Arc<Credentials>,
+    /// `GET /v1/credentials` body; zeroed on drop.
+    pub container_json: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Held {
+    fn new(credentials: Credentials) -> Held {
+        let container_json = zeroize::Zeroizing::new(
+            serde_json::to_vec(&credentials.container_json()).unwrap_or_default(),
+        );
+        Held {
+            credentials: Arc::new(credentials),
+            container_json,
+        }
+    }
+}
+
 /// The read side of the cache, cheap to clone into request handlers.
 #[derive(Clone)]
 pub struct CredentialCache {
-    current: watch::Receiver<Option<Arc<Credentials>>>,
+    current: watch::Receiver<Option<Arc<Held>>>,
     clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for CredentialCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialCache")
-            .field("current", &*self.current.borrow())
+            .field(
+                "current",
+                &self
+                    .current
+                    .borrow()
+                    .as_ref()
+                    .map(|h| h.credentials.clone()),
+            )
             .finish()
     }
 }
@@ -122,8 +150,16 @@ impl std::fmt::Debug for CredentialCache {
 impl CredentialCache {
     /// The held set if it is still valid now.
     pub fn current(&self) -> Option<Arc<Credentials>> {
+        self.current_held().map(|h| h.credentials.clone())
+    }
+
+    /// The held set and its serialized JSON, if still valid now.
+    pub fn current_held(&self) -> Option<Arc<Held>> {
         let now = self.clock.now();
-        self.current.borrow().clone().filter(|c| c.is_valid_at(now))
+        self.current
+            .borrow()
+            .clone()
+            .filter(|h| h.credentials.is_valid_at(now))
     }
 
     /// Ready = a valid set is held.
@@ -137,7 +173,7 @@ impl CredentialCache {
         self.current
             .borrow()
             .as_ref()
-            .map(|c| (c.expiration - now).whole_seconds())
+            .map(|h| (h.credentials.expiration - now).whole_seconds())
     }
 
     /// Waits until a valid set is held.
@@ -180,7 +216,7 @@ async fn refresh_loop<S: CredentialSource>(
     policy: RefreshPolicy,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
-    tx: watch::Sender<Option<Arc<Credentials>>>,
+    tx: watch::Sender<Option<Arc<Held>>>,
 ) {
     let mut failures: u32 = 0;
     loop {
@@ -196,7 +232,7 @@ async fn refresh_loop<S: CredentialSource>(
                     next_refresh = %crate::credentials::rfc3339(next),
                     "obtained AWS credentials"
                 );
-                tx.send_replace(Some(Arc::new(creds)));
+                tx.send_replace(Some(Arc::new(Held::new(creds))));
                 clock.sleep_until(next).await;
             }
             Err(e) => {
@@ -213,7 +249,7 @@ async fn refresh_loop<S: CredentialSource>(
                     policy.backoff(u32::MAX / 2)
                 };
                 failures = failures.saturating_add(1);
-                let held = tx.borrow().as_ref().map(|c| c.expiration);
+                let held = tx.borrow().as_ref().map(|h| h.credentials.expiration);
                 let now = clock.now();
                 match held {
                     Some(exp) if exp > now => tracing::warn!(

@@ -19,7 +19,7 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
     /// Route, e.g. `/v1/credentials`.
-    pub path: String,
+    pub path: &'static str,
     /// HTTP status code.
     pub status: u16,
 }

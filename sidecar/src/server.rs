@@ -100,7 +100,7 @@ pub fn router(state: EndpointState) -> Router {
     r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_requests,
+            time_and_count,
         ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,
@@ -108,28 +108,36 @@ pub fn router(state: EndpointState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT,
         ))
-        .layer(axum::middleware::from_fn(timeout))
         .with_state(state)
 }
 
-async fn timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+/// Known routes as static labels (no allocation per request, bounded label set).
+const ROUTES: [&str; 7] = [
+    "/v1/credentials",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/latest/api/token",
+    "/latest/meta-data/iam/security-credentials/",
+    "/latest/meta-data/iam/security-credentials/{role}",
+];
+
+/// Applies the per-request time limit and counts the answer by route and status.
+async fn time_and_count(State(s): State<EndpointState>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()))
+        .copied()
+        .unwrap_or("other");
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
             "request timed out",
         ),
-    }
-}
-
-async fn count_requests(State(s): State<EndpointState>, req: Request, next: Next) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "other".into());
-    let resp = next.run(req).await;
+    };
     s.metrics
         .requests
         .get_or_create(&RequestLabel {
@@ -157,10 +165,13 @@ async fn credentials(State(s): State<EndpointState>, headers: HeaderMap) -> Resp
             "the Authorization header must carry the token from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         );
     }
-    match s.cache.current() {
-        Some(c) => (
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(c.container_json()),
+    match s.cache.current_held() {
+        Some(h) => (
+            [
+                (header::CACHE_CONTROL, "no-store"),
+                (header::CONTENT_TYPE, "application/json"),
+            ],
+            h.container_json.to_vec(),
         )
             .into_response(),
         None => json_error(

@@ -349,3 +349,56 @@ async fn startup_validation_lists_every_problem_on_its_own_line() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_writes_one_profile_and_keeps_the_others() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new().await;
+    let file = w.dir.path().join("aws/credentials");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "[personal]\naws_access_key_id = AKIAKEEPME\n").unwrap();
+    let mut args = vec![
+        "update".to_string(),
+        "--once".into(),
+        "--profile".into(),
+        "attache".into(),
+    ];
+    args.push("--credentials-file".into());
+    args.push(file.to_str().unwrap().into());
+    args.extend(w.source_flags());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args(&args)
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("[personal]\naws_access_key_id = AKIAKEEPME"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[attache]\naws_access_key_id = ASIA"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    if python_available() {
+        let reply = run_json(
+            clean_env(&mut Command::new("python3"))
+                .args(["-c", BOTO_STS])
+                .env("AWS_SHARED_CREDENTIALS_FILE", &file)
+                .env("AWS_PROFILE", "attache")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("STS_ENDPOINT", w.emulator.url()),
+        );
+        assert_identity(&w, &reply);
+    }
+}

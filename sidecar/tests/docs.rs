@@ -4,9 +4,14 @@ use std::process::Command;
 
 #[test]
 fn every_flag_is_in_the_reference() {
-    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md")).unwrap();
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/reference.md"))
+            .unwrap();
     for cmd in ["serve", "credential-process", "update", "probe"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_attache-sidecar")).args([cmd, "--help"]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         let flags: Vec<&str> = help
             .split_whitespace()
@@ -16,7 +21,10 @@ fn every_flag_is_in_the_reference() {
             .collect();
         assert!(!flags.is_empty(), "{help}");
         for f in flags {
-            assert!(reference.contains(&format!("`{f}`")), "attache-sidecar {cmd} {f} is not documented in docs/reference.md");
+            assert!(
+                reference.contains(&format!("`{f}`")),
+                "attache-sidecar {cmd} {f} is not documented in docs/reference.md"
+            );
         }
     }
 }

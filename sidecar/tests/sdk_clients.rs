@@ -402,3 +402,58 @@ async fn update_writes_one_profile_and_keeps_the_others() {
         assert_identity(&w, &reply);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_proxy_and_no_proxy_are_honoured() {
+    use std::io::{Read as _, Write as _};
+    let w = World::new().await;
+    // A stand-in proxy that records the CONNECT line and refuses it: nothing leaves the machine.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = proxy.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let _ = s.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    });
+    let mut args = vec!["credential-process".to_string()];
+    args.extend(w.source_flags());
+    // Without --endpoint the real regional endpoint is used, through the proxy.
+    let i = args.iter().position(|a| a == "--endpoint").unwrap();
+    args.drain(i..i + 2);
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args(&args)
+            .env("HTTPS_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    assert_eq!(
+        seen.join().unwrap(),
+        "CONNECT rolesanywhere.us-east-1.amazonaws.com:443 HTTP/1.1"
+    );
+    // NO_PROXY exempts the emulator: the same proxy setting, yet a direct call succeeds.
+    let mut args = vec!["credential-process".to_string()];
+    args.extend(w.source_flags());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
+            .args(&args)
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,6 +26,8 @@ use crate::webhook::Webhook;
 
 /// Largest request body on the HTTPS port (AdmissionReviews of big pods fit).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How often the CA bundle ConfigMap and the webhook caBundle are re-checked.
+pub const CA_BUNDLE_RECHECK: Duration = Duration::from_secs(300);
 /// Requests handled at once on the HTTPS port.
 pub const MAX_CONCURRENT: usize = 1024;
 
@@ -228,6 +230,32 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle"),
         }
     }
+    // Keep the bundle ConfigMap and the webhook's caBundle right even if someone
+    // edits them (or the webhook configuration is applied after the broker starts).
+    let keeper = {
+        let (client, namespace, webhook, ca_pem) = (
+            client.clone(),
+            args.namespace.clone(),
+            args.webhook_config.clone(),
+            ca_pem.clone(),
+        );
+        tokio::spawn(async move {
+            let configmaps = Api::namespaced(client.clone(), &namespace);
+            loop {
+                tokio::time::sleep(CA_BUNDLE_RECHECK).await;
+                if let Err(e) =
+                    crate::castore::publish_bundle(&configmaps, &namespace, &ca_pem).await
+                {
+                    tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
+                }
+                if !webhook.is_empty()
+                    && let Err(e) = patch_webhook_ca_bundle(&client, &webhook, &ca_pem).await
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle");
+                }
+            }
+        })
+    };
     let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
     let cert = RotatingCert::new(&ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
@@ -303,6 +331,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         // The admin port goes down last, after in-flight reviews finished.
         let _ = admin_stop_tx.send(());
         rotation.abort();
+        keeper.abort();
     });
     let serve_admin = tokio::spawn(attache_sidecar::serve::serve(
         admin_listener,

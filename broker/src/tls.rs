@@ -90,6 +90,19 @@ impl RotatingCert {
         Ok(())
     }
 
+    /// The leaf certificate currently served, DER.
+    pub fn current_der(&self) -> Vec<u8> {
+        let ck = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ck.cert
+            .first()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+
     /// When the current certificate should be replaced (half-life).
     pub fn renew_at(&self) -> OffsetDateTime {
         let nb = *self.not_before.read().unwrap_or_else(|e| e.into_inner());
@@ -142,4 +155,34 @@ pub fn service_names(name: &str, namespace: &str, extra: &[String]) -> Vec<Strin
     ];
     v.extend(extra.iter().cloned());
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_swaps_the_served_certificate_in_place() {
+        let now = OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::create(&attache_pki::CaOptions::default(), now).unwrap();
+        let names = service_names("attache-broker", "attache-system", &["127.0.0.1".into()]);
+        assert!(names.contains(&"attache-broker.attache-system.svc".to_string()));
+        let cert = RotatingCert::new(&ca, &names).unwrap();
+        let first = cert.current_der();
+        let info = attache_pki::CertificateInfo::from_der(&first).unwrap();
+        assert!(
+            info.dns_names
+                .contains(&"attache-broker.attache-system.svc".to_string())
+        );
+        let due = cert.renew_at();
+        assert!(
+            due > now + time::Duration::hours(11) && due < now + time::Duration::hours(13),
+            "{due}"
+        );
+        cert.rotate(&ca, &names, now + time::Duration::hours(12))
+            .unwrap();
+        assert_ne!(cert.current_der(), first);
+        assert!(cert.renew_at() > due);
+        assert!(cert.server_config().is_ok());
+    }
 }

@@ -18,6 +18,8 @@ enum Command {
     /// Manage the cluster certificate authority kept in a directory.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Print the IAM trust policy that lets one ServiceAccount assume a role.
+    AwsPolicy(attache_broker::aws_policy::AwsPolicyArgs),
     /// Run the broker in the cluster: webhook, certificate API, admin endpoints.
     Run(Box<RunArgs>),
 }
@@ -39,6 +41,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ca(cmd) => ca_cli::run(cmd, &mut std::io::stdout().lock()),
+        Command::AwsPolicy(a) => {
+            attache_broker::aws_policy::run(&a, &mut std::io::stdout().lock()).map_err(Into::into)
+        }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

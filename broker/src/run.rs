@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// Namespace the broker runs in (holds its CA Secret and bundle ConfigMap).
     #[arg(long, env = "ATTACHE_NAMESPACE", default_value = "attache-system")]
     pub namespace: String,
+    /// The broker's own ServiceAccount (the identity of its ECR certificate).
+    #[arg(
+        long,
+        env = "ATTACHE_SERVICE_ACCOUNT",
+        default_value = "attache-broker"
+    )]
+    pub service_account: String,
     /// Name of the broker's Service (its DNS names go into the serving certificate).
     #[arg(long, env = "ATTACHE_SERVICE_NAME", default_value = "attache-broker")]
     pub service_name: String,
@@ -126,6 +133,9 @@ pub struct RunArgs {
     /// Log format: json or text.
     #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_sidecar::cli::LogFormat::Json)]
     pub log_format: attache_sidecar::cli::LogFormat,
+    /// The ECR pull-secret controller.
+    #[command(flatten)]
+    pub ecr: crate::ecr::EcrArgs,
 }
 
 /// A running broker (for tests and the binary).
@@ -140,11 +150,15 @@ pub struct Running {
     pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    ecr: Option<crate::ecr::EcrHandle>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
+        if let Some(e) = self.ecr.take() {
+            e.shutdown().await;
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -256,6 +270,23 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             }
         })
     };
+    let ecr = crate::ecr::start(
+        &args.ecr,
+        crate::ecr::EcrContext {
+            client: client.clone(),
+            ca: ca.clone(),
+            namespace: args.namespace.clone(),
+            service_account: args.service_account.clone(),
+            trust_domain: args.trust_domain.clone(),
+            region: args.region.clone(),
+            profile_arn: args.profile_arn.clone(),
+            trust_anchor_arn: args.trust_anchor_arn.clone(),
+            namespace_restrictions: args.namespace_restrictions,
+            metrics: metrics.clone(),
+            clock: Arc::new(attache_sidecar::clock::SystemClock),
+        },
+    )
+    .await?;
     let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
     let cert = RotatingCert::new(&ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
@@ -349,5 +380,6 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         metrics,
         stop: Some(stop_tx),
         tasks: vec![serve_main, serve_admin],
+        ecr: Some(ecr),
     })
 }

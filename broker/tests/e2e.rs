@@ -39,6 +39,64 @@ fn required() -> bool {
     std::env::var_os("ATTACHE_REQUIRE_SDK_TESTS").is_some()
 }
 
+const BROKER_USER: &str = "system:serviceaccount:attache-system:attache-broker";
+
+/// A client authenticated as the broker's own ServiceAccount, so the audit
+/// log tells the broker's calls apart from the test's.
+async fn broker_client(double: &KubeDouble) -> kube::Client {
+    let admin = double.client().await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin, "attache-system");
+    if sas.get_opt("attache-broker").await.unwrap().is_none() {
+        let sa = serde_json::from_value(json!({"metadata": {"name": "attache-broker"}})).unwrap();
+        let _ = sas.create(&PostParams::default(), &sa).await;
+    }
+    double
+        .client_as("attache-system", "attache-broker")
+        .await
+        .unwrap()
+}
+
+/// Every Kubernetes API call the broker made is in deploy/kubernetes/broker-api-calls.json,
+/// the list its RBAC is generated and checked from.
+fn assert_calls_are_listed(double: &KubeDouble) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/broker-api-calls.json"
+    ))
+    .unwrap();
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let calls = list["calls"].as_array().unwrap();
+    let made: Vec<_> = double
+        .audit()
+        .into_iter()
+        .filter(|a| a.user == BROKER_USER)
+        .collect();
+    assert!(
+        !made.is_empty(),
+        "the broker made no API calls as its ServiceAccount"
+    );
+    for a in made {
+        let listed = calls.iter().any(|c| {
+            c["verb"] == a.verb.as_str()
+                && c["group"] == a.group.as_str()
+                && c["resource"] == a.resource.as_str()
+                && match (c["scope"].as_str(), a.namespace.as_deref()) {
+                    (Some("cluster"), None) => true,
+                    // A ClusterRole grant: one namespace or all of them (a cluster-wide list/watch).
+                    (Some("any"), _) => true,
+                    (Some("own"), Some(ns)) => ns == "attache-system",
+                    _ => false,
+                }
+                && c.get("resourceName")
+                    .is_none_or(|n| a.name.as_deref() == n.as_str())
+        });
+        assert!(
+            listed,
+            "the broker called {a:?}, which broker-api-calls.json (and so its RBAC) does not grant"
+        );
+    }
+}
+
 struct Cluster {
     double: KubeDouble,
     client: kube::Client,
@@ -108,9 +166,10 @@ async fn cluster() -> Cluster {
     )
     .await
     .unwrap();
-    let broker = attache_broker::run::start(broker_args(port, free_port()), client.clone())
-        .await
-        .unwrap();
+    let broker =
+        attache_broker::run::start(broker_args(port, free_port()), broker_client(&double).await)
+            .await
+            .unwrap();
     Cluster {
         double,
         client,
@@ -307,6 +366,7 @@ async fn pod_gets_injected_and_its_sidecar_serves_the_service_accounts_role() {
     let _ = stop.send(());
     let _ = sidecar.await;
     c.broker.unwrap().shutdown().await;
+    assert_calls_are_listed(&c.double);
 }
 
 #[tokio::test]
@@ -376,6 +436,7 @@ async fn policy_decides_which_pods_are_injected_or_refused() {
             .contains("attache-sidecar")
     );
     c.broker.unwrap().shutdown().await;
+    assert_calls_are_listed(&c.double);
 }
 
 async fn post_csr(port: u16, ca_pem: &str, token: Option<&str>, csr: &str) -> (u16, Value) {
@@ -537,6 +598,7 @@ async fn certificate_api_authenticates_authorizes_and_checks_the_csr() {
         "{metrics}"
     );
     c.broker.unwrap().shutdown().await;
+    assert_calls_are_listed(&c.double);
 }
 
 #[tokio::test]
@@ -550,9 +612,10 @@ async fn two_replicas_starting_together_share_one_ca() {
         )
         .await
         .unwrap();
+    let broker = broker_client(&double).await;
     let (a, b) = tokio::join!(
-        attache_broker::run::start(broker_args(free_port(), free_port()), client.clone()),
-        attache_broker::run::start(broker_args(free_port(), free_port()), client.clone()),
+        attache_broker::run::start(broker_args(free_port(), free_port()), broker.clone()),
+        attache_broker::run::start(broker_args(free_port(), free_port()), broker.clone()),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(
@@ -571,6 +634,7 @@ async fn two_replicas_starting_together_share_one_ca() {
     assert_eq!(bundle["data"]["ca.pem"], a.ca.trust_anchor_pem());
     a.shutdown().await;
     b.shutdown().await;
+    assert_calls_are_listed(&double);
 }
 
 #[tokio::test]
@@ -611,4 +675,5 @@ async fn malformed_admission_reviews_get_a_400_with_a_reason() {
         .unwrap();
     assert_eq!(resp.status(), 413);
     c.broker.unwrap().shutdown().await;
+    assert_calls_are_listed(&c.double);
 }

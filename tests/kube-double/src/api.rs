@@ -26,6 +26,8 @@ pub struct Shared {
     pub(crate) auth: Authority,
     pub(crate) faults: Faults,
     pub(crate) counts: Mutex<HashMap<(String, String), u64>>,
+    /// Every resource request: who, which verb, on what (bounded).
+    pub(crate) audit: Mutex<Vec<crate::AuditEntry>>,
     pub(crate) endpoints: Mutex<HashMap<(String, String, u16), SocketAddr>>,
     pub(crate) version: Mutex<(String, String)>,
     pub(crate) warnings: Mutex<Vec<String>>,

@@ -39,6 +39,26 @@ use crate::store::{ObjKey, Store};
 
 pub use crate::auth::API_AUDIENCE;
 pub use crate::faults::Faults;
+
+/// At most this many requests are kept in the audit log.
+pub const AUDIT_MAX: usize = 100_000;
+
+/// One request as an audit log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Authenticated user name (`system:serviceaccount:<ns>:<sa>` for ServiceAccount tokens).
+    pub user: String,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...
+    pub verb: String,
+    /// API group (`""` for core).
+    pub group: String,
+    /// Plural resource, with `/subresource` when there is one.
+    pub resource: String,
+    /// Namespace of a namespaced request.
+    pub namespace: Option<String>,
+    /// Object name, when the request names one.
+    pub name: Option<String>,
+}
 pub use crate::server::serve_tls;
 
 /// Namespaces every cluster starts with.
@@ -101,6 +121,7 @@ impl KubeDouble {
             auth: Authority::new()?,
             faults: Faults::new(),
             counts: Mutex::default(),
+            audit: Mutex::default(),
             endpoints: Mutex::default(),
             version: Mutex::new(("1".into(), "34".into())),
             warnings: Mutex::default(),
@@ -272,6 +293,12 @@ impl KubeDouble {
     /// Every `(verb, resource)` counter.
     pub fn request_counts(&self) -> HashMap<(String, String), u64> {
         lock(&self.sh.counts).clone()
+    }
+
+    /// Every resource request received so far (at most [`AUDIT_MAX`]), in order:
+    /// the authenticated user, the verb and the object it addressed.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        lock(&self.sh.audit).clone()
     }
 
     /// The fault-injection handle.

@@ -383,6 +383,19 @@ async fn dispatch(sh: &Arc<Shared>, req: Request<Body>) -> ApiResult<Response<Bo
     *lock(&sh.counts)
         .entry((verb.to_string(), resource.clone()))
         .or_default() += 1;
+    {
+        let mut audit = lock(&sh.audit);
+        if audit.len() < crate::AUDIT_MAX {
+            audit.push(crate::AuditEntry {
+                user: user.username.clone(),
+                verb: verb.to_string(),
+                group: route.rt.group.to_string(),
+                resource: resource.clone(),
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+            });
+        }
+    }
     let name = route.name.clone().unwrap_or_default();
     if let Some(e) = sh.faults.take(verb, &resource, &name, route.rt.group) {
         return Err(e);

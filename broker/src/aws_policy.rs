@@ -1,0 +1,305 @@
+//! `attache-broker aws-policy`: prints the IAM role trust policy that lets
+//! exactly one ServiceAccount assume a role through IAM Roles Anywhere, so
+//! nobody hand-writes the conditions.
+//!
+//! The policy has the shape AWS documents for Roles Anywhere ("Attribute
+//! mapping and trust policy"): the service principal
+//! `rolesanywhere.amazonaws.com` may `sts:AssumeRole`, `sts:TagSession` and
+//! `sts:SetSourceIdentity` only when `aws:SourceArn` is the cluster's trust
+//! anchor and the certificate's URI SAN (principal tag `x509SAN/URI`) is the
+//! ServiceAccount's SPIFFE ID.
+
+use attache_pki::{IdentityError, WorkloadIdentity};
+use attache_sidecar::arn::{ConfigError, validate_rolesanywhere_arn};
+use clap::Args;
+use serde::Serialize;
+
+/// The service principal that assumes roles for Roles Anywhere sessions.
+pub const SERVICE_PRINCIPAL: &str = "rolesanywhere.amazonaws.com";
+/// The actions a Roles Anywhere trust policy must allow.
+pub const ACTIONS: [&str; 3] = ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"];
+/// The condition key carrying the trust anchor a session came through.
+pub const SOURCE_ARN_KEY: &str = "aws:SourceArn";
+/// The condition key carrying the certificate's URI SAN.
+pub const SAN_URI_KEY: &str = "aws:PrincipalTag/x509SAN/URI";
+
+/// Flags of `attache-broker aws-policy`.
+#[derive(Debug, Args, Clone)]
+pub struct AwsPolicyArgs {
+    /// Namespace of the ServiceAccount that may assume the role.
+    #[arg(long)]
+    pub namespace: String,
+    /// Name of the ServiceAccount that may assume the role.
+    #[arg(long)]
+    pub service_account: String,
+    /// The cluster's Roles Anywhere trust anchor (arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>).
+    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
+    pub trust_anchor_arn: String,
+    /// Trust domain the broker runs with (its --trust-domain).
+    #[arg(long, env = "ATTACHE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+/// Why no policy was printed.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsPolicyError {
+    /// `--trust-anchor-arn` is not a trust anchor ARN.
+    #[error("--trust-anchor-arn: {0}")]
+    TrustAnchor(ConfigError),
+    /// The namespace, ServiceAccount or trust domain is not a valid name.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Writing the policy failed.
+    #[error("cannot write the policy: {0}")]
+    Write(std::io::Error),
+}
+
+/// An IAM trust policy document (the role's `AssumeRolePolicyDocument`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrustPolicy {
+    /// Policy language version.
+    #[serde(rename = "Version")]
+    pub version: &'static str,
+    /// The one statement.
+    #[serde(rename = "Statement")]
+    pub statement: Vec<Statement>,
+}
+
+/// One `Allow` statement for the Roles Anywhere service principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// Statement id.
+    #[serde(rename = "Sid")]
+    pub sid: &'static str,
+    /// Always `Allow`.
+    #[serde(rename = "Effect")]
+    pub effect: &'static str,
+    /// `{"Service": "rolesanywhere.amazonaws.com"}`.
+    #[serde(rename = "Principal")]
+    pub principal: Principal,
+    /// [`ACTIONS`].
+    #[serde(rename = "Action")]
+    pub action: Vec<&'static str>,
+    /// Trust anchor and ServiceAccount conditions.
+    #[serde(rename = "Condition")]
+    pub condition: Condition,
+}
+
+/// The statement's principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The service principal.
+    #[serde(rename = "Service")]
+    pub service: &'static str,
+}
+
+/// The statement's conditions; all must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// `aws:SourceArn` must be the trust anchor.
+    #[serde(rename = "ArnEquals")]
+    pub arn_equals: SourceArn,
+    /// `aws:PrincipalTag/x509SAN/URI` must be the ServiceAccount's SPIFFE ID.
+    #[serde(rename = "StringEquals")]
+    pub string_equals: SanUri,
+}
+
+/// `{"aws:SourceArn": <trust anchor ARN>}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceArn {
+    /// The trust anchor ARN.
+    #[serde(rename = "aws:SourceArn")]
+    pub source_arn: String,
+}
+
+/// `{"aws:PrincipalTag/x509SAN/URI": <SPIFFE ID>}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SanUri {
+    /// The SPIFFE ID.
+    #[serde(rename = "aws:PrincipalTag/x509SAN/URI")]
+    pub uri: String,
+}
+
+/// The trust policy for `identity` through `trust_anchor_arn`, after checking
+/// the ARN's shape.
+pub fn trust_policy(
+    trust_anchor_arn: &str,
+    identity: &WorkloadIdentity,
+) -> Result<TrustPolicy, AwsPolicyError> {
+    validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")
+        .map_err(AwsPolicyError::TrustAnchor)?;
+    Ok(TrustPolicy {
+        version: "2012-10-17",
+        statement: vec![Statement {
+            sid: "AttacheServiceAccount",
+            effect: "Allow",
+            principal: Principal {
+                service: SERVICE_PRINCIPAL,
+            },
+            action: ACTIONS.to_vec(),
+            condition: Condition {
+                arn_equals: SourceArn {
+                    source_arn: trust_anchor_arn.to_string(),
+                },
+                string_equals: SanUri {
+                    uri: identity.spiffe_uri(),
+                },
+            },
+        }],
+    })
+}
+
+/// Runs `aws-policy`: validates the flags and writes the policy as pretty JSON.
+pub fn run(args: &AwsPolicyArgs, out: &mut dyn std::io::Write) -> Result<(), AwsPolicyError> {
+    let identity = WorkloadIdentity::new(
+        args.trust_domain.trim(),
+        args.namespace.trim(),
+        args.service_account.trim(),
+    )?;
+    let policy = trust_policy(args.trust_anchor_arn.trim(), &identity)?;
+    let json = serde_json::to_string_pretty(&policy)
+        .map_err(|e| AwsPolicyError::Write(std::io::Error::other(e)))?;
+    writeln!(out, "{json}").map_err(AwsPolicyError::Write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const ANCHOR: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/4f1d2c3b-aaaa-bbbb-cccc-0123456789ab";
+
+    fn args(ns: &str, sa: &str, anchor: &str, td: &str) -> AwsPolicyArgs {
+        AwsPolicyArgs {
+            namespace: ns.into(),
+            service_account: sa.into(),
+            trust_anchor_arn: anchor.into(),
+            trust_domain: td.into(),
+        }
+    }
+
+    fn render(a: &AwsPolicyArgs) -> Result<String, AwsPolicyError> {
+        let mut out = Vec::new();
+        run(a, &mut out)?;
+        Ok(String::from_utf8(out).expect("JSON is UTF-8"))
+    }
+
+    #[test]
+    fn policy_pins_the_trust_anchor_and_the_service_accounts_spiffe_id() {
+        let text = render(&args("payments", "api", ANCHOR, "prod.example.com")).unwrap();
+        let got: Value = serde_json::from_str(&text).unwrap();
+        let want = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "AttacheServiceAccount",
+                "Effect": "Allow",
+                "Principal": {"Service": "rolesanywhere.amazonaws.com"},
+                "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+                "Condition": {
+                    "ArnEquals": {"aws:SourceArn": ANCHOR},
+                    "StringEquals": {
+                        "aws:PrincipalTag/x509SAN/URI": "spiffe://prod.example.com/ns/payments/sa/api"
+                    }
+                }
+            }]
+        });
+        assert_eq!(got, want);
+        assert!(text.ends_with("}\n"), "one document, newline-terminated");
+    }
+
+    #[test]
+    fn keys_come_out_in_the_order_aws_documents_them() {
+        let text = render(&args("default", "app", ANCHOR, "cluster.local")).unwrap();
+        let pos = |k: &str| text.find(k).unwrap_or_else(|| panic!("{k} missing"));
+        assert!(pos("\"Version\"") < pos("\"Statement\""));
+        assert!(pos("\"Effect\"") < pos("\"Principal\""));
+        assert!(pos("\"Principal\"") < pos("\"Action\""));
+        assert!(pos("\"Action\"") < pos("\"Condition\""));
+    }
+
+    #[test]
+    fn default_trust_domain_matches_the_brokers_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: AwsPolicyArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--namespace",
+            "team-a",
+            "--service-account",
+            "reader",
+            "--trust-anchor-arn",
+            ANCHOR,
+        ])
+        .unwrap();
+        let policy = trust_policy(
+            &cli.a.trust_anchor_arn,
+            &WorkloadIdentity::new(
+                &cli.a.trust_domain,
+                &cli.a.namespace,
+                &cli.a.service_account,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            policy.statement[0].condition.string_equals.uri,
+            "spiffe://cluster.local/ns/team-a/sa/reader"
+        );
+    }
+
+    #[test]
+    fn a_profile_or_role_arn_is_refused_as_trust_anchor_naming_the_flag() {
+        for bad in [
+            "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p1",
+            "arn:aws:iam::123456789012:role/app",
+            "trust-anchor/abc",
+            "",
+        ] {
+            let err = render(&args("ns", "sa", bad, "cluster.local")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("--trust-anchor-arn: "), "{msg}");
+            assert!(msg.contains("trust-anchor/<id>"), "{msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            // main prints `{:#}`: the cause must not be repeated.
+            let printed = format!("{:#}", anyhow::Error::from(err));
+            assert_eq!(printed.matches("trust-anchor/<id>").count(), 1, "{printed}");
+        }
+    }
+
+    #[test]
+    fn invalid_kubernetes_names_are_refused_with_the_name() {
+        let cases = [
+            ("Bad_NS", "sa", "cluster.local", "namespace"),
+            ("ns", "SA!", "cluster.local", "service account"),
+            ("ns", "sa", "not a domain", "trust domain"),
+            ("", "sa", "cluster.local", "namespace"),
+        ];
+        for (ns, sa, td, field) in cases {
+            let err = render(&args(ns, sa, ANCHOR, td)).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(field), "{field}: {msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn values_are_json_escaped_not_spliced() {
+        // Names cannot carry quotes (they are validated), so the only free text
+        // is the ARN id, which the ARN check bounds; the output always parses.
+        let anchor = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/a\"b";
+        match render(&args("ns", "sa", anchor, "cluster.local")) {
+            Ok(text) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    v["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+                    anchor
+                );
+            }
+            Err(e) => assert!(e.to_string().starts_with("--trust-anchor-arn")),
+        }
+    }
+}

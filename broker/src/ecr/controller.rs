@@ -1,0 +1,819 @@
+//! Reconciling ServiceAccounts into pull Secrets: watches feed the reduced
+//! [`World`], workers reconcile one ServiceAccount at a time, a scheduler
+//! refreshes shared tokens on the (injectable) clock and re-queues the
+//! ServiceAccounts that use them, and another retries failed keys with backoff.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use attache_sidecar::cache::RefreshPolicy;
+use attache_sidecar::clock::Clock;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+
+use super::registry::{parse_registries, regions};
+use super::secret::{self, Desired, foreign_reason, recorded_tokens, secret_name};
+use super::tokens::{Pair, Tokens};
+use super::world::{Deps, Key, NsInfo, Queue, SaInfo, SecretInfo, World};
+use crate::metrics::Metrics;
+use crate::names::ANN_ECR_REGISTRIES;
+
+/// Tries of a write that keeps hitting 409 Conflict before the key is retried later.
+const CONFLICT_TRIES: usize = 8;
+
+/// Settings of one controller term.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Role used when a ServiceAccount names none.
+    pub default_role: Option<String>,
+    /// Enforce `attache.dev/allowed-roles`.
+    pub restrictions: bool,
+    /// Concurrent reconciles.
+    pub workers: usize,
+    /// How long a foreign Secret is left alone before it is looked at again.
+    pub foreign_recheck: std::time::Duration,
+    /// Backoff of failed keys.
+    pub backoff: RefreshPolicy,
+}
+
+/// State shared by the tasks of one leadership term.
+pub struct Controller {
+    client: kube::Client,
+    config: ControllerConfig,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    recorder: Recorder,
+    tokens: Arc<Tokens>,
+    /// The reduced cluster state.
+    pub world: Mutex<World>,
+    /// Keys to reconcile.
+    pub queue: Queue,
+    deps: Mutex<Deps>,
+    warned: Mutex<HashMap<Key, String>>,
+    foreign: Mutex<HashMap<Key, OffsetDateTime>>,
+    failures: Mutex<HashMap<Key, u32>>,
+    delayed: Mutex<BTreeMap<(OffsetDateTime, u64), Key>>,
+    delayed_seq: std::sync::atomic::AtomicU64,
+    delayed_changed: tokio::sync::Notify,
+}
+
+/// A reconcile failure worth retrying (API errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The API server refused or failed a request.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done, to which object.
+        action: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// Writes kept conflicting with other writers.
+    #[error("{action}: kept conflicting with other writers ({CONFLICT_TRIES} tries)")]
+    Conflict {
+        /// What was being done, to which object.
+        action: String,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn api_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+impl Controller {
+    /// A controller with an empty world.
+    pub fn new(
+        client: kube::Client,
+        config: ControllerConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        recorder: Recorder,
+        tokens: Arc<Tokens>,
+    ) -> Self {
+        Controller {
+            client,
+            config,
+            clock,
+            metrics,
+            recorder,
+            tokens,
+            world: Mutex::default(),
+            queue: Queue::default(),
+            deps: Mutex::default(),
+            warned: Mutex::default(),
+            foreign: Mutex::default(),
+            failures: Mutex::default(),
+            delayed: Mutex::default(),
+            delayed_seq: Default::default(),
+            delayed_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Runs the term: watches, then workers and schedulers, until aborted.
+    pub async fn run(self: Arc<Self>) {
+        let mut tasks = JoinSet::new();
+        let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(0u32);
+        let ready_tx = Arc::new(ready_tx);
+        tasks.spawn(self.clone().watch_service_accounts(ready_tx.clone()));
+        tasks.spawn(self.clone().watch_namespaces(ready_tx.clone()));
+        tasks.spawn(self.clone().watch_secrets(ready_tx));
+        // Work starts once all three lists are in, so tokens in existing
+        // Secrets are adopted before anything would fetch new ones.
+        let _ = ready_rx.wait_for(|n| *n >= 3).await;
+        let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
+        tracing::info!(
+            service_accounts = keys.len(),
+            "ECR controller synced; reconciling"
+        );
+        for k in keys {
+            self.queue.push(k);
+        }
+        for _ in 0..self.config.workers.max(1) {
+            tasks.spawn(self.clone().work());
+        }
+        tasks.spawn(self.clone().refresh_tokens());
+        tasks.spawn(self.clone().retry_delayed());
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn watch_service_accounts(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
+        let api: Api<ServiceAccount> = Api::all(self.client.clone());
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut relist: Option<HashSet<Key>> = None;
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ServiceAccount watch failed; retrying");
+                    continue;
+                }
+            };
+            match ev {
+                watcher::Event::Init => relist = Some(HashSet::new()),
+                watcher::Event::InitApply(sa) | watcher::Event::Apply(sa) => {
+                    let key = key_of(&sa.metadata);
+                    if let Some(seen) = relist.as_mut() {
+                        seen.insert(key.clone());
+                    }
+                    let info = SaInfo::from(&sa);
+                    let changed =
+                        lock(&self.world).sas.insert(key.clone(), info.clone()) != Some(info);
+                    if changed && synced {
+                        self.queue.push(key);
+                    }
+                }
+                watcher::Event::Delete(sa) => {
+                    let key = key_of(&sa.metadata);
+                    lock(&self.world).sas.remove(&key);
+                    self.queue.push(key);
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = relist.take() {
+                        let gone: Vec<Key> = {
+                            let mut w = lock(&self.world);
+                            let gone = w
+                                .sas
+                                .keys()
+                                .filter(|k| !seen.contains(*k))
+                                .cloned()
+                                .collect::<Vec<_>>();
+                            for k in &gone {
+                                w.sas.remove(k);
+                            }
+                            gone
+                        };
+                        for k in gone {
+                            self.queue.push(k);
+                        }
+                    }
+                    if synced {
+                        let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
+                        for k in keys {
+                            self.queue.push(k);
+                        }
+                    } else {
+                        synced = true;
+                        ready.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_namespaces(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut relist: Option<HashSet<String>> = None;
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Namespace watch failed; retrying");
+                    continue;
+                }
+            };
+            let mut touched: Vec<String> = vec![];
+            match ev {
+                watcher::Event::Init => relist = Some(HashSet::new()),
+                watcher::Event::InitApply(ns) | watcher::Event::Apply(ns) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    if let Some(seen) = relist.as_mut() {
+                        seen.insert(name.clone());
+                    }
+                    let info = NsInfo::from(&ns);
+                    if lock(&self.world)
+                        .namespaces
+                        .insert(name.clone(), info.clone())
+                        != Some(info)
+                    {
+                        touched.push(name);
+                    }
+                }
+                watcher::Event::Delete(ns) => {
+                    let name = ns.metadata.name.clone().unwrap_or_default();
+                    lock(&self.world).namespaces.remove(&name);
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = relist.take() {
+                        lock(&self.world).namespaces.retain(|n, _| seen.contains(n));
+                    }
+                    if !synced {
+                        synced = true;
+                        ready.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+            if synced {
+                for ns in touched {
+                    let keys = lock(&self.world).sas_in(&ns);
+                    for k in keys {
+                        self.queue.push(k);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_secrets(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
+        let api: Api<Secret> = Api::all(self.client.clone());
+        let cfg = watcher::Config::default().labels(secret::SELECTOR);
+        let mut stream = watcher(api, cfg).default_backoff().boxed();
+        let mut relist: Option<HashSet<Key>> = None;
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Secret watch failed; retrying");
+                    continue;
+                }
+            };
+            match ev {
+                watcher::Event::Init => relist = Some(HashSet::new()),
+                watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
+                    let key = key_of(&s.metadata);
+                    if let Some(seen) = relist.as_mut() {
+                        seen.insert(key.clone());
+                    }
+                    self.adopt_tokens(&s);
+                    let info = SecretInfo::from(&s);
+                    let owners: Vec<String> = info.owners.iter().map(|o| o.0.clone()).collect();
+                    let changed =
+                        lock(&self.world).secrets.insert(key.clone(), info.clone()) != Some(info);
+                    if changed && synced {
+                        for o in owners {
+                            self.queue.push((key.0.clone(), o));
+                        }
+                    }
+                }
+                watcher::Event::Delete(s) => {
+                    let key = key_of(&s.metadata);
+                    let info = lock(&self.world).secrets.remove(&key);
+                    for o in info.map(|i| i.owners).unwrap_or_default() {
+                        self.queue.push((key.0.clone(), o.0));
+                    }
+                }
+                watcher::Event::InitDone => {
+                    if let Some(seen) = relist.take() {
+                        let gone: Vec<(Key, SecretInfo)> = {
+                            let mut w = lock(&self.world);
+                            let gone: Vec<Key> = w
+                                .secrets
+                                .keys()
+                                .filter(|k| !seen.contains(*k))
+                                .cloned()
+                                .collect();
+                            gone.into_iter()
+                                .filter_map(|k| w.secrets.remove(&k).map(|i| (k, i)))
+                                .collect()
+                        };
+                        for (k, i) in gone {
+                            for o in i.owners {
+                                self.queue.push((k.0.clone(), o.0));
+                            }
+                        }
+                    }
+                    if !synced {
+                        synced = true;
+                        ready.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tokens in a valid Secret attache wrote become the shared tokens
+    /// (when newer than what is held), so a new leader does not rewrite them.
+    fn adopt_tokens(&self, s: &Secret) {
+        let Some(role) = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(secret::ANN_ROLE))
+            .cloned()
+        else {
+            return;
+        };
+        for (region, token) in recorded_tokens(s) {
+            self.tokens.adopt(&(role.clone(), region), token);
+        }
+    }
+
+    async fn work(self: Arc<Self>) {
+        loop {
+            let key = self.queue.pop().await;
+            let result = self.reconcile(&key).await;
+            match result {
+                Ok(()) => {
+                    lock(&self.failures).remove(&key);
+                }
+                Err(e) => {
+                    let n = {
+                        let mut f = lock(&self.failures);
+                        let n = f.entry(key.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    let delay = self.config.backoff.backoff(n.saturating_sub(1));
+                    Metrics::count(&self.metrics.ecr_refresh_failures, "kubernetes");
+                    tracing::warn!(namespace = %key.0, service_account = %key.1, error = %e, retry_in_ms = delay.as_millis() as u64, "ECR pull secret reconcile failed");
+                    self.retry_at(key.clone(), self.clock.now() + delay);
+                }
+            }
+            self.queue.done(&key);
+        }
+    }
+
+    fn retry_at(&self, key: Key, at: OffsetDateTime) {
+        let seq = self
+            .delayed_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.delayed).insert((at, seq), key);
+        self.delayed_changed.notify_one();
+    }
+
+    async fn retry_delayed(self: Arc<Self>) {
+        loop {
+            let changed = self.delayed_changed.notified();
+            let now = self.clock.now();
+            let (due, next) = {
+                let mut d = lock(&self.delayed);
+                let later = d.split_off(&(now, u64::MAX));
+                let due: Vec<Key> = std::mem::replace(&mut *d, later).into_values().collect();
+                (due, d.keys().next().map(|k| k.0))
+            };
+            for k in due {
+                self.queue.push(k);
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = self.clock.sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    async fn refresh_tokens(self: Arc<Self>) {
+        let in_flight: Arc<Mutex<HashSet<Pair>>> = Arc::default();
+        loop {
+            let changed = self.tokens.changed.notified();
+            let (next, due) = self.tokens.schedule();
+            for pair in due {
+                if self.dependents(&pair).is_empty() {
+                    self.tokens.forget(&pair);
+                    continue;
+                }
+                if !lock(&in_flight).insert(pair.clone()) {
+                    continue;
+                }
+                let this = self.clone();
+                let in_flight = in_flight.clone();
+                tokio::spawn(async move {
+                    let ok = this.tokens.refresh(&pair).await;
+                    lock(&in_flight).remove(&pair);
+                    let keys = this.dependents(&pair);
+                    if ok {
+                        for k in keys {
+                            this.queue.push(k);
+                        }
+                    } else if let Some((_, failure)) = this.tokens.failing(&pair) {
+                        for k in keys {
+                            let sa_uid = lock(&this.world).sas.get(&k).map(|s| s.uid.clone());
+                            if let Some(uid) = sa_uid {
+                                let note = format!(
+                                    "cannot refresh the ECR token of role {} in {}: {}; the current pull secret is kept and the refresh retried",
+                                    pair.0, pair.1, failure.message
+                                );
+                                this.warn(&k, &uid, "EcrTokenRefreshFailed", note).await;
+                            }
+                        }
+                    }
+                    this.tokens.changed.notify_one();
+                });
+            }
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = self.clock.sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+
+    fn dependents(&self, pair: &Pair) -> Vec<Key> {
+        lock(&self.deps).dependents(pair)
+    }
+
+    /// Publishes a Warning Event on the ServiceAccount (once per distinct message).
+    async fn warn(&self, key: &Key, uid: &str, reason: &str, note: String) {
+        {
+            let mut w = lock(&self.warned);
+            let tag = format!("{reason}: {note}");
+            if w.get(key) == Some(&tag) {
+                return;
+            }
+            w.insert(key.clone(), tag);
+        }
+        tracing::warn!(namespace = %key.0, service_account = %key.1, reason, message = %note, "ECR pull secret not updated");
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("ServiceAccount".into()),
+            name: Some(key.1.clone()),
+            namespace: Some(key.0.clone()),
+            uid: Some(uid.to_string()),
+            ..Default::default()
+        };
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "UpdatePullSecret".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "cannot publish an Event");
+        }
+    }
+
+    fn clear_warning(&self, key: &Key) {
+        lock(&self.warned).remove(key);
+    }
+
+    /// Brings one ServiceAccount's pull Secret and `imagePullSecrets` to the desired state.
+    pub async fn reconcile(&self, key: &Key) -> Result<(), ReconcileError> {
+        let (sa, ns, existing) = {
+            let w = lock(&self.world);
+            let name = secret_name(&key.1);
+            (
+                w.sas.get(key).cloned(),
+                w.namespaces.get(&key.0).cloned().unwrap_or_default(),
+                w.secrets.get(&(key.0.clone(), name)).cloned(),
+            )
+        };
+        let Some(sa) = sa else {
+            // Deleted: its Secret goes with it (owner reference).
+            lock(&self.deps).remove(key);
+            lock(&self.warned).remove(key);
+            lock(&self.foreign).remove(key);
+            return Ok(());
+        };
+        let (value, source) = match (&sa.registries, &ns.registries) {
+            (Some(v), _) => (v.clone(), "ServiceAccount"),
+            (None, Some(v)) => (v.clone(), "namespace"),
+            (None, None) => (String::new(), ""),
+        };
+        if value.trim().is_empty() {
+            return self.clean_up(key, &sa, existing).await;
+        }
+        let registries = match parse_registries(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                let note =
+                    format!("{source} annotation {ANN_ECR_REGISTRIES}: {e}; nothing was changed");
+                self.warn(key, &sa.uid, "InvalidEcrRegistries", note).await;
+                return Ok(());
+            }
+        };
+        let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
+            let note = format!(
+                "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
+                crate::names::ANN_ECR_ROLE_ARN
+            );
+            self.warn(key, &sa.uid, "NoEcrRole", note).await;
+            return Ok(());
+        };
+        if let Err(e) = attache_sidecar::arn::validate_role_arn(&role) {
+            self.warn(
+                key,
+                &sa.uid,
+                "InvalidEcrRole",
+                format!("{}: {e}", crate::names::ANN_ECR_ROLE_ARN),
+            )
+            .await;
+            return Ok(());
+        }
+        if let Err(e) = crate::policy::check_role(
+            &key.0,
+            &ns.policy_annotations(),
+            &role,
+            self.config.restrictions,
+        ) {
+            self.warn(
+                key,
+                &sa.uid,
+                "EcrRoleNotAllowed",
+                format!("ECR pull secret not refreshed: {e}"),
+            )
+            .await;
+            return Ok(());
+        }
+        let pairs: Vec<Pair> = regions(&registries)
+            .into_iter()
+            .map(|r| (role.clone(), r))
+            .collect();
+        lock(&self.deps).set(key, pairs.clone());
+        let recheck = lock(&self.foreign).get(key).copied();
+        if existing.is_none() && recheck.is_some_and(|t| self.clock.now() < t) {
+            return Ok(());
+        }
+        let mut tokens = BTreeMap::new();
+        for pair in &pairs {
+            match self.tokens.get(pair).await {
+                Ok(t) => {
+                    tokens.insert(pair.1.clone(), t);
+                }
+                Err(f) => {
+                    let note = format!(
+                        "cannot get an ECR token for role {} in {}: {}; any existing pull secret is kept and the request retried with backoff",
+                        pair.0, pair.1, f.message
+                    );
+                    self.warn(key, &sa.uid, "EcrTokenFailed", note).await;
+                    // The token scheduler re-queues this key once the pair recovers.
+                    return Ok(());
+                }
+            }
+        }
+        let desired = secret::desired(&key.1, &role, &registries, &tokens);
+        if !self.ensure_secret(key, &sa, existing, &desired).await? {
+            return Ok(());
+        }
+        self.ensure_listed(key, &sa, &desired.name, true).await?;
+        self.clear_warning(key);
+        Ok(())
+    }
+
+    /// Creates or updates the Secret; false when a foreign Secret holds the name.
+    async fn ensure_secret(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        existing: Option<SecretInfo>,
+        desired: &Desired,
+    ) -> Result<bool, ReconcileError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+        let err = |action: &str, source| ReconcileError::Kube {
+            action: format!("{action} Secret {}/{}", key.0, desired.name),
+            source,
+        };
+        let mut current = existing;
+        for _ in 0..CONFLICT_TRIES {
+            match &current {
+                Some(info)
+                    if info.owned_by(&key.1)
+                        && info.data_hash == desired.hash
+                        && info.annotated_hash.as_deref() == Some(desired.hash.as_str())
+                        && info.owners.iter().any(|(_, uid)| *uid == sa.uid) =>
+                {
+                    lock(&self.foreign).remove(key);
+                    return Ok(true);
+                }
+                Some(info) if info.owned_by(&key.1) => {
+                    let obj = secret::build(
+                        &key.0,
+                        &key.1,
+                        &sa.uid,
+                        desired,
+                        Some(info.resource_version.clone()),
+                    );
+                    match api
+                        .replace(&desired.name, &PostParams::default(), &obj)
+                        .await
+                    {
+                        Ok(s) => return Ok(self.written(key, &s)),
+                        Err(e) if matches!(api_code(&e), Some(409) | Some(404)) => {}
+                        Err(e) => return Err(err("updating", e)),
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let obj = secret::build(&key.0, &key.1, &sa.uid, desired, None);
+                    match api.create(&PostParams::default(), &obj).await {
+                        Ok(s) => return Ok(self.written(key, &s)),
+                        Err(e) if api_code(&e) == Some(409) => {}
+                        Err(e) => return Err(err("creating", e)),
+                    }
+                }
+            }
+            // Conflict, or a Secret we do not know: read it fresh.
+            let fresh = api
+                .get_opt(&desired.name)
+                .await
+                .map_err(|e| err("reading", e))?;
+            match fresh {
+                None => current = None,
+                Some(s) => {
+                    if let Some(reason) = foreign_reason(&s, &key.1) {
+                        let note = format!(
+                            "Secret {:?} already exists and attache will not modify it: {reason}. Delete or rename it to let attache manage the ECR pull secret",
+                            desired.name
+                        );
+                        lock(&self.foreign)
+                            .insert(key.clone(), self.clock.now() + self.config.foreign_recheck);
+                        self.warn(key, &sa.uid, "SecretNotOwned", note).await;
+                        return Ok(false);
+                    }
+                    current = Some(SecretInfo::from(&s));
+                }
+            }
+        }
+        Err(ReconcileError::Conflict {
+            action: format!("writing Secret {}/{}", key.0, desired.name),
+        })
+    }
+
+    fn written(&self, key: &Key, s: &Secret) -> bool {
+        self.metrics.ecr_secrets_written.inc();
+        lock(&self.foreign).remove(key);
+        let info = SecretInfo::from(s);
+        lock(&self.world).secrets.insert(key_of(&s.metadata), info);
+        tracing::info!(namespace = %key.0, service_account = %key.1, secret = ?s.metadata.name, "ECR pull secret written");
+        true
+    }
+
+    /// Adds (`present`) or removes the Secret's entry in `imagePullSecrets`,
+    /// leaving other entries alone; a conflict means a fresh read and another try.
+    async fn ensure_listed(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        name: &str,
+        present: bool,
+    ) -> Result<(), ReconcileError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &key.0);
+        let err = |action: &str, source| ReconcileError::Kube {
+            action: format!("{action} ServiceAccount {}/{}", key.0, key.1),
+            source,
+        };
+        let mut cur = sa.clone();
+        for _ in 0..CONFLICT_TRIES {
+            let listed = cur.pull_secrets.iter().any(|n| n == name);
+            if listed == present {
+                return Ok(());
+            }
+            let mut names: Vec<String> = cur
+                .pull_secrets
+                .iter()
+                .filter(|n| *n != name)
+                .cloned()
+                .collect();
+            if present {
+                names.push(name.to_string());
+            }
+            let list: Vec<serde_json::Value> = names
+                .iter()
+                .map(|n| serde_json::json!({ "name": n }))
+                .collect();
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": cur.resource_version },
+                "imagePullSecrets": if list.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(list) },
+            });
+            match api
+                .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => {
+                    let info = SaInfo::from(&updated);
+                    lock(&self.world).sas.insert(key.clone(), info);
+                    return Ok(());
+                }
+                Err(e) if api_code(&e) == Some(409) => {
+                    match api.get_opt(&key.1).await.map_err(|e| err("reading", e))? {
+                        Some(fresh) => cur = SaInfo::from(&fresh),
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) if api_code(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(err("patching imagePullSecrets of", e)),
+            }
+        }
+        Err(ReconcileError::Conflict {
+            action: format!(
+                "patching imagePullSecrets of ServiceAccount {}/{}",
+                key.0, key.1
+            ),
+        })
+    }
+
+    /// No registries configured: remove attache's Secret and its entry.
+    async fn clean_up(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        existing: Option<SecretInfo>,
+    ) -> Result<(), ReconcileError> {
+        lock(&self.deps).remove(key);
+        self.clear_warning(key);
+        let name = secret_name(&key.1);
+        let foreign = lock(&self.foreign).remove(key).is_some();
+        if let Some(info) = existing.filter(|i| i.owned_by(&key.1)) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(info.resource_version.clone()),
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => {
+                    lock(&self.world)
+                        .secrets
+                        .remove(&(key.0.clone(), name.clone()));
+                    tracing::info!(namespace = %key.0, service_account = %key.1, secret = %name, "ECR pull secret removed (annotation gone)");
+                }
+                Err(e) if api_code(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(ReconcileError::Kube {
+                        action: format!("deleting Secret {}/{name}", key.0),
+                        source: e,
+                    });
+                }
+            }
+        }
+        if !foreign {
+            self.ensure_listed(key, sa, &name, false).await?;
+        }
+        Ok(())
+    }
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> Key {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}

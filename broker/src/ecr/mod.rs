@@ -1,0 +1,378 @@
+//! The ECR pull-secret controller: for every ServiceAccount that asks for it
+//! (`attache.dev/ecr-registries` on the SA, or on its namespace meaning every
+//! SA there), keeps a `kubernetes.io/dockerconfigjson` Secret with fresh ECR
+//! registry passwords and lists it in the SA's `imagePullSecrets`.
+//!
+//! - [`registry`]: registry hosts and regional endpoints.
+//! - [`token`]: the `GetAuthorizationToken` client (SigV4 via `aws-sigv4`).
+//! - [`credentials`]: the broker's own certificate and per-role Roles Anywhere sessions.
+//! - [`tokens`]: one shared token per (role, region), refresh schedule, backoff.
+//! - [`secret`]: the Secret's name, content, annotations and ownership rule.
+//! - [`world`]: the reduced watch state, the work queue, token dependencies.
+//! - [`controller`]: watches, reconcile, schedulers.
+//! - [`leader`]: Lease-based leader election (one active controller).
+//!
+//! Precedence: a ServiceAccount's `attache.dev/ecr-registries` replaces its
+//! namespace's (an empty value on the SA opts it out); `attache.dev/ecr-role-arn`
+//! on the SA replaces `--ecr-role-arn`. The role must be allowed by the
+//! namespace's `attache.dev/allowed-roles` when namespace restrictions are on.
+//! A Secret with attache's name that attache does not own (no
+//! `app.kubernetes.io/managed-by: attache` label, or owned by another
+//! ServiceAccount) is never modified; a Warning Event on the SA says so.
+//!
+//! The roles' trust policies must allow the broker's own identity,
+//! `spiffe://<trust-domain>/ns/<broker namespace>/sa/<broker service account>`.
+
+pub mod controller;
+pub mod credentials;
+pub mod leader;
+pub mod registry;
+pub mod secret;
+pub mod token;
+pub mod tokens;
+pub mod world;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use attache_pki::CertificateAuthority;
+use attache_sidecar::cache::RefreshPolicy;
+use attache_sidecar::clock::Clock;
+use clap::{ArgAction, Args};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 6h, 90m, 15s)"))
+}
+
+/// Flags of the ECR controller (flattened into `attache-broker run`); each
+/// also settable by its `ATTACHE_*` variable.
+#[derive(Debug, Args, Clone)]
+pub struct EcrArgs {
+    /// Run the ECR pull-secret controller (needs --profile-arn and --trust-anchor-arn).
+    #[arg(long, env = "ATTACHE_ECR_ENABLED", default_value_t = true, action = ArgAction::Set)]
+    pub ecr_enabled: bool,
+    /// Default IAM role for ECR tokens (a ServiceAccount may name another with attache.dev/ecr-role-arn).
+    #[arg(long, env = "ATTACHE_ECR_ROLE_ARN")]
+    pub ecr_role_arn: Option<String>,
+    /// How often each shared ECR token is renewed (minus up to 10% jitter).
+    #[arg(long, env = "ATTACHE_ECR_REFRESH_INTERVAL", default_value = "6h", value_parser = duration)]
+    pub ecr_refresh_interval: Duration,
+    /// Renew sooner when a token has less than this left.
+    #[arg(long, env = "ATTACHE_ECR_MIN_REMAINING", default_value = "4h", value_parser = duration)]
+    pub ecr_min_remaining: Duration,
+    /// ECR API endpoint override: one URL for every region, or REGION=URL pairs, comma-separated.
+    #[arg(long, env = "ATTACHE_ECR_ENDPOINT")]
+    pub ecr_endpoint: Option<String>,
+    /// Roles Anywhere endpoint override for the controller's sessions: one URL, or
+    /// REGION=URL pairs (a region listed gets its own session there, e.g. one emulator per region).
+    #[arg(long, env = "ATTACHE_ROLESANYWHERE_ENDPOINT")]
+    pub rolesanywhere_endpoint: Option<String>,
+    /// Roles Anywhere session duration for ECR roles, seconds (900..43200).
+    #[arg(long, env = "ATTACHE_ECR_SESSION_DURATION", default_value_t = 3600)]
+    pub ecr_session_duration: u32,
+    /// ServiceAccounts reconciled at once.
+    #[arg(long, env = "ATTACHE_ECR_WORKERS", default_value_t = 16)]
+    pub ecr_workers: usize,
+    /// Lease electing the one active controller (in the broker's namespace).
+    #[arg(
+        long,
+        env = "ATTACHE_ECR_LEASE_NAME",
+        default_value = "attache-ecr-controller"
+    )]
+    pub ecr_lease_name: String,
+    /// How long a leader's Lease lasts without renewal.
+    #[arg(long, env = "ATTACHE_ECR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub ecr_lease_duration: Duration,
+    /// A leader that cannot renew for this long stops (must be < lease duration).
+    #[arg(long, env = "ATTACHE_ECR_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub ecr_lease_renew_deadline: Duration,
+    /// Pause between Lease attempts.
+    #[arg(long, env = "ATTACHE_ECR_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    pub ecr_lease_retry_period: Duration,
+    /// This replica's identity in the Lease (default: POD_NAME or the host name, plus a random suffix).
+    #[arg(long, env = "ATTACHE_POD_NAME")]
+    pub ecr_identity: Option<String>,
+}
+
+impl EcrArgs {
+    /// Checks the flags, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (900..=43200).contains(&self.ecr_session_duration),
+            "--ecr-session-duration must be 900..=43200 seconds, got {}",
+            self.ecr_session_duration
+        );
+        anyhow::ensure!(
+            self.ecr_min_remaining < Duration::from_secs(12 * 3600),
+            "--ecr-min-remaining must be under ECR's 12 h token lifetime"
+        );
+        anyhow::ensure!(
+            self.ecr_refresh_interval >= Duration::from_secs(60),
+            "--ecr-refresh-interval must be at least 1m"
+        );
+        anyhow::ensure!(
+            self.ecr_lease_renew_deadline < self.ecr_lease_duration
+                && self.ecr_lease_retry_period < self.ecr_lease_renew_deadline,
+            "need --ecr-lease-retry-period < --ecr-lease-renew-deadline < --ecr-lease-duration"
+        );
+        if let Some(role) = &self.ecr_role_arn {
+            attache_sidecar::arn::validate_role_arn(role).context("--ecr-role-arn")?;
+        }
+        token::Endpoints::parse(self.ecr_endpoint.as_deref())
+            .map_err(|e| anyhow::anyhow!("--ecr-endpoint: {e}"))?;
+        token::Endpoints::parse(self.rolesanywhere_endpoint.as_deref())
+            .map_err(|e| anyhow::anyhow!("--rolesanywhere-endpoint: {e}"))?;
+        Ok(())
+    }
+}
+
+/// What the broker already has that the controller needs.
+#[derive(Clone)]
+pub struct EcrContext {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// The cluster CA (the broker issues its own certificate from it).
+    pub ca: Arc<CertificateAuthority>,
+    /// The broker's namespace (holds the Lease).
+    pub namespace: String,
+    /// The broker's ServiceAccount (its identity at Roles Anywhere), e.g. `attache-broker`.
+    pub service_account: String,
+    /// Trust domain of certificates.
+    pub trust_domain: String,
+    /// Default AWS region (used when the trust anchor ARN names none).
+    pub region: String,
+    /// Default Roles Anywhere profile ARN.
+    pub profile_arn: Option<String>,
+    /// Default trust anchor ARN.
+    pub trust_anchor_arn: Option<String>,
+    /// Enforce `attache.dev/allowed-roles`.
+    pub namespace_restrictions: bool,
+    /// Broker metrics.
+    pub metrics: Metrics,
+    /// The clock schedules run on (tests inject a manual one).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The running controller (or a disabled placeholder).
+pub struct EcrHandle {
+    leading: watch::Receiver<bool>,
+    elector: Option<leader::Elector>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for EcrHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.supervisor.take() {
+            t.abort();
+        }
+    }
+}
+
+impl EcrHandle {
+    fn disabled() -> Self {
+        EcrHandle {
+            leading: watch::channel(false).1,
+            elector: None,
+            supervisor: None,
+            stop: None,
+        }
+    }
+
+    /// Whether this replica is the active controller now.
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Changes of leadership.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
+    /// Stops the controller and hands the Lease over at once.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.supervisor.take() {
+            let _ = t.await;
+        }
+        if let Some(e) = self.elector.take() {
+            e.release().await;
+        }
+    }
+}
+
+fn identity(args: &EcrArgs) -> String {
+    let base = args
+        .ecr_identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "attache-broker".into());
+    if args.ecr_identity.is_some() {
+        return base;
+    }
+    let mut b = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    format!("{base}_{}", hex::encode(b))
+}
+
+/// Starts campaigning for the Lease; while leading, runs the controller.
+/// Returns at once. Disabled (with a log line saying why) when
+/// `--ecr-enabled=false` or no profile / trust anchor is configured.
+pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
+    if !args.ecr_enabled {
+        tracing::info!("ECR pull-secret controller disabled (--ecr-enabled=false)");
+        return Ok(EcrHandle::disabled());
+    }
+    args.validate()?;
+    let (Some(profile_arn), Some(trust_anchor_arn)) =
+        (ctx.profile_arn.clone(), ctx.trust_anchor_arn.clone())
+    else {
+        tracing::warn!(
+            "ECR pull-secret controller disabled: it needs --profile-arn and --trust-anchor-arn"
+        );
+        return Ok(EcrHandle::disabled());
+    };
+    let region = trust_anchor_arn
+        .split(':')
+        .nth(3)
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| ctx.region.clone());
+    anyhow::ensure!(
+        !region.is_empty(),
+        "no region for the ECR controller's Roles Anywhere sessions: set --region"
+    );
+    let cert = Arc::new(
+        credentials::BrokerCert::new(
+            ctx.ca.clone(),
+            &ctx.trust_domain,
+            &ctx.namespace,
+            &ctx.service_account,
+            ctx.clock.clone(),
+        )
+        .context("the broker's own identity")?,
+    );
+    let settings = credentials::SessionSettings {
+        region,
+        profile_arn,
+        trust_anchor_arn,
+        endpoints: token::Endpoints::parse(args.rolesanywhere_endpoint.as_deref())
+            .map_err(anyhow::Error::msg)?,
+        duration_seconds: args.ecr_session_duration,
+    };
+    let ecr_endpoints =
+        token::Endpoints::parse(args.ecr_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
+    let identity = identity(args);
+    tracing::info!(spiffe_id = %cert.spiffe_uri(), identity = %identity, "ECR pull-secret controller campaigning for its Lease");
+    let elector = leader::Elector::spawn(
+        ctx.client.clone(),
+        leader::LeaseConfig {
+            name: args.ecr_lease_name.clone(),
+            namespace: ctx.namespace.clone(),
+            identity: identity.clone(),
+            lease_duration: args.ecr_lease_duration,
+            renew_deadline: args.ecr_lease_renew_deadline,
+            retry_period: args.ecr_lease_retry_period,
+        },
+        ctx.clock.clone(),
+    );
+    let mut leading = elector.leading();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let args = args.clone();
+    let supervisor = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                _ = &mut stop_rx => return,
+            }
+            let term = match new_term(&args, &ctx, &cert, &settings, &ecr_endpoints, &identity) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot start the ECR controller");
+                    return;
+                }
+            };
+            // Aborted with the supervisor, so a dropped handle stops all writes.
+            let task = AbortOnDrop(tokio::spawn(term.run()));
+            tokio::select! {
+                _ = leading.wait_for(|l| !*l) => {}
+                _ = &mut stop_rx => return,
+            }
+            drop(task);
+            tracing::info!("ECR controller stopped (no longer the leader)");
+        }
+    });
+    Ok(EcrHandle {
+        leading: elector.leading(),
+        elector: Some(elector),
+        supervisor: Some(supervisor),
+        stop: Some(stop_tx),
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn new_term(
+    args: &EcrArgs,
+    ctx: &EcrContext,
+    cert: &Arc<credentials::BrokerCert>,
+    settings: &credentials::SessionSettings,
+    ecr_endpoints: &token::Endpoints,
+    identity: &str,
+) -> Result<Arc<controller::Controller>> {
+    let creds = credentials::RoleCredentials::new(
+        settings.clone(),
+        cert.clone(),
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+    );
+    let client = token::TokenClient::new(ecr_endpoints.clone(), Duration::from_secs(15))?;
+    let backoff = RefreshPolicy::default();
+    let tokens = Arc::new(tokens::Tokens::new(
+        client,
+        creds,
+        ctx.clock.clone(),
+        tokens::TokenPolicy {
+            refresh_interval: args.ecr_refresh_interval,
+            min_remaining: args.ecr_min_remaining,
+            jitter: 0.1,
+            backoff: backoff.clone(),
+        },
+        ctx.metrics.clone(),
+    ));
+    let recorder = kube::runtime::events::Recorder::new(
+        ctx.client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "attache-ecr".into(),
+            instance: Some(identity.to_string()),
+        },
+    );
+    Ok(Arc::new(controller::Controller::new(
+        ctx.client.clone(),
+        controller::ControllerConfig {
+            default_role: args.ecr_role_arn.clone(),
+            restrictions: ctx.namespace_restrictions,
+            workers: args.ecr_workers,
+            foreign_recheck: args.ecr_refresh_interval,
+            backoff,
+        },
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+        recorder,
+        tokens,
+    )))
+}

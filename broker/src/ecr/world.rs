@@ -1,0 +1,308 @@
+//! What the controller knows of the cluster, kept small: watch events of
+//! ServiceAccounts, Namespaces and attache's pull Secrets are reduced to the
+//! few fields reconciling needs (no Secret data is held), plus the work queue
+//! that hands each ServiceAccount to one worker at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+
+use super::secret::{ANN_DATA_HASH, data_hash};
+use crate::names::{ANN_ALLOWED_ROLES, ANN_ECR_REGISTRIES, ANN_ECR_ROLE_ARN, MANAGED_BY};
+
+/// (namespace, name).
+pub type Key = (String, String);
+
+/// What reconciling needs of a ServiceAccount.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SaInfo {
+    /// uid (owner references point at it).
+    pub uid: String,
+    /// resourceVersion last seen.
+    pub resource_version: String,
+    /// `attache.dev/ecr-registries`, if set.
+    pub registries: Option<String>,
+    /// `attache.dev/ecr-role-arn`, if set.
+    pub role: Option<String>,
+    /// Names in `imagePullSecrets`, in order.
+    pub pull_secrets: Vec<String>,
+}
+
+impl SaInfo {
+    /// Reduces a ServiceAccount.
+    pub fn from(sa: &ServiceAccount) -> SaInfo {
+        let ann = sa.metadata.annotations.as_ref();
+        SaInfo {
+            uid: sa.metadata.uid.clone().unwrap_or_default(),
+            resource_version: sa.metadata.resource_version.clone().unwrap_or_default(),
+            registries: ann.and_then(|a| a.get(ANN_ECR_REGISTRIES)).cloned(),
+            role: ann
+                .and_then(|a| a.get(ANN_ECR_ROLE_ARN))
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty()),
+            pull_secrets: sa
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// What reconciling needs of a Namespace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NsInfo {
+    /// `attache.dev/ecr-registries`, if set.
+    pub registries: Option<String>,
+    /// `attache.dev/allowed-roles`, if set.
+    pub allowed_roles: Option<String>,
+}
+
+impl NsInfo {
+    /// Reduces a Namespace.
+    pub fn from(ns: &Namespace) -> NsInfo {
+        let ann = ns.metadata.annotations.as_ref();
+        NsInfo {
+            registries: ann.and_then(|a| a.get(ANN_ECR_REGISTRIES)).cloned(),
+            allowed_roles: ann.and_then(|a| a.get(ANN_ALLOWED_ROLES)).cloned(),
+        }
+    }
+
+    /// The annotations policy checks look at.
+    pub fn policy_annotations(&self) -> BTreeMap<String, String> {
+        self.allowed_roles
+            .iter()
+            .map(|v| (ANN_ALLOWED_ROLES.to_string(), v.clone()))
+            .collect()
+    }
+}
+
+/// What reconciling needs of one of attache's pull Secrets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecretInfo {
+    /// resourceVersion last seen.
+    pub resource_version: String,
+    /// Carries `app.kubernetes.io/managed-by: attache`.
+    pub managed: bool,
+    /// ServiceAccount owners: (name, uid).
+    pub owners: Vec<(String, String)>,
+    /// Type is `kubernetes.io/dockerconfigjson`.
+    pub docker_type: bool,
+    /// SHA-256 of the data as stored.
+    pub data_hash: String,
+    /// The hash annotation attache wrote.
+    pub annotated_hash: Option<String>,
+}
+
+impl SecretInfo {
+    /// Reduces a Secret.
+    pub fn from(s: &Secret) -> SecretInfo {
+        SecretInfo {
+            resource_version: s.metadata.resource_version.clone().unwrap_or_default(),
+            managed: s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY.0))
+                .is_some_and(|v| v == MANAGED_BY.1),
+            owners: s
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| o.kind == "ServiceAccount")
+                .map(|o| (o.name.clone(), o.uid.clone()))
+                .collect(),
+            docker_type: s.type_.as_deref() == Some(super::secret::SECRET_TYPE),
+            data_hash: data_hash(&s.data.clone().unwrap_or_default()),
+            annotated_hash: s
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANN_DATA_HASH))
+                .cloned(),
+        }
+    }
+
+    /// Whether attache may change it on behalf of ServiceAccount `sa`.
+    pub fn owned_by(&self, sa: &str) -> bool {
+        self.managed && self.docker_type && self.owners.iter().any(|(n, _)| n == sa)
+    }
+}
+
+/// The reduced cluster state.
+#[derive(Default)]
+pub struct World {
+    /// ServiceAccounts by key (sorted, so a namespace is a range).
+    pub sas: BTreeMap<Key, SaInfo>,
+    /// Namespaces by name.
+    pub namespaces: HashMap<String, NsInfo>,
+    /// attache's pull Secrets by key.
+    pub secrets: HashMap<Key, SecretInfo>,
+}
+
+impl World {
+    /// Keys of every ServiceAccount in `namespace`.
+    pub fn sas_in(&self, namespace: &str) -> Vec<Key> {
+        self.sas
+            .range((namespace.to_string(), String::new())..)
+            .take_while(|(k, _)| k.0 == namespace)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: VecDeque<Key>,
+    queued: HashSet<Key>,
+    active: HashSet<Key>,
+    dirty: HashSet<Key>,
+}
+
+/// A de-duplicating work queue: a key is queued at most once, and a key
+/// being worked on is queued again only after its worker finishes.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    notify: tokio::sync::Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `key` (no-op if already queued).
+    pub fn push(&self, key: Key) {
+        let mut s = self.lock();
+        if s.active.contains(&key) {
+            s.dirty.insert(key);
+        } else if s.queued.insert(key.clone()) {
+            s.ready.push_back(key);
+            drop(s);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits for the next key and marks it active.
+    pub async fn pop(&self) -> Key {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.lock();
+                if let Some(k) = s.ready.pop_front() {
+                    s.queued.remove(&k);
+                    s.active.insert(k.clone());
+                    if !s.ready.is_empty() {
+                        self.notify.notify_one();
+                    }
+                    return k;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks `key` done; queues it again if it changed meanwhile.
+    pub fn done(&self, key: &Key) {
+        let again = {
+            let mut s = self.lock();
+            s.active.remove(key);
+            s.dirty.remove(key)
+        };
+        if again {
+            self.push(key.clone());
+        }
+    }
+
+    /// Keys queued or being worked on.
+    pub fn len(&self) -> usize {
+        let s = self.lock();
+        s.ready.len() + s.active.len()
+    }
+
+    /// Whether nothing is queued or active.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which ServiceAccounts use which (role, region) token.
+#[derive(Default)]
+pub struct Deps {
+    by_pair: HashMap<super::tokens::Pair, BTreeSet<Key>>,
+    by_key: HashMap<Key, Vec<super::tokens::Pair>>,
+}
+
+impl Deps {
+    /// Records that `key` uses exactly `pairs`.
+    pub fn set(&mut self, key: &Key, pairs: Vec<super::tokens::Pair>) {
+        if self.by_key.get(key) == Some(&pairs) {
+            return;
+        }
+        self.remove(key);
+        for p in &pairs {
+            self.by_pair
+                .entry(p.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.by_key.insert(key.clone(), pairs);
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &Key) {
+        for p in self.by_key.remove(key).unwrap_or_default() {
+            if let Some(set) = self.by_pair.get_mut(&p) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_pair.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// ServiceAccounts using `pair`.
+    pub fn dependents(&self, pair: &super::tokens::Pair) -> Vec<Key> {
+        self.by_pair
+            .get(pair)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_deduplicates_and_requeues_keys_changed_while_active() {
+        let q = Queue::default();
+        let k = ("ns".to_string(), "a".to_string());
+        q.push(k.clone());
+        q.push(k.clone());
+        assert_eq!(q.len(), 1);
+        let got = q.pop().await;
+        assert_eq!(got, k);
+        q.push(k.clone()); // while active: deferred
+        assert_eq!(q.lock().ready.len(), 0);
+        q.done(&k);
+        assert_eq!(q.pop().await, k);
+        q.done(&k);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn deps_track_pairs_both_ways() {
+        let mut d = Deps::default();
+        let k = ("ns".to_string(), "a".to_string());
+        let p = ("role".to_string(), "us-east-1".to_string());
+        d.set(&k, vec![p.clone()]);
+        assert_eq!(d.dependents(&p), vec![k.clone()]);
+        d.remove(&k);
+        assert!(d.dependents(&p).is_empty());
+    }
+}

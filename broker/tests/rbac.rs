@@ -1,0 +1,596 @@
+//! The install manifests in `deploy/kubernetes` grant the broker exactly the
+//! Kubernetes API calls listed in `deploy/kubernetes/broker-api-calls.json`
+//! (every call, nothing more, no wildcards), and agree with the broker's
+//! defaults (names, ports, paths).
+//!
+//! Renders the kustomization with `kubectl kustomize` (kubectl is on every
+//! machine, CI included). `deploy/check_rbac.py` makes the same RBAC check
+//! for `deploy/check.sh`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use attache_broker::run::RunArgs;
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("broker/ has a parent")
+        .to_path_buf()
+}
+
+/// One entry of `broker-api-calls.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Call {
+    component: String,
+    verb: String,
+    group: String,
+    resource: String,
+    scope: Scope,
+    #[serde(default)]
+    resource_name: Option<String>,
+    why: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    /// A namespaced resource in the broker's own namespace.
+    Own,
+    /// A namespaced resource in any namespace.
+    Any,
+    /// A cluster-scoped resource.
+    Cluster,
+}
+
+#[derive(Debug, Deserialize)]
+struct CallList {
+    calls: Vec<Call>,
+}
+
+fn calls() -> Vec<Call> {
+    let path = repo_root().join("deploy/kubernetes/broker-api-calls.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let list: CallList = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not a valid call list: {e}", path.display()));
+    list.calls
+}
+
+fn render(dir: &str) -> Vec<Value> {
+    let path = repo_root().join(dir);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run kubectl (needed to render {dir}): {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("kustomize prints UTF-8");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("kustomize output of {dir} is not YAML: {e}"))
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn defaults() -> RunArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+    Cli::try_parse_from(["attache-broker"])
+        .expect("run has defaults for every flag")
+        .run
+}
+
+fn ecr_lease_name() -> String {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        ecr: attache_broker::ecr::EcrArgs,
+    }
+    Cli::try_parse_from(["attache-broker"])
+        .expect("the ECR flags have defaults")
+        .ecr
+        .ecr_lease_name
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the manifests have no {kind} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where a grant applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reach {
+    /// Through a ClusterRoleBinding: every namespace and cluster-scoped resources.
+    Cluster,
+    /// Through a RoleBinding: namespaced resources of this namespace.
+    Namespace(String),
+}
+
+/// One (group, resource, verb) a rule grants, with its resourceNames.
+#[derive(Debug, Clone)]
+struct Grant {
+    reach: Reach,
+    origin: String,
+    group: String,
+    resource: String,
+    verb: String,
+    names: Option<BTreeSet<String>>,
+}
+
+/// Every grant bound to `namespace/service_account`; panics on wildcards,
+/// nonResourceURLs and bindings to missing roles.
+fn grants(docs: &[Value], namespace: &str, service_account: &str) -> Vec<Grant> {
+    let mut out = Vec::new();
+    for b in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+    {
+        let bound = b["subjects"].as_array().into_iter().flatten().any(|s| {
+            s["kind"] == "ServiceAccount"
+                && s["name"] == service_account
+                && s["namespace"] == namespace
+        });
+        if !bound {
+            continue;
+        }
+        let binding = format!(
+            "{} {}",
+            b["kind"].as_str().unwrap_or_default(),
+            b["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let reach = if b["kind"] == "ClusterRoleBinding" {
+            Reach::Cluster
+        } else {
+            Reach::Namespace(
+                b["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+            )
+        };
+        let role_kind = b["roleRef"]["kind"].as_str().unwrap_or_default();
+        let role_name = b["roleRef"]["name"].as_str().unwrap_or_default();
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == role_kind
+                    && d["metadata"]["name"] == role_name
+                    && (role_kind == "ClusterRole"
+                        || Reach::Namespace(
+                            d["metadata"]["namespace"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .into(),
+                        ) == reach)
+            })
+            .unwrap_or_else(|| panic!("{binding} refers to a missing {role_kind} {role_name}"));
+        for (i, rule) in role["rules"].as_array().into_iter().flatten().enumerate() {
+            let origin = format!("{role_kind} {role_name} rule {i} (via {binding})");
+            assert!(
+                rule.get("nonResourceURLs").is_none(),
+                "{origin}: nonResourceURLs are never needed"
+            );
+            let groups = strings(&rule["apiGroups"]);
+            let resources = strings(&rule["resources"]);
+            let verbs = strings(&rule["verbs"]);
+            for s in groups.iter().chain(&resources).chain(&verbs) {
+                assert!(
+                    !s.contains('*'),
+                    "{origin}: wildcard {s:?} is not least privilege"
+                );
+            }
+            let names = rule
+                .get("resourceNames")
+                .map(|n| strings(n).into_iter().collect::<BTreeSet<_>>());
+            for g in &groups {
+                for r in &resources {
+                    for v in &verbs {
+                        out.push(Grant {
+                            reach: reach.clone(),
+                            origin: origin.clone(),
+                            group: g.clone(),
+                            resource: r.clone(),
+                            verb: v.clone(),
+                            names: names.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn same_target(g: &Grant, c: &Call) -> bool {
+    g.group == c.group && g.resource == c.resource && g.verb == c.verb
+}
+
+/// Does `g` allow `c` for a broker running in `own`?
+fn allows(g: &Grant, c: &Call, own: &str) -> bool {
+    let reach_ok = match (&g.reach, c.scope) {
+        (Reach::Cluster, _) => true,
+        (Reach::Namespace(ns), Scope::Own) => ns == own,
+        (Reach::Namespace(_), _) => false,
+    };
+    let name_ok = match (&g.names, &c.resource_name) {
+        (None, _) => true,
+        (Some(names), Some(n)) => names.contains(n),
+        (Some(_), None) => false,
+    };
+    reach_ok && name_ok && same_target(g, c)
+}
+
+/// Is `g` needed by some call, and no wider than that call needs?
+fn needed(g: &Grant, calls: &[Call], own: &str) -> bool {
+    calls.iter().filter(|c| same_target(g, c)).any(|c| {
+        let reach_ok = match (&g.reach, c.scope) {
+            (Reach::Cluster, Scope::Any | Scope::Cluster) => true,
+            (Reach::Namespace(ns), Scope::Own) => ns == own,
+            _ => false,
+        };
+        let names_ok = match (&g.names, &c.resource_name) {
+            (None, None) => true,
+            (Some(names), Some(n)) => names.iter().all(|x| x == n),
+            // Pinned more narrowly than the call needs: useless, not wider.
+            (Some(_), None) => false,
+            // Any name where one object is needed: wider than needed.
+            (None, Some(_)) => false,
+        };
+        reach_ok && names_ok
+    })
+}
+
+fn rbac_violations(docs: &[Value], calls: &[Call], own: &str, sa: &str) -> Vec<String> {
+    let grants = grants(docs, own, sa);
+    let mut problems = Vec::new();
+    for c in calls {
+        if !grants.iter().any(|g| allows(g, c, own)) {
+            problems.push(format!("not granted: {c:?}"));
+        }
+    }
+    for g in &grants {
+        if !needed(g, calls, own) {
+            problems.push(format!(
+                "granted but not needed by any listed call: {} {}/{} {:?} names {:?} from {}",
+                g.verb, g.group, g.resource, g.reach, g.names, g.origin
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn call_list_is_well_formed_and_names_the_brokers_objects() {
+    let calls = calls();
+    let known_verbs = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let d = defaults();
+    let lease = ecr_lease_name();
+    let own_names = [
+        attache_broker::names::CA_SECRET,
+        attache_broker::names::CA_BUNDLE_CONFIGMAP,
+        d.webhook_config.as_str(),
+        lease.as_str(),
+    ];
+    for c in &calls {
+        assert!(
+            known_verbs.contains(&c.verb.as_str()),
+            "unknown verb: {c:?}"
+        );
+        assert!(!c.why.trim().is_empty() && !c.component.is_empty(), "{c:?}");
+        assert!(
+            !c.resource.is_empty() && c.resource == c.resource.to_lowercase(),
+            "resources are lowercase plurals: {c:?}"
+        );
+        if let Some(n) = &c.resource_name {
+            assert!(
+                !matches!(c.verb.as_str(), "create" | "list" | "watch"),
+                "RBAC cannot limit {} by name: {c:?}",
+                c.verb
+            );
+            assert!(own_names.contains(&n.as_str()), "unknown object {n}: {c:?}");
+        }
+    }
+    // The calls the code makes today (broker/src): keep the list in step.
+    let has = |verb: &str, resource: &str, scope: Scope| {
+        calls
+            .iter()
+            .any(|c| c.verb == verb && c.resource == resource && c.scope == scope)
+    };
+    assert!(has("create", "tokenreviews", Scope::Cluster));
+    assert!(has("get", "serviceaccounts", Scope::Any));
+    assert!(has("get", "pods", Scope::Any));
+    assert!(has("get", "namespaces", Scope::Cluster));
+    assert!(has("create", "secrets", Scope::Own));
+    assert!(has("update", "configmaps", Scope::Own));
+    assert!(has(
+        "update",
+        "mutatingwebhookconfigurations",
+        Scope::Cluster
+    ));
+    assert!(has("update", "leases", Scope::Own));
+    assert!(has("patch", "serviceaccounts", Scope::Any));
+    assert!(has("watch", "secrets", Scope::Any));
+}
+
+#[test]
+fn rbac_grants_every_listed_call_and_nothing_more() {
+    let docs = render("deploy/kubernetes");
+    let calls = calls();
+    let d = defaults();
+    let deployment = find(&docs, "Deployment", "attache-broker");
+    let own = deployment["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        own, d.namespace,
+        "installed in the broker's default namespace"
+    );
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        !sa.is_empty(),
+        "the broker runs with its own ServiceAccount"
+    );
+    find(&docs, "ServiceAccount", sa);
+    let problems = rbac_violations(&docs, &calls, own, sa);
+    assert!(
+        problems.is_empty(),
+        "RBAC problems:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_check_catches_missing_and_excess_grants() {
+    let mut docs = render("deploy/kubernetes");
+    let calls = calls();
+    let own = "attache-system";
+    let sa = "attache-broker";
+    assert!(rbac_violations(&docs, &calls, own, sa).is_empty());
+
+    // A call nobody granted.
+    let mut more = calls.clone();
+    more.push(Call {
+        component: "test".into(),
+        verb: "delete".into(),
+        group: "".into(),
+        resource: "pods".into(),
+        scope: Scope::Any,
+        resource_name: None,
+        why: "test".into(),
+    });
+    let p = rbac_violations(&docs, &more, own, sa);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("not granted") && m.contains("pods")),
+        "{p:?}"
+    );
+
+    // An own-namespace call must not be satisfied by a Role elsewhere.
+    for d in docs
+        .iter_mut()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "Role")
+    {
+        d["metadata"]["namespace"] = "default".into();
+    }
+    let p = rbac_violations(&docs, &calls, own, sa);
+    assert!(p.iter().any(|m| m.contains("configmaps")), "{p:?}");
+    let mut docs = render("deploy/kubernetes");
+
+    // A wider-than-needed grant: configmaps update on any name.
+    let cr = docs
+        .iter_mut()
+        .find(|d| d["kind"] == "Role")
+        .expect("a Role");
+    cr["rules"].as_array_mut().expect("rules").push(
+        serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["update"]}),
+    );
+    let p = rbac_violations(&docs, &calls, own, sa);
+    assert!(
+        p.iter().any(|m| m.starts_with("granted but not needed")),
+        "{p:?}"
+    );
+}
+
+#[test]
+#[should_panic(expected = "wildcard")]
+fn wildcards_are_refused() {
+    let mut docs = render("deploy/kubernetes");
+    let cr = docs
+        .iter_mut()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    cr["rules"][0]["verbs"] = serde_json::json!(["*"]);
+    grants(&docs, "attache-system", "attache-broker");
+}
+
+#[test]
+fn manifests_match_the_brokers_defaults() {
+    let docs = render("deploy/kubernetes");
+    let d = defaults();
+    // Service: 443 -> the HTTPS listener; the default broker URL is this Service.
+    let svc = find(&docs, "Service", &d.service_name);
+    assert_eq!(svc["metadata"]["namespace"], d.namespace.as_str());
+    let https = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"] == 443)
+        .expect("the Service exposes 443");
+    let deployment = find(&docs, "Deployment", "attache-broker");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let broker = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "broker")
+        .expect("a broker container");
+    let port_of = |name: &Value| {
+        broker["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| &p["name"] == name || &p["containerPort"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+    };
+    assert_eq!(
+        port_of(&https["targetPort"]),
+        Some(u64::from(d.listen.port()))
+    );
+    assert_eq!(
+        port_of(&broker["readinessProbe"]["httpGet"]["port"]),
+        Some(u64::from(d.admin_listen.port())),
+        "probes use the admin port"
+    );
+    assert_eq!(broker["command"], serde_json::json!(["/attache-broker"]));
+    assert_eq!(broker["args"], serde_json::json!(["run"]));
+    let env = broker["env"].as_array().cloned().unwrap_or_default();
+    let ns_env = env
+        .iter()
+        .find(|e| e["name"] == "ATTACHE_NAMESPACE")
+        .expect("ATTACHE_NAMESPACE is set");
+    assert_eq!(
+        ns_env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
+        "the namespace comes from the downward API"
+    );
+    let sc = &broker["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+
+    // The webhook the broker patches, calling the Service's /mutate.
+    let mwc = find(&docs, "MutatingWebhookConfiguration", &d.webhook_config);
+    let hooks = mwc["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 1);
+    let w = &hooks[0];
+    let svc_ref = &w["clientConfig"]["service"];
+    assert_eq!(svc_ref["name"], d.service_name.as_str());
+    assert_eq!(svc_ref["namespace"], d.namespace.as_str());
+    assert_eq!(svc_ref["path"], "/mutate");
+    assert_eq!(svc_ref["port"], 443);
+    assert!(
+        w["clientConfig"].get("caBundle").is_none(),
+        "the broker sets caBundle"
+    );
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    let excluded = w["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
+        .map(|e| strings(&e["values"]))
+        .unwrap_or_default();
+    for ns in d.excluded_namespaces.iter().chain([&d.namespace]) {
+        assert!(
+            excluded.contains(ns),
+            "{ns} is excluded by the namespaceSelector"
+        );
+    }
+    let skip = w["objectSelector"]["matchExpressions"][0].clone();
+    assert_eq!(skip["key"], attache_broker::names::ANN_INJECT);
+    assert_eq!(skip["operator"], "NotIn");
+}
+
+#[test]
+fn examples_render_and_opt_in_with_the_documented_annotations() {
+    let s3 = render("deploy/kubernetes/examples/s3-list");
+    let sa = s3
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("the S3 example has a ServiceAccount");
+    let role = sa["metadata"]["annotations"][attache_broker::names::ANN_ROLE_ARN]
+        .as_str()
+        .expect("annotated with attache.dev/role-arn");
+    let ns = s3
+        .iter()
+        .find(|d| d["kind"] == "Namespace")
+        .expect("a Namespace");
+    let allowed: Vec<String> = serde_json::from_str(
+        ns["metadata"]["annotations"][attache_broker::names::ANN_ALLOWED_ROLES]
+            .as_str()
+            .expect("namespace lists its allowed roles"),
+    )
+    .expect("allowed-roles is a JSON list");
+    assert!(
+        allowed.iter().any(|r| r == role),
+        "{allowed:?} allows {role}"
+    );
+
+    let ecr = render("deploy/kubernetes/examples/ecr-pull");
+    let sa = ecr
+        .iter()
+        .find(|d| d["kind"] == "ServiceAccount")
+        .expect("the ECR example has a ServiceAccount");
+    let registries = sa["metadata"]["annotations"][attache_broker::names::ANN_ECR_REGISTRIES]
+        .as_str()
+        .expect("annotated with attache.dev/ecr-registries");
+    let deployment = ecr
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+    let image = pod["containers"][0]["image"].as_str().unwrap_or_default();
+    assert!(
+        registries.split(',').any(|r| image.starts_with(r.trim())),
+        "{image} comes from one of {registries}"
+    );
+}
+
+#[test]
+fn cloudformation_trust_policies_match_aws_policy() {
+    use attache_broker::aws_policy::{ACTIONS, SAN_URI_KEY, SERVICE_PRINCIPAL, SOURCE_ARN_KEY};
+    let path = repo_root().join("deploy/aws/attache.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    // Two roles (example, ECR pull), each pinned like `aws-policy` pins them.
+    let count = |s: &str| text.matches(s).count();
+    assert_eq!(count(&format!("Service: {SERVICE_PRINCIPAL}")), 2);
+    for action in ACTIONS {
+        assert_eq!(count(&format!("- {action}\n")), 2, "{action}");
+    }
+    assert_eq!(count("ArnEquals:"), 2);
+    assert_eq!(
+        count(&format!(
+            "{SOURCE_ARN_KEY}: !GetAtt TrustAnchor.TrustAnchorArn"
+        )),
+        2
+    );
+    assert_eq!(
+        count(&format!(
+            "{SAN_URI_KEY}: !Sub spiffe://${{TrustDomain}}/ns/"
+        )),
+        2
+    );
+    assert!(text.contains("SourceType: CERTIFICATE_BUNDLE"));
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Checks deploy/ without a cluster or AWS: renders every kustomization and
+# validates it against the Kubernetes schemas, checks the broker's RBAC against
+# its API-call list, lints the CloudFormation template, and checks the
+# Dockerfile names both binaries. Needs kubectl, python3 and the packages in
+# tests/requirements.txt (kubernetes-validate, cfn-lint). CI runs it from
+# .ci/run; run it yourself from anywhere: bash deploy/check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSION=1.37.0
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+echo "== deploy: kustomize + kubernetes-validate $K8S_VERSION"
+mapfile -t dirs < <(find deploy -name kustomization.yaml -printf '%h\n' | sort)
+((${#dirs[@]} >= 3)) || { echo "deploy/check.sh: expected the base and the examples, found: ${dirs[*]}" >&2; exit 1; }
+for dir in "${dirs[@]}"; do
+  file="$out/${dir//\//_}.yaml"
+  kubectl kustomize "$dir" >"$file"
+  python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$file"
+  echo "ok $dir ($(grep -c '^kind:' "$file") objects)"
+done
+
+echo "== deploy: broker RBAC vs deploy/kubernetes/broker-api-calls.json"
+for dir in "${dirs[@]}"; do
+  # The base, and every overlay of it (they install the broker too).
+  file="$out/${dir//\//_}.yaml"
+  if [[ $dir == deploy/kubernetes ]] || grep -q '^kind: MutatingWebhookConfiguration' "$file"; then
+    echo -n "$dir: "
+    python3 deploy/check_rbac.py deploy/kubernetes/broker-api-calls.json "$file"
+  fi
+done
+
+echo "== deploy: cfn-lint"
+for t in deploy/aws/*.yaml; do
+  # The console script may not be on PATH (pip --user, venvs): call its entry point.
+  python3 -c 'import sys; from cfnlint.runner import main; sys.exit(main())' "$t"
+  echo "ok $t"
+done
+
+echo "== deploy: Dockerfile"
+for bin in attache-broker attache-sidecar; do
+  grep -q "^COPY --from=build /$bin /$bin\$" deploy/Dockerfile \
+    || { echo "deploy/Dockerfile does not put /$bin in the image" >&2; exit 1; }
+  grep -q -- "-p $bin" deploy/Dockerfile \
+    || { echo "deploy/Dockerfile does not build $bin" >&2; exit 1; }
+done
+grep -q '^ENTRYPOINT \["/attache-sidecar"\]' deploy/Dockerfile \
+  || { echo "deploy/Dockerfile: the entrypoint must be /attache-sidecar (the webhook injects args only)" >&2; exit 1; }
+grep -q '^USER 65532' deploy/Dockerfile \
+  || { echo "deploy/Dockerfile: the final image must run as non-root 65532" >&2; exit 1; }
+echo "ok deploy/Dockerfile"
+echo "deploy/check.sh: all checks passed"

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Checks that rendered manifests grant the broker exactly its API calls.
+
+Usage: check_rbac.py CALLS_JSON RENDERED_YAML
+
+CALLS_JSON is deploy/kubernetes/broker-api-calls.json, RENDERED_YAML the output
+of `kubectl kustomize deploy/kubernetes`. Every listed call must be granted to
+the broker's ServiceAccount (the one its Deployment runs as), and every grant
+must be needed by a listed call, no wider (scope, resource names) than needed;
+no wildcards, no nonResourceURLs. broker/tests/rbac.rs checks the same rules.
+Prints one line per problem and exits 1 if there is any.
+"""
+
+import json
+import sys
+
+import yaml
+
+
+def load(calls_path, rendered_path):
+    with open(calls_path) as f:
+        calls = json.load(f)["calls"]
+    with open(rendered_path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    return calls, docs
+
+
+def broker_identity(docs):
+    for d in docs:
+        if d.get("kind") == "Deployment" and d["metadata"]["name"] == "attache-broker":
+            ns = d["metadata"].get("namespace", "")
+            sa = d["spec"]["template"]["spec"].get("serviceAccountName", "")
+            return ns, sa
+    raise SystemExit("check_rbac: the manifests have no Deployment attache-broker")
+
+
+def grants(docs, own, sa, problems):
+    out = []
+    for b in docs:
+        kind = b.get("kind")
+        if kind not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == own
+            for s in b.get("subjects") or []
+        ):
+            continue
+        reach = "cluster" if kind == "ClusterRoleBinding" else b["metadata"].get("namespace", "")
+        ref = b["roleRef"]
+        role = next(
+            (
+                d
+                for d in docs
+                if d.get("kind") == ref["kind"]
+                and d["metadata"]["name"] == ref["name"]
+                and (ref["kind"] == "ClusterRole" or d["metadata"].get("namespace") == reach)
+            ),
+            None,
+        )
+        binding = f"{kind} {b['metadata']['name']}"
+        if role is None:
+            problems.append(f"{binding} refers to a missing {ref['kind']} {ref['name']}")
+            continue
+        for i, rule in enumerate(role.get("rules") or []):
+            origin = f"{ref['kind']} {ref['name']} rule {i} (via {binding})"
+            if rule.get("nonResourceURLs"):
+                problems.append(f"{origin}: nonResourceURLs are never needed")
+            fields = rule.get("apiGroups", []) + rule.get("resources", []) + rule.get("verbs", [])
+            if any("*" in s for s in fields):
+                problems.append(f"{origin}: wildcard is not least privilege")
+            names = rule.get("resourceNames")
+            for g in rule.get("apiGroups", []):
+                for r in rule.get("resources", []):
+                    for v in rule.get("verbs", []):
+                        out.append((reach, g, r, v, set(names) if names is not None else None, origin))
+    return out
+
+
+def same_target(g, c):
+    return (g[1], g[2], g[3]) == (c["group"], c["resource"], c["verb"])
+
+
+def allows(g, c, own):
+    reach, names = g[0], g[4]
+    reach_ok = reach == "cluster" or (c["scope"] == "own" and reach == own)
+    name = c.get("resourceName")
+    name_ok = names is None or (name is not None and name in names)
+    return reach_ok and name_ok and same_target(g, c)
+
+
+def needed(g, calls, own):
+    reach, names = g[0], g[4]
+    for c in calls:
+        if not same_target(g, c):
+            continue
+        if reach == "cluster":
+            reach_ok = c["scope"] in ("any", "cluster")
+        else:
+            reach_ok = c["scope"] == "own" and reach == own
+        name = c.get("resourceName")
+        if names is None:
+            names_ok = name is None
+        else:
+            names_ok = name is not None and all(n == name for n in names)
+        if reach_ok and names_ok:
+            return True
+    return False
+
+
+def main(argv):
+    if len(argv) != 3:
+        raise SystemExit(__doc__)
+    calls, docs = load(argv[1], argv[2])
+    own, sa = broker_identity(docs)
+    problems = []
+    for c in calls:
+        if c.get("scope") not in ("own", "any", "cluster"):
+            problems.append(f"bad scope in call list: {c}")
+    gs = grants(docs, own, sa, problems)
+    for c in calls:
+        if not any(allows(g, c, own) for g in gs):
+            problems.append(
+                f"not granted: {c['verb']} {c['group']}/{c['resource']} scope={c['scope']}"
+                f" name={c.get('resourceName')} ({c.get('why', '')})"
+            )
+    for g in gs:
+        if not needed(g, calls, own):
+            problems.append(
+                f"granted but not needed by any listed call: {g[3]} {g[1]}/{g[2]}"
+                f" reach={g[0]} names={sorted(g[4]) if g[4] is not None else None} from {g[5]}"
+            )
+    for p in problems:
+        print(f"check_rbac: {p}")
+    if problems:
+        return 1
+    print(f"check_rbac: {len(calls)} calls granted to {own}/{sa}, {len(gs)} grants all needed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

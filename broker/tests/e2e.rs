@@ -288,25 +288,11 @@ async fn pod_gets_injected_and_its_sidecar_serves_the_service_accounts_role() {
     }
     args.push(format!("--endpoint={}", emu.url()));
     let cli = attache_sidecar::cli::Cli::try_parse_from(&args).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sidecar = tokio::spawn(attache_sidecar::app::run(cli, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if http
-            .get(format!("http://{listen}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "sidecar became ready");
+    let sidecar = attache_sidecar::app::InProcess::spawn(cli);
+    assert!(
+        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(10)).await,
+        "sidecar became ready"
+    );
     let session = &emu.sessions()[0];
     assert_eq!(
         session.san_uri.as_deref(),
@@ -363,8 +349,7 @@ async fn pod_gets_injected_and_its_sidecar_serves_the_service_accounts_role() {
         assert!(!required(), "botocore is required");
         eprintln!("SKIPPED: botocore not installed");
     }
-    let _ = stop.send(());
-    let _ = sidecar.await;
+    sidecar.stop().await;
     c.broker.unwrap().shutdown().await;
     assert_calls_are_listed(&c.double);
 }

@@ -146,30 +146,14 @@ async fn run(args: Args) -> Result<()> {
         "--log-format",
         "text",
     ])?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let sidecar = tokio::spawn(attache_sidecar::app::run(cli, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if http
-            .get(format!("http://{listen}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    if !ready {
+    let sidecar = attache_sidecar::app::InProcess::spawn(cli);
+    if !attache_sidecar::app::wait_ready(&listen, Duration::from_secs(5)).await {
         bail!("the sidecar did not become ready; see its log above");
     }
     println!("    http://{listen}/v1/credentials is ready");
 
     step.say("Reading credentials the way an AWS SDK does (container credentials provider)");
+    let http = reqwest::Client::new();
     let token = std::fs::read_to_string(&token_file)?;
     let reply: serde_json::Value = http
         .get(format!("http://{listen}/v1/credentials"))
@@ -256,8 +240,7 @@ async fn run(args: Args) -> Result<()> {
         println!("\nServing until Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = stop.send(());
-    let _ = sidecar.await;
+    sidecar.stop().await;
     emu.shutdown().await;
     Ok(())
 }

@@ -138,3 +138,50 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> ExitCod
         }
     }
 }
+
+/// `attache-sidecar` running inside this process (the demo, tests): the same
+/// code as the binary, stopped with [`InProcess::stop`].
+pub struct InProcess {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<ExitCode>,
+}
+
+impl InProcess {
+    /// Runs `cli` on the current runtime.
+    pub fn spawn(cli: Cli) -> InProcess {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(cli, async move {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Shuts it down gracefully and returns its exit code.
+    pub async fn stop(mut self) -> ExitCode {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await.unwrap_or(ExitCode::FAILURE)
+    }
+}
+
+/// Polls `http://<listen>/readyz` until it answers 200 or `within` passes.
+pub async fn wait_ready(listen: &str, within: std::time::Duration) -> bool {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if http
+            .get(format!("http://{listen}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use attache_broker::run::{RunArgs, Running};
-use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_emulator::{Emulator, EmulatorConfig};
 use attache_kube_double::KubeDouble;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -201,26 +201,15 @@ fn env_of(c: &Value) -> BTreeMap<String, String> {
 }
 
 async fn emulator_for(ca_pem: &str) -> Emulator {
-    {
-        let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-        emu.add_trust_anchor(ANCHOR, ca_pem, true);
-        emu.add_profile(Profile {
-            arn: PROFILE.into(),
-            role_arns: vec![ROLE.into()],
-            duration_seconds: None,
-            accept_role_session_name: false,
-            enabled: true,
-        });
-        emu.add_role(Role {
-            arn: ROLE.into(),
-            conditions: vec![Condition {
-                operator: Operator::StringEquals,
-                key: "aws:PrincipalTag/x509SAN/URI".into(),
-                values: vec!["spiffe://cluster.local/ns/team-a/sa/app".into()],
-            }],
-        });
-        emu
-    }
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.trust_workload(
+        ANCHOR,
+        PROFILE,
+        ROLE,
+        ca_pem,
+        "spiffe://cluster.local/ns/team-a/sa/app",
+    );
+    emu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_emulator::{Emulator, EmulatorConfig};
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
 };
@@ -69,22 +69,13 @@ async fn run(args: Args) -> Result<()> {
 
     step.say("Starting the AWS emulator (Roles Anywhere, STS, ECR) on loopback");
     let emu = Emulator::start(EmulatorConfig::default()).await?;
-    emu.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
-    emu.add_profile(Profile {
-        arn: PROFILE.into(),
-        role_arns: vec![ROLE.into()],
-        duration_seconds: None,
-        accept_role_session_name: false,
-        enabled: true,
-    });
-    emu.add_role(Role {
-        arn: ROLE.into(),
-        conditions: vec![Condition {
-            operator: Operator::StringEquals,
-            key: "aws:PrincipalTag/x509SAN/URI".into(),
-            values: vec![identity.spiffe_uri()],
-        }],
-    });
+    emu.trust_workload(
+        ANCHOR,
+        PROFILE,
+        ROLE,
+        ca.certificate_pem(),
+        &identity.spiffe_uri(),
+    );
     println!("    {}  trust anchor {ANCHOR}", emu.url());
     println!(
         "    role {ROLE} may be assumed only by {}",

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_emulator::{Emulator, EmulatorConfig};
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
 };
@@ -34,22 +34,7 @@ impl World {
         let ca =
             CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
         let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-        emulator.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
-        emulator.add_profile(Profile {
-            arn: PROFILE.into(),
-            role_arns: vec![ROLE.into()],
-            duration_seconds: None,
-            accept_role_session_name: false,
-            enabled: true,
-        });
-        emulator.add_role(Role {
-            arn: ROLE.into(),
-            conditions: vec![Condition {
-                operator: Operator::StringEquals,
-                key: "aws:PrincipalTag/x509SAN/URI".into(),
-                values: vec![SPIFFE.into()],
-            }],
-        });
+        emulator.trust_workload(ANCHOR, PROFILE, ROLE, ca.certificate_pem(), SPIFFE);
         let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
         let csr =
             VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();

@@ -230,6 +230,36 @@ impl Emulator {
         self.shared.registry().roles.insert(r.arn.clone(), r);
     }
 
+    /// The usual one-workload setup in one call: `ca_pem` as the enabled trust
+    /// anchor `anchor_arn`, an enabled profile `profile_arn` listing only
+    /// `role_arn`, and that role with a trust policy that admits only the
+    /// certificate whose URI SAN is `spiffe_uri` (`aws:PrincipalTag/x509SAN/URI`).
+    pub fn trust_workload(
+        &self,
+        anchor_arn: &str,
+        profile_arn: &str,
+        role_arn: &str,
+        ca_pem: &str,
+        spiffe_uri: &str,
+    ) {
+        self.add_trust_anchor(anchor_arn, ca_pem, true);
+        self.add_profile(Profile {
+            arn: profile_arn.into(),
+            role_arns: vec![role_arn.into()],
+            duration_seconds: None,
+            accept_role_session_name: false,
+            enabled: true,
+        });
+        self.add_role(Role {
+            arn: role_arn.into(),
+            conditions: vec![Condition {
+                operator: Operator::StringEquals,
+                key: "aws:PrincipalTag/x509SAN/URI".into(),
+                values: vec![spiffe_uri.into()],
+            }],
+        });
+    }
+
     /// Every successful `CreateSession`, oldest first.
     pub fn sessions(&self) -> Vec<SessionRecord> {
         self.shared.registry().sessions.clone()

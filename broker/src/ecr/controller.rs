@@ -8,15 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use attache_sidecar::cache::RefreshPolicy;
 use attache_sidecar::clock::Clock;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
+use super::mirror::{Handlers, follow};
 use super::registry::{parse_registries, regions};
 use super::secret::{self, Desired, foreign_reason, recorded_tokens, secret_name};
 use super::tokens::{Pair, Tokens};
@@ -151,194 +150,139 @@ impl Controller {
 
     async fn watch_service_accounts(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
         let api: Api<ServiceAccount> = Api::all(self.client.clone());
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut relist: Option<HashSet<Key>> = None;
-        let mut synced = false;
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ServiceAccount watch failed; retrying");
-                    continue;
-                }
-            };
-            match ev {
-                watcher::Event::Init => relist = Some(HashSet::new()),
-                watcher::Event::InitApply(sa) | watcher::Event::Apply(sa) => {
-                    let key = key_of(&sa.metadata);
-                    if let Some(seen) = relist.as_mut() {
-                        seen.insert(key.clone());
-                    }
-                    let info = SaInfo::from(&sa);
-                    let changed =
-                        lock(&self.world).sas.insert(key.clone(), info.clone()) != Some(info);
-                    if changed && synced {
-                        self.queue.push(key);
-                    }
-                }
-                watcher::Event::Delete(sa) => {
-                    let key = key_of(&sa.metadata);
-                    lock(&self.world).sas.remove(&key);
+        let handlers = Handlers {
+            id: |sa: &ServiceAccount| key_of(&sa.metadata),
+            apply: |sa: ServiceAccount, synced| {
+                let key = key_of(&sa.metadata);
+                let info = SaInfo::from(&sa);
+                let changed = lock(&self.world).sas.insert(key.clone(), info.clone()) != Some(info);
+                if changed && synced {
                     self.queue.push(key);
                 }
-                watcher::Event::InitDone => {
-                    if let Some(seen) = relist.take() {
-                        let gone: Vec<Key> = {
-                            let mut w = lock(&self.world);
-                            let gone = w
-                                .sas
-                                .keys()
-                                .filter(|k| !seen.contains(*k))
-                                .cloned()
-                                .collect::<Vec<_>>();
-                            for k in &gone {
-                                w.sas.remove(k);
-                            }
-                            gone
-                        };
-                        for k in gone {
-                            self.queue.push(k);
-                        }
+            },
+            delete: |sa: ServiceAccount| {
+                let key = key_of(&sa.metadata);
+                lock(&self.world).sas.remove(&key);
+                self.queue.push(key);
+            },
+            relisted: |seen: HashSet<Key>, first| {
+                let gone: Vec<Key> = {
+                    let mut w = lock(&self.world);
+                    let gone: Vec<Key> = w
+                        .sas
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in &gone {
+                        w.sas.remove(k);
                     }
-                    if synced {
-                        let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
-                        for k in keys {
-                            self.queue.push(k);
-                        }
-                    } else {
-                        synced = true;
-                        ready.send_modify(|n| *n += 1);
-                    }
+                    gone
+                };
+                for k in gone {
+                    self.queue.push(k);
                 }
-            }
-        }
-    }
-
-    async fn watch_namespaces(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut relist: Option<HashSet<String>> = None;
-        let mut synced = false;
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Namespace watch failed; retrying");
-                    continue;
-                }
-            };
-            let mut touched: Vec<String> = vec![];
-            match ev {
-                watcher::Event::Init => relist = Some(HashSet::new()),
-                watcher::Event::InitApply(ns) | watcher::Event::Apply(ns) => {
-                    let name = ns.metadata.name.clone().unwrap_or_default();
-                    if let Some(seen) = relist.as_mut() {
-                        seen.insert(name.clone());
-                    }
-                    let info = NsInfo::from(&ns);
-                    if lock(&self.world)
-                        .namespaces
-                        .insert(name.clone(), info.clone())
-                        != Some(info)
-                    {
-                        touched.push(name);
-                    }
-                }
-                watcher::Event::Delete(ns) => {
-                    let name = ns.metadata.name.clone().unwrap_or_default();
-                    lock(&self.world).namespaces.remove(&name);
-                }
-                watcher::Event::InitDone => {
-                    if let Some(seen) = relist.take() {
-                        lock(&self.world).namespaces.retain(|n, _| seen.contains(n));
-                    }
-                    if !synced {
-                        synced = true;
-                        ready.send_modify(|n| *n += 1);
-                    }
-                }
-            }
-            if synced {
-                for ns in touched {
-                    let keys = lock(&self.world).sas_in(&ns);
+                // After a broken watch anything may have changed: look at everyone.
+                if !first {
+                    let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
                     for k in keys {
                         self.queue.push(k);
                     }
                 }
-            }
-        }
+            },
+        };
+        follow(
+            api,
+            watcher::Config::default(),
+            "ServiceAccount",
+            handlers,
+            &ready,
+        )
+        .await;
+    }
+
+    async fn watch_namespaces(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let handlers = Handlers {
+            id: |ns: &Namespace| ns.metadata.name.clone().unwrap_or_default(),
+            apply: |ns: Namespace, synced| {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                let info = NsInfo::from(&ns);
+                let changed = lock(&self.world)
+                    .namespaces
+                    .insert(name.clone(), info.clone())
+                    != Some(info);
+                if changed && synced {
+                    let keys = lock(&self.world).sas_in(&name);
+                    for k in keys {
+                        self.queue.push(k);
+                    }
+                }
+            },
+            delete: |ns: Namespace| {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                lock(&self.world).namespaces.remove(&name);
+            },
+            relisted: |seen: HashSet<String>, _first| {
+                lock(&self.world).namespaces.retain(|n, _| seen.contains(n));
+            },
+        };
+        follow(
+            api,
+            watcher::Config::default(),
+            "Namespace",
+            handlers,
+            &ready,
+        )
+        .await;
     }
 
     async fn watch_secrets(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
         let api: Api<Secret> = Api::all(self.client.clone());
-        let cfg = watcher::Config::default().labels(secret::SELECTOR);
-        let mut stream = watcher(api, cfg).default_backoff().boxed();
-        let mut relist: Option<HashSet<Key>> = None;
-        let mut synced = false;
-        while let Some(ev) = stream.next().await {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Secret watch failed; retrying");
-                    continue;
-                }
-            };
-            match ev {
-                watcher::Event::Init => relist = Some(HashSet::new()),
-                watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
-                    let key = key_of(&s.metadata);
-                    if let Some(seen) = relist.as_mut() {
-                        seen.insert(key.clone());
-                    }
-                    self.adopt_tokens(&s);
-                    let info = SecretInfo::from(&s);
-                    let owners: Vec<String> = info.owners.iter().map(|o| o.0.clone()).collect();
-                    let changed =
-                        lock(&self.world).secrets.insert(key.clone(), info.clone()) != Some(info);
-                    if changed && synced {
-                        for o in owners {
-                            self.queue.push((key.0.clone(), o));
-                        }
-                    }
-                }
-                watcher::Event::Delete(s) => {
-                    let key = key_of(&s.metadata);
-                    let info = lock(&self.world).secrets.remove(&key);
-                    for o in info.map(|i| i.owners).unwrap_or_default() {
-                        self.queue.push((key.0.clone(), o.0));
-                    }
-                }
-                watcher::Event::InitDone => {
-                    if let Some(seen) = relist.take() {
-                        let gone: Vec<(Key, SecretInfo)> = {
-                            let mut w = lock(&self.world);
-                            let gone: Vec<Key> = w
-                                .secrets
-                                .keys()
-                                .filter(|k| !seen.contains(*k))
-                                .cloned()
-                                .collect();
-                            gone.into_iter()
-                                .filter_map(|k| w.secrets.remove(&k).map(|i| (k, i)))
-                                .collect()
-                        };
-                        for (k, i) in gone {
-                            for o in i.owners {
-                                self.queue.push((k.0.clone(), o.0));
-                            }
-                        }
-                    }
-                    if !synced {
-                        synced = true;
-                        ready.send_modify(|n| *n += 1);
-                    }
-                }
+        let requeue_owners = |key: &Key, info: SecretInfo| {
+            for o in info.owners {
+                self.queue.push((key.0.clone(), o.0));
             }
-        }
+        };
+        let handlers = Handlers {
+            id: |s: &Secret| key_of(&s.metadata),
+            apply: |s: Secret, synced| {
+                let key = key_of(&s.metadata);
+                self.adopt_tokens(&s);
+                let info = SecretInfo::from(&s);
+                let changed = lock(&self.world).secrets.insert(key.clone(), info.clone())
+                    != Some(info.clone());
+                if changed && synced {
+                    requeue_owners(&key, info);
+                }
+            },
+            delete: |s: Secret| {
+                let key = key_of(&s.metadata);
+                let info = lock(&self.world).secrets.remove(&key);
+                if let Some(info) = info {
+                    requeue_owners(&key, info);
+                }
+            },
+            relisted: |seen: HashSet<Key>, _first| {
+                let gone: Vec<(Key, SecretInfo)> = {
+                    let mut w = lock(&self.world);
+                    let gone: Vec<Key> = w
+                        .secrets
+                        .keys()
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    gone.into_iter()
+                        .filter_map(|k| w.secrets.remove(&k).map(|i| (k, i)))
+                        .collect()
+                };
+                for (k, i) in gone {
+                    requeue_owners(&k, i);
+                }
+            },
+        };
+        let config = watcher::Config::default().labels(secret::SELECTOR);
+        follow(api, config, "Secret", handlers, &ready).await;
     }
 
     /// Tokens in a valid Secret attache wrote become the shared tokens

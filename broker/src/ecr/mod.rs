@@ -26,6 +26,7 @@
 pub mod controller;
 pub mod credentials;
 pub mod leader;
+mod mirror;
 pub mod registry;
 pub mod secret;
 pub mod token;

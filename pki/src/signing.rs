@@ -157,12 +157,14 @@ impl X509Signer {
         if let Some(chain) = &self.chain_b64 {
             added.push(("X-Amz-X509-Chain".to_string(), chain.clone()));
         }
+        // The caller's headers, then ours (moved in, not copied: X-Amz-X509 is large).
         let mut all: Vec<(String, String)> = headers
             .iter()
             .filter(|(k, _)| !added.iter().any(|(a, _)| a.eq_ignore_ascii_case(k)))
             .cloned()
             .collect();
-        all.extend(added.iter().cloned());
+        let ours = all.len();
+        all.append(&mut added);
         let signed: Vec<String> = all
             .iter()
             .map(|(k, _)| k.to_ascii_lowercase())
@@ -180,6 +182,7 @@ impl X509Signer {
         let scope = sigv4::credential_scope(now, region, service);
         let to_sign = sigv4::string_to_sign(self.algorithm(), &amz_date, &scope, &canonical);
         let signature = hex::encode(self.key.sign_sha256(to_sign.as_bytes())?);
+        let mut added = all.split_off(ours);
         added.push((
             "Authorization".to_string(),
             sigv4::authorization_header(

@@ -340,14 +340,21 @@ fn canonical_query(query: &str) -> String {
 /// Trims and collapses runs of whitespace, borrowing when nothing changes
 /// (the common case, and the `X-Amz-X509` value is large).
 fn collapse_spaces(v: &str) -> std::borrow::Cow<'_, str> {
-    let b = v.as_bytes();
-    let clean = !b.first().is_some_and(u8::is_ascii_whitespace)
-        && !b.last().is_some_and(u8::is_ascii_whitespace)
-        && !b
-            .windows(2)
-            .any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace())
-        && !b.iter().any(|c| c.is_ascii_whitespace() && *c != b' ');
-    if clean {
+    // One pass: clean when no whitespace but single inner spaces.
+    let mut prev_space = true; // a leading space is not clean
+    let mut clean = true;
+    for &c in v.as_bytes() {
+        if c.is_ascii_whitespace() {
+            if c != b' ' || prev_space {
+                clean = false;
+                break;
+            }
+            prev_space = true;
+        } else {
+            prev_space = false;
+        }
+    }
+    if clean && (v.is_empty() || !prev_space) {
         std::borrow::Cow::Borrowed(v)
     } else {
         std::borrow::Cow::Owned(v.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -440,6 +447,16 @@ mod tests {
         ] {
             assert!(Authorization::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn header_values_are_trimmed_and_collapsed() {
+        assert_eq!(collapse_spaces("a b"), "a b");
+        assert!(matches!(collapse_spaces("a b"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(collapse_spaces(" a  b\t"), "a b");
+        assert_eq!(collapse_spaces("a\tb"), "a b");
+        assert_eq!(collapse_spaces("a "), "a");
+        assert_eq!(collapse_spaces(""), "");
     }
 
     #[test]

@@ -293,14 +293,28 @@ fn round_trip(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Resu
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
+            // Cheap header scan (no allocation), so the client's own cost stays
+            // small next to the server's on these shared cores.
+            let head = &buf[..end];
+            let len = head
+                .split(|b| *b == b'\n')
+                .find_map(|line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let (k, v) = line.split_at(line.iter().position(|b| *b == b':')?);
+                    k.eq_ignore_ascii_case(b"content-length")
+                        .then(|| {
+                            std::str::from_utf8(&v[1..])
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .flatten()
                 })
+                .unwrap_or(0);
+            let status = std::str::from_utf8(head.get(9..12).unwrap_or(b"000"))
+                .ok()
+                .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = s.read(&mut chunk)?;
@@ -309,7 +323,7 @@ fn round_trip(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Resu
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return Ok(head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0));
+            return Ok(status);
         }
     }
 }

@@ -432,3 +432,42 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         .unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_namespace_stops_allowing_loses_its_pull_secret() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams};
+    let w = World::new(&["us-east-1"]).await;
+    let host = registry("us-east-1");
+    w.namespace("team-a", &[]);
+    w.service_account("team-a", "app", &[(ANN, &host)], &["existing-creds"]);
+    let metrics = Metrics::default();
+    let _c = w.controller("a", &metrics).await;
+    let name = secret_name("app");
+    eventually(10, "pull secret written", || {
+        w.secret("team-a", &name).is_some()
+    })
+    .await;
+
+    // The namespace withdraws the role: the secret and its entry go, and an Event says why.
+    let patch = json!({"metadata": {"annotations": {"attache.dev/allowed-roles": "[]"}}});
+    Api::<Namespace>::all(w.client.clone())
+        .patch("team-a", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(10, "pull secret removed", || {
+        w.secret("team-a", &name).is_none()
+    })
+    .await;
+    eventually(10, "entry removed", || {
+        w.pull_secrets("team-a", "app") == vec!["existing-creds".to_string()]
+    })
+    .await;
+    let events = w.events_for("team-a", "app");
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "EcrRoleNotAllowed" && n.contains("attache.dev/allowed-roles")),
+        "{events:?}"
+    );
+}

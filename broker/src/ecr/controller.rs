@@ -516,14 +516,16 @@ impl Controller {
             &role,
             self.config.restrictions,
         ) {
+            // Fail closed: a role the namespace no longer allows loses its pull secret now,
+            // not when the token runs out.
             self.warn(
                 key,
                 &sa.uid,
                 "EcrRoleNotAllowed",
-                format!("ECR pull secret not refreshed: {e}"),
+                format!("ECR pull secret removed: {e}"),
             )
             .await;
-            return Ok(());
+            return self.clean_up(key, &sa, existing).await;
         }
         let pairs: Vec<Pair> = regions(&registries)
             .into_iter()

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use attache_emulator::client::{self, SessionCredentials};
 use attache_emulator::{Emulator, EmulatorConfig};
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
@@ -154,7 +155,7 @@ async fn run(args: Args) -> Result<()> {
         .error_for_status()?
         .json()
         .await?;
-    let creds = Creds {
+    let creds = SessionCredentials {
         access_key_id: str_field(&reply, "AccessKeyId")?,
         secret_access_key: str_field(&reply, "SecretAccessKey")?,
         session_token: str_field(&reply, "Token")?,
@@ -167,18 +168,7 @@ async fn run(args: Args) -> Result<()> {
     );
 
     step.say("Calling STS GetCallerIdentity with them");
-    let body = "Action=GetCallerIdentity&Version=2011-06-15";
-    let reply = signed_post(
-        &http,
-        &emu.url(),
-        &creds,
-        "sts",
-        "application/x-www-form-urlencoded; charset=utf-8",
-        None,
-        body,
-    )
-    .await?;
-    let arn = between(&reply, "<Arn>", "</Arn>").context("no <Arn> in the STS reply")?;
+    let arn = client::get_caller_identity(&http, &emu.url(), REGION, &creds).await?;
     println!("    {arn}");
     if !arn.starts_with(&format!("arn:aws:sts::{ACCOUNT}:assumed-role/demo-app/")) {
         bail!("unexpected identity {arn}");
@@ -187,17 +177,7 @@ async fn run(args: Args) -> Result<()> {
     step.say(
         "Calling ECR GetAuthorizationToken and building the pull secret the ECR controller writes",
     );
-    let reply = signed_post(
-        &http,
-        &emu.url(),
-        &creds,
-        "ecr",
-        "application/x-amz-json-1.1",
-        Some("AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"),
-        "{}",
-    )
-    .await?;
-    let reply: serde_json::Value = serde_json::from_str(&reply)?;
+    let reply = client::get_authorization_token(&http, &emu.url(), REGION, &creds).await?;
     let data = &reply["authorizationData"][0];
     let auth = data["authorizationToken"]
         .as_str()
@@ -236,82 +216,12 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-struct Creds {
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: String,
-}
-
 fn str_field(v: &serde_json::Value, k: &str) -> Result<String> {
     v[k].as_str()
         .map(str::to_string)
         .with_context(|| format!("no {k} in {v}"))
 }
 
-fn between<'a>(s: &'a str, a: &str, b: &str) -> Option<&'a str> {
-    let start = s.find(a)? + a.len();
-    let end = s[start..].find(b)? + start;
-    Some(&s[start..end])
-}
-
 fn redact(s: &str) -> String {
     format!("{}…({} chars)", &s[..s.len().min(4)], s.len())
-}
-
-/// A SigV4-signed POST, signed by the `aws-sigv4` crate exactly as the SDKs sign.
-async fn signed_post(
-    http: &reqwest::Client,
-    base: &str,
-    creds: &Creds,
-    service: &str,
-    content_type: &str,
-    target: Option<&str>,
-    body: &str,
-) -> Result<String> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let identity = aws_credential_types::Credentials::new(
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        Some(creds.session_token.clone()),
-        None,
-        "attache-demo",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(REGION)
-        .name(service)
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()?
-        .into();
-    let url = format!("{base}/");
-    let mut headers = vec![("content-type".to_string(), content_type.to_string())];
-    if let Some(t) = target {
-        headers.push(("x-amz-target".into(), t.into()));
-    }
-    let signable = SignableRequest::new(
-        "POST",
-        &url,
-        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(body.as_bytes()),
-    )?;
-    let (instructions, _) = sign(signable, &params)?.into_parts();
-    let mut req = http::Request::builder().method("POST").uri(&url);
-    for (k, v) in &headers {
-        req = req.header(k, v);
-    }
-    let mut req = req.body(())?;
-    instructions.apply_to_request_http1x(&mut req);
-    let mut out = http.post(&url).body(body.to_string());
-    for (k, v) in req.headers() {
-        out = out.header(k, v);
-    }
-    let resp = out.send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        bail!("{service} answered HTTP {status}: {text}");
-    }
-    Ok(text)
 }

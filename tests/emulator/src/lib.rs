@@ -6,6 +6,7 @@
 //! - [`Emulator`]: the running server handle tests configure and inspect.
 //! - [`Faults`]: latency, 5xx, throttling, dropped connections, clock skew.
 
+pub mod client;
 pub mod config;
 mod ecr;
 pub mod faults;

@@ -457,3 +457,85 @@ async fn https_proxy_and_no_proxy_are_honoured() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs the Rust SDK's default credential chain in a child process (this
+/// test binary again, running only `aws_config_child`), because the chain
+/// reads the process environment and tests share theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_aws_config_default_chain_reads_the_endpoint() {
+    let w = World::new().await;
+    let sidecar = start_sidecar(&w).await;
+    let home = w.dir.path().join("home");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    clean_env(&mut cmd)
+        .args([
+            "aws_config_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ATTACHE_AWS_CONFIG_CHILD", "1")
+        .env("HOME", &home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://127.0.0.1:{}/v1/credentials", sidecar.port),
+        )
+        .env(
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            &sidecar.token_file,
+        )
+        .env("STS_ENDPOINT", w.emulator.url());
+    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("ARN={}", w.expected_arn())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("EXPIRY=some"), "{stdout}");
+}
+
+/// The child side of the test above; does nothing when run directly.
+#[tokio::test]
+async fn aws_config_child() {
+    use aws_credential_types::provider::ProvideCredentials as _;
+    if std::env::var_os("ATTACHE_AWS_CONFIG_CHILD").is_none() {
+        return;
+    }
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let provider = config
+        .credentials_provider()
+        .expect("a credentials provider");
+    let creds = provider
+        .provide_credentials()
+        .await
+        .expect("the default chain resolves credentials");
+    let session = attache_emulator::client::SessionCredentials {
+        access_key_id: creds.access_key_id().to_string(),
+        secret_access_key: creds.secret_access_key().to_string(),
+        session_token: creds.session_token().unwrap_or_default().to_string(),
+    };
+    let endpoint = std::env::var("STS_ENDPOINT").unwrap();
+    let arn = attache_emulator::client::get_caller_identity(
+        &reqwest::Client::new(),
+        &endpoint,
+        REGION,
+        &session,
+    )
+    .await
+    .unwrap();
+    println!("ARN={arn}");
+    println!(
+        "EXPIRY={}",
+        if creds.expiry().is_some() {
+            "some"
+        } else {
+            "none"
+        }
+    );
+}

@@ -452,7 +452,10 @@ mod tests {
     #[test]
     fn header_values_are_trimmed_and_collapsed() {
         assert_eq!(collapse_spaces("a b"), "a b");
-        assert!(matches!(collapse_spaces("a b"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            collapse_spaces("a b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         assert_eq!(collapse_spaces(" a  b\t"), "a b");
         assert_eq!(collapse_spaces("a\tb"), "a b");
         assert_eq!(collapse_spaces("a "), "a");

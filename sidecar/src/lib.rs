@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod arn;
+pub mod aws;
 pub mod cache;
 pub mod certsource;
 pub mod cli;

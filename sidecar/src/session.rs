@@ -285,7 +285,7 @@ impl SessionClient {
             .headers()
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(':').next().unwrap_or(v).to_string());
+            .map(str::to_string);
         let bytes = resp.bytes().await.map_err(map_err)?;
         if bytes.len() > MAX_REPLY_BYTES {
             return Err(SessionError::BadReply(format!(
@@ -294,21 +294,7 @@ impl SessionClient {
             )));
         }
         if !(200..300).contains(&status) {
-            let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let message = parsed
-                .get("message")
-                .or_else(|| parsed.get("Message"))
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
-            let code = error_type
-                .or_else(|| {
-                    parsed
-                        .get("__type")
-                        .and_then(|t| t.as_str())
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| format!("HTTP{status}"));
+            let (code, message) = crate::aws::json_error(status, error_type.as_deref(), &bytes);
             return Err(SessionError::Aws {
                 status,
                 code,

@@ -220,48 +220,23 @@ impl TokenClient {
         creds: &Credentials,
         region: &str,
     ) -> Result<IssuedToken, TokenError> {
-        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
         let url = self.endpoint(region);
         let body = b"{}";
-        let signed_at = SystemTime::now();
-        let identity = aws_credential_types::Credentials::new(
-            creds.access_key_id.clone(),
-            creds.secret_access_key.to_string(),
-            Some(creds.session_token.to_string()),
-            None,
-            "attache-broker",
-        )
-        .into();
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name("ecr")
-            .time(signed_at)
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| TokenError::Signing(e.to_string()))?
-            .into();
         let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", TARGET)];
-        let signable = SignableRequest::new(
+        let signed_at = SystemTime::now();
+        let signed = attache_sidecar::aws::sigv4_headers(
             "POST",
             &url,
-            headers.iter().copied(),
-            SignableBody::Bytes(body),
+            &headers,
+            body,
+            region,
+            "ecr",
+            &creds.into(),
+            signed_at,
         )
-        .map_err(|e| TokenError::Signing(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| TokenError::Signing(e.to_string()))?
-            .into_parts();
-        let mut signed = http::Request::builder().method("POST").uri(&url);
-        for (k, v) in headers {
-            signed = signed.header(k, v);
-        }
-        let mut signed = signed
-            .body(())
-            .map_err(|e| TokenError::Signing(e.to_string()))?;
-        instructions.apply_to_request_http1x(&mut signed);
+        .map_err(TokenError::Signing)?;
         let mut req = self.http.post(&url).body(body.to_vec());
-        for (k, v) in signed.headers() {
+        for (k, v) in &signed {
             req = req.header(k, v);
         }
         let transport = |e: reqwest::Error| {
@@ -282,7 +257,7 @@ impl TokenClient {
             .headers()
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(':').next().unwrap_or(v).to_string());
+            .map(str::to_string);
         let bytes = resp.bytes().await.map_err(transport)?;
         let bad = |reason: String| TokenError::BadReply {
             endpoint: url.clone(),
@@ -292,21 +267,9 @@ impl TokenClient {
             return Err(bad(format!("{} bytes is too large", bytes.len())));
         }
         if !(200..300).contains(&status) {
-            let parsed: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let message = parsed
-                .get("message")
-                .or_else(|| parsed.get("Message"))
-                .and_then(|m| m.as_str())
-                .map(|m| m.chars().take(300).collect())
-                .unwrap_or_default();
-            let code = error_type
-                .or_else(|| {
-                    parsed
-                        .get("__type")
-                        .and_then(|t| t.as_str())
-                        .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
-                })
-                .unwrap_or_else(|| format!("HTTP{status}"));
+            let (code, message) =
+                attache_sidecar::aws::json_error(status, error_type.as_deref(), &bytes);
+            let message: String = message.chars().take(300).collect();
             return Err(TokenError::Aws {
                 region: region.to_string(),
                 status,

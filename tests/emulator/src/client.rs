@@ -1,8 +1,6 @@
 //! A minimal SDK-style client for the emulator's STS and ECR operations,
-//! signed with the `aws-sigv4` crate exactly as the AWS SDKs sign: for the
-//! demo, and for tests that prove credentials work end to end.
-
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+//! signed with `attache_sidecar::aws` (the `aws-sigv4` crate, as the AWS SDKs
+//! sign): for the demo, and for tests that prove credentials work end to end.
 
 /// Temporary credentials to sign with.
 #[derive(Clone)]
@@ -42,38 +40,25 @@ pub async fn signed_post(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<Reply> {
-    let identity = aws_credential_types::Credentials::new(
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        Some(creds.session_token.clone()),
-        None,
-        "attache",
-    )
-    .into();
-    let params = aws_sigv4::sign::v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(std::time::SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()?
-        .into();
     let url = format!("{}/", base.trim_end_matches('/'));
-    let signable = SignableRequest::new(
+    let signing = attache_sidecar::aws::SigningCredentials {
+        access_key_id: creds.access_key_id.clone(),
+        secret_access_key: creds.secret_access_key.clone().into(),
+        session_token: Some(creds.session_token.clone().into()),
+    };
+    let signed = attache_sidecar::aws::sigv4_headers(
         "POST",
         &url,
-        headers.iter().copied(),
-        SignableBody::Bytes(body.as_bytes()),
-    )?;
-    let (instructions, _) = sign(signable, &params)?.into_parts();
-    let mut req = http::Request::builder().method("POST").uri(&url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut req = req.body(())?;
-    instructions.apply_to_request_http1x(&mut req);
+        headers,
+        body.as_bytes(),
+        region,
+        service,
+        &signing,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
     let mut out = http.post(&url).body(body.to_string());
-    for (k, v) in req.headers() {
+    for (k, v) in &signed {
         out = out.header(k, v);
     }
     let resp = out.send().await?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::cache::{self, CredentialSource as _};
 use crate::cli::{Cli, Command, SourceArgs, init_logging, system_clock};
 use crate::metrics::Metrics;
-use crate::server::{EndpointState, ImdsTokens, router};
+use crate::server::{EndpointState, ImdsTokens, service};
 use crate::source::RolesAnywhereSource;
 use crate::{serve, token, update};
 
@@ -132,7 +132,7 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> ExitCod
                 imds: args.imds.then(|| Arc::new(ImdsTokens::default())),
             };
             tracing::info!(listen = %args.listen, imds = args.imds, "serving credentials");
-            serve::serve(listener, router(state), None, shutdown).await;
+            serve::serve(listener, service(state), None, shutdown).await;
             task.abort();
             ExitCode::SUCCESS
         }

@@ -1,4 +1,4 @@
-//! Serving an axum router over plain TCP or TLS with the limits every attache
+//! Serving a tower service (an axum router, the sidecar endpoint) over plain TCP or TLS with the limits every attache
 //! listener has: header read timeout, graceful shutdown that lets in-flight
 //! requests finish.
 
@@ -15,16 +15,26 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` resolves, then waits up to
+/// Serves `service` (an axum `Router` or any tower service) on `listener` until `shutdown` resolves, then waits up to
 /// [`SHUTDOWN_GRACE`] for open connections to finish. With `tls`, every
 /// connection is a TLS handshake first (the acceptor may rotate certificates
 /// through its resolver).
-pub async fn serve(
+pub async fn serve<S, B>(
     listener: TcpListener,
-    router: axum::Router,
+    service: S,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
-) {
+) where
+    S: tower::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -39,7 +49,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(service.clone());
         let builder = {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())

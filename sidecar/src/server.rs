@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Bytes;
 use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -67,79 +67,125 @@ impl ImdsTokens {
     }
 }
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": code, "message": message })),
-    )
-        .into_response()
+/// A response with a fully buffered body.
+pub type Response = http::Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut r = http::Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
-/// The state handlers share: one `Arc`, so extracting it per request is one
-/// reference-count bump rather than a clone of every field.
-type Shared = Arc<EndpointState>;
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    respond(status, "application/json", body)
+}
 
-/// Builds the router with body-size and concurrency limits.
-pub fn router(state: EndpointState) -> Router {
-    let state: Shared = Arc::new(state);
-    let mut r = Router::new()
-        .route("/v1/credentials", get(credentials))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
-    if state.imds.is_some() {
-        r = r
-            .route("/latest/api/token", put(imds_token))
-            .route(
-                "/latest/meta-data/iam/security-credentials/",
-                get(imds_role),
-            )
-            .route(
-                "/latest/meta-data/iam/security-credentials/{role}",
-                get(imds_credentials),
-            );
+/// The endpoint as a plain `tower::Service`: every answer is computed from
+/// memory without waiting, so requests are dispatched synchronously (no
+/// router, no boxed futures) and the layers around it stay the only cost.
+#[derive(Clone)]
+pub struct Endpoint {
+    state: Arc<EndpointState>,
+}
+
+impl<B> tower::Service<Request<B>> for Endpoint {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    r.fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such path") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (route, resp) = self.dispatch(req.method(), req.uri().path(), req.headers());
+        self.state
+            .metrics
+            .requests
+            .get_or_create(&RequestLabel {
+                path: route,
+                status: resp.status().as_u16(),
+            })
+            .inc();
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// A route's handler: state, request headers, path.
+type Handler = fn(&EndpointState, &HeaderMap, &str) -> Response;
+
+const IMDS_ROLES: &str = "/latest/meta-data/iam/security-credentials/";
+
+impl Endpoint {
+    /// Routes one request; returns the route label for metrics and the answer.
+    fn dispatch(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> (&'static str, Response) {
+        let s = &*self.state;
+        let imds = s.imds.is_some();
+        let (route, allowed, handler): (&'static str, &'static str, Handler) = match path {
+            "/v1/credentials" => ("/v1/credentials", "GET", credentials),
+            "/healthz" => ("/healthz", "GET", |_, _, _| {
+                respond(StatusCode::OK, "text/plain", "ok\n")
+            }),
+            "/readyz" => ("/readyz", "GET", readyz),
+            "/metrics" => ("/metrics", "GET", metrics),
+            "/latest/api/token" if imds => ("/latest/api/token", "PUT", imds_token),
+            IMDS_ROLES if imds => (IMDS_ROLES, "GET", imds_role),
+            p if imds
+                && p.len() > IMDS_ROLES.len()
+                && p.starts_with(IMDS_ROLES)
+                && !p[IMDS_ROLES.len()..].contains('/') =>
+            {
+                (
+                    "/latest/meta-data/iam/security-credentials/{role}",
+                    "GET",
+                    imds_credentials,
+                )
+            }
+            _ => {
+                return (
+                    "other",
+                    json_error(StatusCode::NOT_FOUND, "not_found", "no such path"),
+                );
+            }
+        };
+        if method.as_str() != allowed {
+            let mut r = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allowed));
+            return (route, r);
+        }
+        (route, handler(s, headers, path))
+    }
+}
+
+/// The endpoint service with its body-size and concurrency limits; slow
+/// clients are cut off by the listener's header-read timeout
+/// ([`crate::serve::serve`]).
+pub fn service(
+    state: EndpointState,
+) -> tower::limit::ConcurrencyLimit<tower_http::limit::RequestBodyLimit<Endpoint>> {
+    tower::ServiceBuilder::new()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT,
         ))
-        .with_state(state)
-}
-
-/// Known routes as static labels (no allocation per request, bounded label set).
-const ROUTES: [&str; 7] = [
-    "/v1/credentials",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/latest/api/token",
-    "/latest/meta-data/iam/security-credentials/",
-    "/latest/meta-data/iam/security-credentials/{role}",
-];
-
-/// Counts each answer by route and status. (No per-request timer: handlers
-/// answer from memory and never wait; slow clients are cut off by the
-/// listener's header-read timeout.)
-async fn count(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()))
-        .copied()
-        .unwrap_or("other");
-    let resp = next.run(req).await;
-    s.metrics
-        .requests
-        .get_or_create(&RequestLabel {
-            path,
-            status: resp.status().as_u16(),
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .service(Endpoint {
+            state: Arc::new(state),
         })
-        .inc();
-    resp
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
@@ -151,8 +197,8 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     given.len() == token.len() && bool::from(given.ct_eq(token.as_bytes()))
 }
 
-async fn credentials(State(s): State<Shared>, req: Request) -> Response {
-    if !authorized(req.headers(), &s.token) {
+fn credentials(s: &EndpointState, headers: &HeaderMap, _path: &str) -> Response {
+    if !authorized(headers, &s.token) {
         return json_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -160,14 +206,16 @@ async fn credentials(State(s): State<Shared>, req: Request) -> Response {
         );
     }
     match s.cache.current_held() {
-        Some(h) => (
-            [
-                (header::CACHE_CONTROL, "no-store"),
-                (header::CONTENT_TYPE, "application/json"),
-            ],
-            h.container_json.to_vec(),
-        )
-            .into_response(),
+        Some(h) => {
+            let mut r = respond(
+                StatusCode::OK,
+                "application/json",
+                h.container_json.to_vec(),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
         None => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_credentials",
@@ -176,30 +224,27 @@ async fn credentials(State(s): State<Shared>, req: Request) -> Response {
     }
 }
 
-async fn readyz(State(s): State<Shared>) -> Response {
+fn readyz(s: &EndpointState, _: &HeaderMap, _: &str) -> Response {
     if s.cache.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+        respond(StatusCode::OK, "text/plain", "ready\n")
     } else {
-        (
+        respond(
             StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
             "no valid credentials yet\n",
         )
-            .into_response()
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> Response {
+fn metrics(s: &EndpointState, _: &HeaderMap, _: &str) -> Response {
     if let Some(secs) = s.cache.seconds_until_expiry() {
         s.metrics.expiry_seconds.set(secs);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+    respond(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
         s.metrics.encode(),
     )
-        .into_response()
 }
 
 fn imds_denied(headers: &HeaderMap) -> Option<Response> {
@@ -213,8 +258,8 @@ fn imds_denied(headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-async fn imds_token(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(r) = imds_denied(&headers) {
+fn imds_token(s: &EndpointState, headers: &HeaderMap, _: &str) -> Response {
+    if let Some(r) = imds_denied(headers) {
         return r;
     }
     let Some(imds) = &s.imds else {
@@ -227,11 +272,12 @@ async fn imds_token(State(s): State<Shared>, headers: HeaderMap) -> Response {
     match ttl {
         Some(ttl) if (1..=21600).contains(&ttl) => {
             let token = imds.issue(ttl, s.cache.clock().now());
-            (
-                [("x-aws-ec2-metadata-token-ttl-seconds", ttl.to_string())],
-                token,
-            )
-                .into_response()
+            let mut r = respond(StatusCode::OK, "text/plain", token);
+            if let Ok(v) = HeaderValue::from_str(&ttl.to_string()) {
+                r.headers_mut()
+                    .insert("x-aws-ec2-metadata-token-ttl-seconds", v);
+            }
+            r
         }
         _ => json_error(
             StatusCode::BAD_REQUEST,
@@ -263,12 +309,16 @@ fn role_name(role_arn: &str) -> &str {
     role_arn.rsplit('/').next().unwrap_or(role_arn)
 }
 
-async fn imds_role(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    if let Some(r) = imds_session_ok(&s, &headers) {
+fn imds_role(s: &EndpointState, headers: &HeaderMap, _: &str) -> Response {
+    if let Some(r) = imds_session_ok(s, headers) {
         return r;
     }
     match s.cache.current() {
-        Some(c) => role_name(&c.role_arn).to_string().into_response(),
+        Some(c) => respond(
+            StatusCode::OK,
+            "text/plain",
+            role_name(&c.role_arn).to_string(),
+        ),
         None => json_error(
             StatusCode::NOT_FOUND,
             "no_credentials",
@@ -277,25 +327,28 @@ async fn imds_role(State(s): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn imds_credentials(
-    State(s): State<Shared>,
-    Path(role): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = imds_session_ok(&s, &headers) {
+fn imds_credentials(s: &EndpointState, headers: &HeaderMap, path: &str) -> Response {
+    if let Some(r) = imds_session_ok(s, headers) {
         return r;
     }
+    let role = &path[IMDS_ROLES.len()..];
     match s.cache.current() {
-        Some(c) if role_name(&c.role_arn) == role => Json(serde_json::json!({
-            "Code": "Success",
-            "LastUpdated": rfc3339(c.issued_at),
-            "Type": "AWS-HMAC",
-            "AccessKeyId": c.access_key_id,
-            "SecretAccessKey": c.secret_access_key.as_str(),
-            "Token": c.session_token.as_str(),
-            "Expiration": c.expiration_rfc3339(),
-        }))
-        .into_response(),
+        Some(c) if role_name(&c.role_arn) == role => {
+            let body = serde_json::json!({
+                "Code": "Success",
+                "LastUpdated": rfc3339(c.issued_at),
+                "Type": "AWS-HMAC",
+                "AccessKeyId": c.access_key_id,
+                "SecretAccessKey": c.secret_access_key.as_str(),
+                "Token": c.session_token.as_str(),
+                "Expiration": c.expiration_rfc3339(),
+            });
+            respond(
+                StatusCode::OK,
+                "application/json",
+                Zeroizing::new(body.to_string()).as_bytes().to_vec(),
+            )
+        }
         Some(_) => json_error(StatusCode::NOT_FOUND, "not_found", "no such role"),
         None => json_error(
             StatusCode::NOT_FOUND,

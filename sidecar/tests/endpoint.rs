@@ -6,7 +6,7 @@ use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
 use attache_sidecar::clock::SystemClock;
 use attache_sidecar::credentials::Credentials;
 use attache_sidecar::metrics::Metrics;
-use attache_sidecar::server::{EndpointState, ImdsTokens, router};
+use attache_sidecar::server::{EndpointState, ImdsTokens, service};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use zeroize::Zeroizing;
@@ -59,7 +59,7 @@ async fn start(imds: bool) -> Running {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(attache_sidecar::serve::serve(
         listener,
-        router(state.clone()),
+        service(state.clone()),
         None,
         std::future::pending(),
     ));

@@ -25,10 +25,15 @@ pub enum SigV4Error {
 /// `YYYYMMDD'T'HHMMSS'Z'`, the form of `X-Amz-Date`.
 pub fn format_amz_date(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    t.format(format_description!(
-        "[year][month][day]T[hour][minute][second]Z"
-    ))
-    .unwrap_or_default()
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 /// Parses an `X-Amz-Date` value.

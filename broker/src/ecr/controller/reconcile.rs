@@ -1,0 +1,310 @@
+//! Reconciling one ServiceAccount: its pull Secret, its `imagePullSecrets`
+//! entry, and the clean-up when the annotation (or the policy) goes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+
+use super::*;
+
+impl Controller {
+    /// Brings one ServiceAccount's pull Secret and `imagePullSecrets` to the desired state.
+    pub async fn reconcile(&self, key: &Key) -> Result<(), ReconcileError> {
+        let (sa, ns, existing) = {
+            let w = lock(&self.world);
+            let name = secret_name(&key.1);
+            (
+                w.sas.get(key).cloned(),
+                w.namespaces.get(&key.0).cloned().unwrap_or_default(),
+                w.secrets.get(&(key.0.clone(), name)).cloned(),
+            )
+        };
+        let Some(sa) = sa else {
+            // Deleted: its Secret goes with it (owner reference).
+            lock(&self.deps).remove(key);
+            lock(&self.warned).remove(key);
+            lock(&self.foreign).remove(key);
+            return Ok(());
+        };
+        let (value, source) = match (&sa.registries, &ns.registries) {
+            (Some(v), _) => (v.clone(), "ServiceAccount"),
+            (None, Some(v)) => (v.clone(), "namespace"),
+            (None, None) => (String::new(), ""),
+        };
+        if value.trim().is_empty() {
+            return self.clean_up(key, &sa, existing).await;
+        }
+        let registries = match parse_registries(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                let note =
+                    format!("{source} annotation {ANN_ECR_REGISTRIES}: {e}; nothing was changed");
+                self.warn(key, &sa.uid, "InvalidEcrRegistries", note).await;
+                return Ok(());
+            }
+        };
+        let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
+            let note = format!(
+                "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
+                crate::names::ANN_ECR_ROLE_ARN
+            );
+            self.warn(key, &sa.uid, "NoEcrRole", note).await;
+            return Ok(());
+        };
+        if let Err(e) = attache_sidecar::arn::validate_role_arn(&role) {
+            self.warn(
+                key,
+                &sa.uid,
+                "InvalidEcrRole",
+                format!("{}: {e}", crate::names::ANN_ECR_ROLE_ARN),
+            )
+            .await;
+            return Ok(());
+        }
+        if let Err(e) = crate::policy::check_role(
+            &key.0,
+            &ns.policy_annotations(),
+            &role,
+            self.config.restrictions,
+        ) {
+            // Fail closed: a role the namespace no longer allows loses its pull secret now,
+            // not when the token runs out.
+            self.warn(
+                key,
+                &sa.uid,
+                "EcrRoleNotAllowed",
+                format!("ECR pull secret removed: {e}"),
+            )
+            .await;
+            return self.clean_up(key, &sa, existing).await;
+        }
+        let pairs: Vec<Pair> = regions(&registries)
+            .into_iter()
+            .map(|r| (role.clone(), r))
+            .collect();
+        lock(&self.deps).set(key, pairs.clone());
+        let recheck = lock(&self.foreign).get(key).copied();
+        if existing.is_none() && recheck.is_some_and(|t| self.clock.now() < t) {
+            return Ok(());
+        }
+        let mut tokens = BTreeMap::new();
+        for pair in &pairs {
+            match self.tokens.get(pair).await {
+                Ok(t) => {
+                    tokens.insert(pair.1.clone(), t);
+                }
+                Err(f) => {
+                    let note = format!(
+                        "cannot get an ECR token for role {} in {}: {}; any existing pull secret is kept and the request retried with backoff",
+                        pair.0, pair.1, f.message
+                    );
+                    self.warn(key, &sa.uid, "EcrTokenFailed", note).await;
+                    // The token scheduler re-queues this key once the pair recovers.
+                    return Ok(());
+                }
+            }
+        }
+        let desired = secret::desired(&key.1, &role, &registries, &tokens);
+        if !self.ensure_secret(key, &sa, existing, &desired).await? {
+            return Ok(());
+        }
+        self.ensure_listed(key, &sa, &desired.name, true).await?;
+        self.clear_warning(key);
+        Ok(())
+    }
+
+    /// Creates or updates the Secret; false when a foreign Secret holds the name.
+    async fn ensure_secret(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        existing: Option<SecretInfo>,
+        desired: &Desired,
+    ) -> Result<bool, ReconcileError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+        let err = |action: &str, source| ReconcileError::Kube {
+            action: format!("{action} Secret {}/{}", key.0, desired.name),
+            source,
+        };
+        let mut current = existing;
+        for _ in 0..CONFLICT_TRIES {
+            match &current {
+                Some(info)
+                    if info.owned_by(&key.1)
+                        && info.data_hash == desired.hash
+                        && info.annotated_hash.as_deref() == Some(desired.hash.as_str())
+                        && info.owners.iter().any(|(_, uid)| *uid == sa.uid) =>
+                {
+                    lock(&self.foreign).remove(key);
+                    return Ok(true);
+                }
+                Some(info) if info.owned_by(&key.1) => {
+                    let obj = secret::build(
+                        &key.0,
+                        &key.1,
+                        &sa.uid,
+                        desired,
+                        Some(info.resource_version.clone()),
+                    );
+                    match api
+                        .replace(&desired.name, &PostParams::default(), &obj)
+                        .await
+                    {
+                        Ok(s) => return Ok(self.written(key, &s)),
+                        Err(e) if matches!(api_code(&e), Some(409) | Some(404)) => {}
+                        Err(e) => return Err(err("updating", e)),
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let obj = secret::build(&key.0, &key.1, &sa.uid, desired, None);
+                    match api.create(&PostParams::default(), &obj).await {
+                        Ok(s) => return Ok(self.written(key, &s)),
+                        Err(e) if api_code(&e) == Some(409) => {}
+                        Err(e) => return Err(err("creating", e)),
+                    }
+                }
+            }
+            // Conflict, or a Secret we do not know: read it fresh.
+            let fresh = api
+                .get_opt(&desired.name)
+                .await
+                .map_err(|e| err("reading", e))?;
+            match fresh {
+                None => current = None,
+                Some(s) => {
+                    if let Some(reason) = foreign_reason(&s, &key.1) {
+                        let note = format!(
+                            "Secret {:?} already exists and attache will not modify it: {reason}. Delete or rename it to let attache manage the ECR pull secret",
+                            desired.name
+                        );
+                        lock(&self.foreign)
+                            .insert(key.clone(), self.clock.now() + self.config.foreign_recheck);
+                        self.warn(key, &sa.uid, "SecretNotOwned", note).await;
+                        return Ok(false);
+                    }
+                    current = Some(SecretInfo::from(&s));
+                }
+            }
+        }
+        Err(ReconcileError::Conflict {
+            action: format!("writing Secret {}/{}", key.0, desired.name),
+        })
+    }
+
+    fn written(&self, key: &Key, s: &Secret) -> bool {
+        self.metrics.ecr_secrets_written.inc();
+        lock(&self.foreign).remove(key);
+        let info = SecretInfo::from(s);
+        lock(&self.world).secrets.insert(key_of(&s.metadata), info);
+        tracing::info!(namespace = %key.0, service_account = %key.1, secret = ?s.metadata.name, "ECR pull secret written");
+        true
+    }
+
+    /// Adds (`present`) or removes the Secret's entry in `imagePullSecrets`,
+    /// leaving other entries alone; a conflict means a fresh read and another try.
+    async fn ensure_listed(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        name: &str,
+        present: bool,
+    ) -> Result<(), ReconcileError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &key.0);
+        let err = |action: &str, source| ReconcileError::Kube {
+            action: format!("{action} ServiceAccount {}/{}", key.0, key.1),
+            source,
+        };
+        let mut cur = sa.clone();
+        for _ in 0..CONFLICT_TRIES {
+            let listed = cur.pull_secrets.iter().any(|n| n == name);
+            if listed == present {
+                return Ok(());
+            }
+            let mut names: Vec<String> = cur
+                .pull_secrets
+                .iter()
+                .filter(|n| *n != name)
+                .cloned()
+                .collect();
+            if present {
+                names.push(name.to_string());
+            }
+            let list: Vec<serde_json::Value> = names
+                .iter()
+                .map(|n| serde_json::json!({ "name": n }))
+                .collect();
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": cur.resource_version },
+                "imagePullSecrets": if list.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(list) },
+            });
+            match api
+                .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => {
+                    let info = SaInfo::from(&updated);
+                    lock(&self.world).sas.insert(key.clone(), info);
+                    return Ok(());
+                }
+                Err(e) if api_code(&e) == Some(409) => {
+                    match api.get_opt(&key.1).await.map_err(|e| err("reading", e))? {
+                        Some(fresh) => cur = SaInfo::from(&fresh),
+                        None => return Ok(()),
+                    }
+                }
+                Err(e) if api_code(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(err("patching imagePullSecrets of", e)),
+            }
+        }
+        Err(ReconcileError::Conflict {
+            action: format!(
+                "patching imagePullSecrets of ServiceAccount {}/{}",
+                key.0, key.1
+            ),
+        })
+    }
+
+    /// No registries configured: remove attache's Secret and its entry.
+    async fn clean_up(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        existing: Option<SecretInfo>,
+    ) -> Result<(), ReconcileError> {
+        lock(&self.deps).remove(key);
+        self.clear_warning(key);
+        let name = secret_name(&key.1);
+        let foreign = lock(&self.foreign).remove(key).is_some();
+        if let Some(info) = existing.filter(|i| i.owned_by(&key.1)) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(info.resource_version.clone()),
+                    uid: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => {
+                    lock(&self.world)
+                        .secrets
+                        .remove(&(key.0.clone(), name.clone()));
+                    tracing::info!(namespace = %key.0, service_account = %key.1, secret = %name, "ECR pull secret removed (annotation gone)");
+                }
+                Err(e) if api_code(&e) == Some(404) => {}
+                Err(e) => {
+                    return Err(ReconcileError::Kube {
+                        action: format!("deleting Secret {}/{name}", key.0),
+                        source: e,
+                    });
+                }
+            }
+        }
+        if !foreign {
+            self.ensure_listed(key, sa, &name, false).await?;
+        }
+        Ok(())
+    }
+}

@@ -179,7 +179,7 @@ impl X509Signer {
             payload_hash: &payload_hash,
         };
         let (canonical, signed_list) = sigv4::canonical_request(&parts, &signed)?;
-        let scope = format!("{}/{region}/{service}/aws4_request", &amz_date[..8]);
+        let scope = sigv4::credential_scope(&amz_date, region, service);
         let to_sign = sigv4::string_to_sign(self.algorithm(), &amz_date, &scope, &canonical);
         let signature = hex::encode(self.key.sign_sha256(to_sign.as_bytes())?);
         let mut added = all.split_off(ours);

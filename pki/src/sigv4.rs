@@ -46,12 +46,11 @@ pub fn parse_amz_date(s: &str) -> Result<OffsetDateTime, SigV4Error> {
     .map_err(|_| SigV4Error::MalformedDate(s.to_string()))
 }
 
-/// The credential scope `<yyyymmdd>/<region>/<service>/aws4_request`.
-pub fn credential_scope(t: OffsetDateTime, region: &str, service: &str) -> String {
-    format!(
-        "{}/{region}/{service}/aws4_request",
-        &format_amz_date(t)[..8]
-    )
+/// The credential scope `<yyyymmdd>/<region>/<service>/aws4_request`; `date`
+/// is an `X-Amz-Date` value or its first 8 characters.
+pub fn credential_scope(date: &str, region: &str, service: &str) -> String {
+    let day = date.get(..8).unwrap_or(date);
+    format!("{day}/{region}/{service}/aws4_request")
 }
 
 /// Lower-case hex SHA-256.
@@ -238,10 +237,7 @@ impl Authorization {
 
     /// The credential scope this header claims.
     pub fn scope(&self) -> String {
-        format!(
-            "{}/{}/{}/aws4_request",
-            self.date, self.region, self.service
-        )
+        credential_scope(&self.date, &self.region, &self.service)
     }
 }
 

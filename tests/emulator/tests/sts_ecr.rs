@@ -61,7 +61,7 @@ fn hand_sign(
         payload_hash: &hash,
     };
     let (canonical, list) = sigv4::canonical_request(&parts, &names).unwrap();
-    let scope = sigv4::credential_scope(now, REGION, service);
+    let scope = sigv4::credential_scope(&amz_date, REGION, service);
     let sts = sigv4::string_to_sign("AWS4-HMAC-SHA256", &amz_date, &scope, &canonical);
     let sig = sigv4::hmac_signature(
         &creds.secret_access_key,

@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=1.37.0
+# The tools venv (cargo xtask tools python) when present, else python3.
+PYTHON=${PYTHON:-python3}
+[[ -x target/tools/venv/bin/python3 && $PYTHON == python3 ]] && PYTHON=target/tools/venv/bin/python3
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
@@ -18,7 +21,7 @@ mapfile -t dirs < <(find deploy -name kustomization.yaml -printf '%h\n' | sort)
 for dir in "${dirs[@]}"; do
   file="$out/${dir//\//_}.yaml"
   kubectl kustomize "$dir" >"$file"
-  python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$file"
+  "$PYTHON" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$file"
   echo "ok $dir ($(grep -c '^kind:' "$file") objects)"
 done
 
@@ -28,14 +31,14 @@ for dir in "${dirs[@]}"; do
   file="$out/${dir//\//_}.yaml"
   if [[ $dir == deploy/kubernetes ]] || grep -q '^kind: MutatingWebhookConfiguration' "$file"; then
     echo -n "$dir: "
-    python3 deploy/check_rbac.py deploy/kubernetes/broker-api-calls.json "$file"
+    "$PYTHON" deploy/check_rbac.py deploy/kubernetes/broker-api-calls.json "$file"
   fi
 done
 
 echo "== deploy: cfn-lint"
 for t in deploy/aws/*.yaml; do
   # The console script may not be on PATH (pip --user, venvs): call its entry point.
-  python3 -c 'import sys; from cfnlint.runner import main; sys.exit(main())' "$t"
+  "$PYTHON" -c 'import sys; from cfnlint.runner import main; sys.exit(main())' "$t"
   echo "ok $t"
 done
 

@@ -141,6 +141,35 @@ impl CertApi {
         Ok(caller)
     }
 
+    /// The pod a pod-bound token names, refused when it no longer exists or
+    /// was replaced by another pod of the same name; `None` for a token bound
+    /// to no pod.
+    async fn bound_pod(&self, caller: &Caller) -> Result<Option<Pod>, Refusal> {
+        let Some(name) = &caller.pod_name else {
+            return Ok(None);
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &caller.namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_unavailable("reading the pod", e))?
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    format!("pod {}/{name} no longer exists", caller.namespace),
+                )
+            })?;
+        if caller.pod_uid.is_some() && pod.metadata.uid != caller.pod_uid {
+            return Err(Refusal(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!("pod {}/{name} was replaced", caller.namespace),
+            ));
+        }
+        Ok(Some(pod))
+    }
+
     /// Finds the role the caller may use and checks it against policy.
     pub async fn authorize(&self, caller: &Caller) -> Result<String, Refusal> {
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &caller.namespace);
@@ -159,29 +188,8 @@ impl CertApi {
                 )
             })?;
         let sa_ann = sa.metadata.annotations.unwrap_or_default();
-        let pod_value = match &caller.pod_name {
-            Some(name) => {
-                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &caller.namespace);
-                let pod = pods
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| kube_unavailable("reading the pod", e))?
-                    .ok_or_else(|| {
-                        Refusal(
-                            StatusCode::UNAUTHORIZED,
-                            "unauthenticated",
-                            format!("pod {}/{name} no longer exists", caller.namespace),
-                        )
-                    })?;
-                if caller.pod_uid.is_some() && pod.metadata.uid != caller.pod_uid {
-                    return Err(Refusal(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        format!("pod {}/{name} was replaced", caller.namespace),
-                    ));
-                }
-                serde_json::to_value(&pod).unwrap_or_default()
-            }
+        let pod_value = match self.bound_pod(caller).await? {
+            Some(pod) => serde_json::to_value(&pod).unwrap_or_default(),
             None => Value::Null,
         };
         let role = pod_role(&pod_value, &sa_ann).map(str::to_string).ok_or_else(|| {
@@ -216,21 +224,32 @@ impl CertApi {
 
     /// Authenticates and authorizes `token`, reusing a decision made in the
     /// last [`TOKEN_CACHE_TTL`] for the same token (so a burst of pods, or a
-    /// sidecar retrying, does not hammer the API server). Refusals are not cached.
+    /// sidecar retrying, does not hammer the API server). Refusals are not
+    /// cached. A reused decision for a pod-bound token still checks that the
+    /// pod exists (one read instead of TokenReview and three reads), so a
+    /// deleted pod's token stops working at once.
     pub async fn identify(&self, token: &str) -> Result<(Caller, String), Refusal> {
         let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
             .unwrap_or([0; 32]);
-        if let Some((caller, role, until)) = self
+        let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            && *until > Instant::now()
-        {
+            .filter(|(_, _, until)| *until > Instant::now())
+            .map(|(caller, role, _)| (caller.clone(), role.clone()));
+        if let Some((caller, role)) = cached {
             self.metrics.token_cache_hits.inc();
-            return Ok((caller.clone(), role.clone()));
+            if let Err(refusal) = self.bound_pod(&caller).await {
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                return Err(refusal);
+            }
+            return Ok((caller, role));
         }
         let caller = self.authenticate(token).await?;
         let role = self.authorize(&caller).await?;

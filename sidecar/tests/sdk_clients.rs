@@ -1,9 +1,14 @@
 //! Real AWS SDKs read the sidecar's endpoint unmodified: botocore (container
 //! provider and IMDSv2), the JavaScript SDK v3 (`fromHttp`,
-//! `fromContainerMetadata`), and `credential_process`. Each calls the
-//! emulator's STS GetCallerIdentity and must see the role the certificate's
-//! ServiceAccount is allowed. The sidecar's whole log is then searched for
-//! every secret it handled.
+//! `fromContainerMetadata`), the Go SDK v2 and Java SDK v2 default chains
+//! (the `go-sdk-probe` and `java-sdk-probe` tools), the Rust SDK's default
+//! chain, and `credential_process`. Each calls the emulator's STS
+//! GetCallerIdentity and must see the role the certificate's ServiceAccount is
+//! allowed. The sidecar's whole log is then searched for every secret it
+//! handled.
+//!
+//! Every external tool comes from `attache_testkit`: a missing one fails the
+//! test (`cargo xtask tools` provides them), it is never skipped.
 
 mod common;
 
@@ -91,16 +96,9 @@ fn clean_env(cmd: &mut Command) -> &mut Command {
         .env("AWS_REGION", REGION)
 }
 
-fn python_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import botocore"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(!required(), "botocore is required (pip install botocore)");
-        eprintln!("SKIPPED: python3 with botocore is not installed");
-    }
-    ok
+/// The tools venv's Python (with botocore); a missing venv fails the test.
+fn python() -> Command {
+    Command::new(attache_testkit::require_python())
 }
 
 const BOTO_STS: &str = r#"
@@ -159,64 +157,63 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
     let full_uri = format!("http://127.0.0.1:{}/v1/credentials", sidecar.port);
     let sts = w.emulator.url();
 
-    if python_available() {
-        // Container credentials provider.
-        let reply = run_json(
-            clean_env(&mut Command::new("python3"))
-                .args(["-c", BOTO_STS])
-                .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
-                .env(
-                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                    &sidecar.token_file,
-                )
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("STS_ENDPOINT", &sts),
-        );
-        assert_identity(&w, &reply);
-        // IMDSv2 (token PUT, role listing, credentials).
-        let reply = run_json(
-            clean_env(&mut Command::new("python3"))
-                .args(["-c", BOTO_STS])
-                .env(
-                    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                    format!("http://127.0.0.1:{}/", sidecar.port),
-                )
-                .env("STS_ENDPOINT", &sts),
-        );
-        assert_identity(&w, &reply);
-    }
+    // Both before any client runs: a missing tool fails at once.
+    let venv_python = attache_testkit::require_python();
+    let js_dir = attache_testkit::require_node_clients();
 
-    let js_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sdk-clients");
-    if js_dir.join("node_modules/@aws-sdk/client-sts").exists() {
-        let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
-        for provider in ["fromHttp", "fromContainerMetadata"] {
-            let mut cmd = Command::new("node");
-            clean_env(&mut cmd)
-                .arg(js_dir.join("sts-identity.mjs"))
-                .arg(provider)
-                .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
-                .env("STS_ENDPOINT", &sts);
-            if provider == "fromHttp" {
-                // What the SDK's default chain uses for FULL_URI: the token file.
-                cmd.env(
-                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                    &sidecar.token_file,
-                );
-            } else {
-                // The older ECS provider only reads the token from the environment.
-                cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.trim());
-            }
-            let reply = run_json(&mut cmd);
-            assert_identity(&w, &reply);
+    // Container credentials provider.
+    let reply = run_json(
+        clean_env(&mut Command::new(&venv_python))
+            .args(["-c", BOTO_STS])
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
+            .env(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                &sidecar.token_file,
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("STS_ENDPOINT", &sts),
+    );
+    assert_identity(&w, &reply);
+    // IMDSv2 (token PUT, role listing, credentials).
+    let reply = run_json(
+        clean_env(&mut Command::new(&venv_python))
+            .args(["-c", BOTO_STS])
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://127.0.0.1:{}/", sidecar.port),
+            )
+            .env("STS_ENDPOINT", &sts),
+    );
+    assert_identity(&w, &reply);
+
+    let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
+    for provider in ["fromHttp", "fromContainerMetadata"] {
+        let mut cmd = Command::new("node");
+        clean_env(&mut cmd)
+            .arg(js_dir.join("sts-identity.mjs"))
+            .arg(provider)
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
+            .env("STS_ENDPOINT", &sts);
+        if provider == "fromHttp" {
+            // What the SDK's default chain uses for FULL_URI: the token file.
+            cmd.env(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                &sidecar.token_file,
+            );
+        } else {
+            // The older ECS provider only reads the token from the environment.
+            cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.trim());
         }
-    } else {
-        assert!(!required(), "run npm ci --prefix tests/sdk-clients");
-        eprintln!(
-            "SKIPPED: tests/sdk-clients/node_modules is missing (npm ci --prefix tests/sdk-clients)"
-        );
+        let reply = run_json(&mut cmd);
+        assert_identity(&w, &reply);
     }
 
-    // Every secret the sidecar handled, then the log.
+    assert_log_holds_no_secret(&w, sidecar).await;
+}
+
+/// Fetches every secret the sidecar handled, stops it, then searches its log.
+async fn assert_log_holds_no_secret(w: &World, sidecar: Sidecar) {
+    let full_uri = format!("http://127.0.0.1:{}/v1/credentials", sidecar.port);
     let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
     let creds: serde_json::Value = reqwest::Client::new()
         .get(&full_uri)
@@ -239,6 +236,47 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
             &key_body,
         ],
     );
+}
+
+/// Runs an SDK probe tool (`go-sdk-probe`, `java-sdk-probe`): the SDK's
+/// default credential chain, unconfigured but for the two variables the
+/// webhook injects, must find the sidecar's endpoint and get the role.
+async fn probe_gets_the_service_accounts_role(tool: &str) {
+    let probe = attache_testkit::require_tool(tool);
+    let w = World::new().await;
+    let sidecar = start_sidecar(&w).await;
+    let home = w.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let reply = run_json(
+        clean_env(&mut Command::new(&probe))
+            .env("HOME", &home)
+            .env(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://127.0.0.1:{}/v1/credentials", sidecar.port),
+            )
+            .env(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                &sidecar.token_file,
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("STS_ENDPOINT", w.emulator.url()),
+    );
+    assert_identity(&w, &reply);
+    assert!(
+        reply["UserId"].as_str().is_some_and(|u| !u.is_empty()),
+        "{reply}"
+    );
+    assert_log_holds_no_secret(&w, sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sdk_default_chain_gets_the_service_accounts_role() {
+    probe_gets_the_service_accounts_role("go-sdk-probe").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_sdk_default_chain_gets_the_service_accounts_role() {
+    probe_gets_the_service_accounts_role("java-sdk-probe").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,30 +302,27 @@ async fn credential_process_output_works_as_an_aws_config_credential_process() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(doc["SecretAccessKey"].as_str().unwrap()));
 
-    if python_available() {
-        let quoted: Vec<String> =
-            std::iter::once(env!("CARGO_BIN_EXE_attache-sidecar").to_string())
-                .chain(args)
-                .collect();
-        let config = w.dir.path().join("config");
-        std::fs::write(
-            &config,
-            format!(
-                "[profile attache]\ncredential_process = {}\n",
-                quoted.join(" ")
-            ),
-        )
-        .unwrap();
-        let reply = run_json(
-            clean_env(&mut Command::new("python3"))
-                .args(["-c", BOTO_STS])
-                .env("AWS_CONFIG_FILE", &config)
-                .env("AWS_PROFILE", "attache")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("STS_ENDPOINT", w.emulator.url()),
-        );
-        assert_identity(&w, &reply);
-    }
+    let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_attache-sidecar").to_string())
+        .chain(args)
+        .collect();
+    let config = w.dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile attache]\ncredential_process = {}\n",
+            quoted.join(" ")
+        ),
+    )
+    .unwrap();
+    let reply = run_json(
+        clean_env(&mut python())
+            .args(["-c", BOTO_STS])
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", "attache")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("STS_ENDPOINT", w.emulator.url()),
+    );
+    assert_identity(&w, &reply);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,17 +425,15 @@ async fn update_writes_one_profile_and_keeps_the_others() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    if python_available() {
-        let reply = run_json(
-            clean_env(&mut Command::new("python3"))
-                .args(["-c", BOTO_STS])
-                .env("AWS_SHARED_CREDENTIALS_FILE", &file)
-                .env("AWS_PROFILE", "attache")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("STS_ENDPOINT", w.emulator.url()),
-        );
-        assert_identity(&w, &reply);
-    }
+    let reply = run_json(
+        clean_env(&mut python())
+            .args(["-c", BOTO_STS])
+            .env("AWS_SHARED_CREDENTIALS_FILE", &file)
+            .env("AWS_PROFILE", "attache")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("STS_ENDPOINT", w.emulator.url()),
+    );
+    assert_identity(&w, &reply);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,8 +128,3 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
-
-/// Whether optional external tools must be present (CI sets this).
-pub fn required() -> bool {
-    std::env::var_os("ATTACHE_REQUIRE_SDK_TESTS").is_some()
-}

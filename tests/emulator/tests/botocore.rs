@@ -31,21 +31,9 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
-fn botocore_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import botocore"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[tokio::test]
 async fn botocore_signed_requests_are_accepted() {
-    if !botocore_available() {
-        eprintln!(
-            "SKIPPED botocore_signed_requests_are_accepted: python3 with botocore is not installed (pip install botocore)"
-        );
-        return;
-    }
+    let python = attache_testkit::require_python();
     let ca = TestCa::new("test root");
     let emu = emulator(&ca).await;
     let creds = session(&emu, &ca, 3600).await;
@@ -56,7 +44,7 @@ async fn botocore_signed_requests_are_accepted() {
         creds.session_token.clone(),
     );
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python)
             .args(["-c", SCRIPT, &url, &key, &secret, &token, REGION])
             .env_remove("AWS_PROFILE")
             .env("AWS_CONFIG_FILE", "/dev/null")

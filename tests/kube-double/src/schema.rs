@@ -4,25 +4,11 @@
 /// Kubernetes version whose schemas are used.
 pub const SCHEMA_VERSION: &str = "1.37.0";
 
-/// Validates `objects` strictly (unknown fields are errors). Returns
-/// `Ok(false)` when the validator is not installed and the
-/// `ATTACHE_REQUIRE_SDK_TESTS` variable is unset (a notice is printed);
-/// with the variable set (CI), a missing validator is an error.
+/// Validates `objects` strictly (unknown fields are errors) with the tools
+/// venv's kubernetes-validate; a missing venv fails the calling test
+/// (`cargo xtask tools` provides it). Returns `Ok(true)` once validated.
 pub fn validate(objects: &[serde_json::Value]) -> anyhow::Result<bool> {
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import kubernetes_validate"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        anyhow::ensure!(
-            std::env::var_os("ATTACHE_REQUIRE_SDK_TESTS").is_none(),
-            "kubernetes-validate is required (pip install -r tests/requirements.txt)"
-        );
-        eprintln!(
-            "NOTICE: kubernetes-validate is not installed (pip install kubernetes-validate); skipping schema validation"
-        );
-        return Ok(false);
-    }
+    let python = attache_testkit::require_python();
     let dir = tempfile::tempdir()?;
     let mut files = vec![];
     for (i, obj) in objects.iter().enumerate() {
@@ -30,7 +16,7 @@ pub fn validate(objects: &[serde_json::Value]) -> anyhow::Result<bool> {
         std::fs::write(&path, serde_json::to_vec_pretty(obj)?)?;
         files.push(path);
     }
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python)
         .args([
             "-m",
             "kubernetes_validate",

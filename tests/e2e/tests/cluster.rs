@@ -1,0 +1,582 @@
+//! attache against the real kube-apiserver: the manifests are accepted, the
+//! broker runs as its own ServiceAccount (real RBAC authorizes each call), pods
+//! are mutated by the real admission chain, and a sidecar run as the pod would
+//! run it gets its certificate through real TokenReview of a pod-bound token
+//! and serves the role to botocore, the JavaScript, Go, Java and Rust SDKs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use attache_e2e::{ApiServer, TokenSpec};
+use attache_emulator::{Emulator, EmulatorConfig};
+use common::*;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+fn pod(name: &str, sa: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"serviceAccountName": sa, "containers": [{
+            "name": "app", "image": "public.ecr.aws/aws-cli/aws-cli",
+            "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+        }]}
+    }))
+    .unwrap()
+}
+
+fn env_of(c: &Value) -> BTreeMap<String, String> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn stored(client: &kube::Client, ns: &str, name: &str) -> Value {
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    serde_json::to_value(pod).unwrap()
+}
+
+fn injected(pod: &Value) -> bool {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["name"] == "attache-sidecar"))
+}
+
+/// A namespace allowing ROLE with a ServiceAccount `app` annotated with it.
+async fn team(server: &ApiServer) -> (kube::Client, String) {
+    broker().await;
+    let admin = server.admin().await;
+    let ns = team_namespace(server, &[ROLE]).await;
+    service_account(&admin, &ns, "app", json!({"attache.dev/role-arn": ROLE})).await;
+    (admin, ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_manifests_and_examples_are_accepted_by_the_real_api_server() {
+    let server = deployed().await;
+    for kind in [
+        "namespace/attache-system",
+        "serviceaccount/attache-broker",
+        "deployment/attache-broker",
+        "service/attache-broker",
+        "networkpolicy",
+        "poddisruptionbudget/attache-broker",
+        "role",
+        "rolebinding",
+    ] {
+        run_ok(server.kubectl().args(["-n", BROKER_NS, "get", kind]));
+    }
+    run_ok(server.kubectl().args([
+        "get",
+        "clusterrole,clusterrolebinding,mutatingwebhookconfiguration",
+        "-l",
+        "app.kubernetes.io/part-of=attache",
+    ]));
+    let examples = root().join("deploy/kubernetes/examples");
+    let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.push(root().join("deploy/overlays/my-cluster"));
+    for dir in dirs
+        .iter()
+        .filter(|d| d.join("kustomization.yaml").exists())
+    {
+        tokio::task::block_in_place(|| {
+            run_ok(
+                server
+                    .kubectl()
+                    .args(["apply", "--server-side", "--dry-run=server", "-k"])
+                    .arg(dir),
+            )
+        });
+    }
+    assert!(dirs.len() >= 3, "examples and the overlay: {dirs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_mutated_by_the_real_admission_chain() {
+    let server = deployed().await;
+    let (admin, ns) = team(server).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    pods.create(&PostParams::default(), &pod("web", "app"))
+        .await
+        .unwrap();
+    let web = stored(&admin, &ns, "web").await;
+    let init = web["spec"]["initContainers"].as_array().expect("injected");
+    let sidecar = &init[0];
+    assert_eq!(sidecar["name"], "attache-sidecar");
+    assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
+    assert!(sidecar["startupProbe"]["exec"].is_object(), "{sidecar:#}");
+    assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        sidecar["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    let volumes = web["spec"]["volumes"].as_array().unwrap();
+    let projected = volumes
+        .iter()
+        .find_map(|v| {
+            v["projected"]["sources"]
+                .as_array()?
+                .iter()
+                .find_map(|s| s.get("serviceAccountToken"))
+                .filter(|t| t["audience"] == "attache-broker")
+        })
+        .unwrap_or_else(|| panic!("a projected token for attache-broker: {volumes:#?}"));
+    assert!(projected["expirationSeconds"].as_i64().unwrap() <= 3600);
+    let token_volume = volumes
+        .iter()
+        .find(|v| v["emptyDir"]["medium"] == "Memory")
+        .expect("in-memory token volume");
+    let app = &web["spec"]["containers"][0];
+    let app_env = env_of(app);
+    assert_eq!(
+        app_env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+        "http://127.0.0.1:9911/v1/credentials"
+    );
+    assert_eq!(
+        app_env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"],
+        "/var/run/secrets/attache.dev/token"
+    );
+    assert_eq!(
+        app_env["AWS_REGION"], "eu-west-1",
+        "the pod's own value is kept"
+    );
+    assert_eq!(app_env["AWS_DEFAULT_REGION"], "us-east-1");
+    let app_mounts = app["volumeMounts"].as_array().unwrap();
+    assert!(
+        app_mounts
+            .iter()
+            .any(|m| m["name"] == token_volume["name"] && m["readOnly"] == true),
+        "the app mounts the token volume read-only: {app_mounts:#?}"
+    );
+    let broker_token_mounted_in_app = app_mounts.iter().any(|m| {
+        volumes.iter().any(|v| {
+            v["name"] == m["name"] && v["projected"].to_string().contains("attache-broker")
+        })
+    });
+    assert!(
+        !broker_token_mounted_in_app,
+        "only the sidecar mounts the broker token"
+    );
+
+    // An update leaves the pod as it is (the webhook only acts on CREATE).
+    pods.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"tier": "web"}}})),
+    )
+    .await
+    .unwrap();
+    let after = stored(&admin, &ns, "web").await;
+    assert_eq!(after["spec"], web["spec"]);
+
+    // A pod that already carries the injection (re-created from the stored
+    // spec) is not injected twice.
+    let mut again = json!({"metadata": {"name": "web-again"}, "spec": web["spec"].clone()});
+    again["spec"].as_object_mut().unwrap().remove("nodeName");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(again).unwrap(),
+    )
+    .await
+    .unwrap();
+    let twice = stored(&admin, &ns, "web-again").await;
+    assert_eq!(
+        twice["spec"]["initContainers"],
+        web["spec"]["initContainers"]
+    );
+    assert_eq!(twice["spec"]["volumes"], web["spec"]["volumes"]);
+    assert_eq!(twice["spec"]["containers"], web["spec"]["containers"]);
+
+    // Opt-out by annotation (the broker decides) and by label (the
+    // webhook's objectSelector: the API server does not even call it).
+    let mut p = pod("optout", "app");
+    p.metadata.annotations = Some(BTreeMap::from([(
+        "attache.dev/inject".into(),
+        "false".into(),
+    )]));
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    assert!(!injected(&stored(&admin, &ns, "optout").await));
+    let mut p = pod("optout-label", "app");
+    p.metadata.labels = Some(BTreeMap::from([(
+        "attache.dev/inject".into(),
+        "false".into(),
+    )]));
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    assert!(!injected(&stored(&admin, &ns, "optout-label").await));
+
+    // A ServiceAccount without a role: untouched.
+    service_account(&admin, &ns, "plain", json!({})).await;
+    pods.create(&PostParams::default(), &pod("plain", "plain"))
+        .await
+        .unwrap();
+    assert!(!injected(&stored(&admin, &ns, "plain").await));
+
+    // Denials reach the client with the broker's message.
+    service_account(
+        &admin,
+        &ns,
+        "greedy",
+        json!({"attache.dev/role-arn": OTHER_ROLE}),
+    )
+    .await;
+    let err = pods
+        .create(&PostParams::default(), &pod("greedy", "greedy"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("attache.dev/allowed-roles") && err.contains(OTHER_ROLE) && err.contains(&ns),
+        "{err}"
+    );
+    let mut p = pod("host", "app");
+    p.spec.as_mut().unwrap().host_network = Some(true);
+    let err = pods
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hostNetwork"), "{err}");
+    assert_broker_calls_allowed_and_listed(server, BROKER_USER, BROKER_NS);
+}
+
+/// The sidecar exactly as injected, run on the host: only file paths, the
+/// listen address, the broker address and the AWS endpoint differ from the pod
+/// (no kubelet, no cluster DNS, no AWS here).
+fn sidecar_cli(
+    sidecar: &Value,
+    dir: &Path,
+    listen: &str,
+    broker: &str,
+    endpoint: &str,
+) -> attache_sidecar::cli::Cli {
+    use clap::Parser as _;
+    let mut args = vec!["attache-sidecar".to_string(), "serve".to_string()];
+    for (k, mut v) in env_of(sidecar) {
+        match k.as_str() {
+            "ATTACHE_BROKER_URL" => v = broker.to_string(),
+            "ATTACHE_SERVICE_ACCOUNT_TOKEN_FILE" => v = dir.join("sa-token").display().to_string(),
+            "ATTACHE_TOKEN_FILE" => v = dir.join("token").display().to_string(),
+            "ATTACHE_LISTEN" => v = listen.to_string(),
+            "ATTACHE_LOG_FORMAT" => v = "text".into(),
+            _ => {}
+        }
+        let flag = k
+            .trim_start_matches("ATTACHE_")
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        args.push(format!("--{flag}={v}"));
+    }
+    args.push(format!("--endpoint={endpoint}"));
+    attache_sidecar::cli::Cli::try_parse_from(&args).unwrap()
+}
+
+/// A client process with only the container-credentials environment an
+/// injected app container has, pointed at the emulator's STS.
+fn sdk(mut cmd: Command, listen: &str, token_file: &Path, sts: &str) -> Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            format!("http://{listen}/v1/credentials"),
+        )
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file)
+        .env("STS_ENDPOINT", sts);
+    cmd
+}
+
+const BOTO_STS: &str = "import json, os, botocore.session\nc = botocore.session.get_session().create_client('sts', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['STS_ENDPOINT'])\nprint(json.dumps(c.get_caller_identity()))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
+    let server = deployed().await;
+    let broker = broker().await;
+    let (admin, ns) = team(server).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let created = pods
+        .create(&PostParams::default(), &pod("web", "app"))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let web = serde_json::to_value(&created).unwrap();
+    let sidecar = &web["spec"]["initContainers"][0];
+    let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/app");
+
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
+    let dir = tempfile::tempdir().unwrap();
+    // What the kubelet writes into the projected volume: a token bound to the pod.
+    let bound = TokenSpec {
+        audiences: &["attache-broker"],
+        seconds: 3600,
+        pod: Some(("web", &uid)),
+    };
+    let token = server.token(&ns, "app", bound).await.unwrap();
+    let unused = server.token(&ns, "app", bound).await.unwrap();
+    std::fs::write(dir.path().join("sa-token"), &token).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cli = sidecar_cli(sidecar, dir.path(), &listen, &broker.url(), &emu.url());
+    let running = attache_sidecar::app::InProcess::spawn(cli);
+    assert!(
+        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
+        "the sidecar became ready"
+    );
+    let session = &emu.sessions()[0];
+    assert_eq!(session.san_uri.as_deref(), Some(spiffe.as_str()));
+    assert_eq!(session.role_arn, ROLE);
+
+    let token_file = dir.path().join("token");
+    let clients: Vec<(&str, Command)> = vec![
+        ("botocore", {
+            let mut c = Command::new(attache_testkit::require_python());
+            c.args(["-c", BOTO_STS]);
+            c
+        }),
+        ("JavaScript v3", {
+            let js = attache_testkit::require_node_clients();
+            let mut c = Command::new("node");
+            c.current_dir(&js).args(["sts-identity.mjs", "fromHttp"]);
+            c
+        }),
+        ("Go v2", attache_testkit::tool_command("go-sdk-probe")),
+        ("Java v2", attache_testkit::tool_command("java-sdk-probe")),
+        (
+            "Rust aws-config",
+            Command::new(env!("CARGO_BIN_EXE_rust-sdk-probe")),
+        ),
+    ];
+    for (name, cmd) in clients {
+        let mut cmd = sdk(cmd, &listen, &token_file, &emu.url());
+        let out = tokio::task::block_in_place(|| run_ok(&mut cmd));
+        let reply: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{name}: {e}: {out}"));
+        assert!(
+            reply["Arn"].as_str().is_some_and(
+                |a| a.starts_with("arn:aws:sts::123456789012:assumed-role/app-reader/")
+            ),
+            "{name}: {reply}"
+        );
+    }
+    running.stop().await;
+
+    // The pod goes: the API server refuses its tokens, and the broker issues
+    // nothing more for it.
+    pods.delete("web", &DeleteParams::default()).await.unwrap();
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.clone(),
+            audiences: Some(vec!["attache-broker".into()]),
+        },
+        ..TokenReview::default()
+    };
+    let answer = eventually(
+        Duration::from_secs(30),
+        "TokenReview refuses the token",
+        || {
+            let admin = admin.clone();
+            let review = review.clone();
+            async move {
+                let a = Api::<TokenReview>::all(admin)
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .unwrap();
+                let status = a.status.unwrap_or_default();
+                (status.authenticated != Some(true)).then_some(status)
+            }
+        },
+    )
+    .await;
+    assert!(
+        answer
+            .error
+            .is_some_and(|e| e.contains("not found") || e.contains("deleted"))
+    );
+    let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+        .unwrap()
+        .certificate_signing_request()
+        .unwrap();
+    // The sidecar's own token (its decision cached by the broker) and one
+    // never used before.
+    for t in [&token, &unused] {
+        let reply = broker
+            .http()
+            .post(format!("{}/v1/certificates", broker.url()))
+            .bearer_auth(t)
+            .json(&json!({"csr": csr}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 401, "{}", reply.text().await.unwrap());
+    }
+    assert_broker_calls_allowed_and_listed(server, BROKER_USER, BROKER_NS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
+    let server = deployed().await;
+    let broker = broker().await;
+    let (admin, ns) = team(server).await;
+    let csr = || {
+        attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+            .unwrap()
+            .certificate_signing_request()
+            .unwrap()
+    };
+    let post = |token: Option<String>, csr: String| {
+        let http = broker.http();
+        let url = format!("{}/v1/certificates", broker.url());
+        async move {
+            let mut req = http.post(url).json(&json!({"csr": csr}));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let spec = |aud: &'static [&'static str]| TokenSpec {
+        audiences: aud,
+        seconds: 3600,
+        pod: None,
+    };
+    let good = server
+        .token(&ns, "app", spec(&["attache-broker"]))
+        .await
+        .unwrap();
+    let (status, body) = post(Some(good.clone()), csr()).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, info) =
+        attache_pki::cert::parse_certificate_pem(body["certificate"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        info.uris,
+        [format!("spiffe://cluster.local/ns/{ns}/sa/app")]
+    );
+
+    let (status, body) = post(None, csr()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let vault = server.token(&ns, "app", spec(&["vault"])).await.unwrap();
+    assert_eq!(post(Some(vault), csr()).await.0, 401, "wrong audience");
+    let mut forged = good.clone();
+    forged.pop();
+    forged.push('A');
+    assert_eq!(post(Some(forged), csr()).await.0, 401, "bad signature");
+
+    let weak = tokio::task::block_in_place(|| {
+        run_ok(Command::new("openssl").args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:1024",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/CN=weak",
+        ]))
+    });
+    let (status, body) = post(Some(good.clone()), weak).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("RSA-1024"),
+        "{body}"
+    );
+
+    service_account(
+        &admin,
+        &ns,
+        "greedy",
+        json!({"attache.dev/role-arn": OTHER_ROLE}),
+    )
+    .await;
+    let greedy = server
+        .token(&ns, "greedy", spec(&["attache-broker"]))
+        .await
+        .unwrap();
+    let (status, body) = post(Some(greedy), csr()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("attache.dev/allowed-roles")
+    );
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains("attache_certificates_refused_total"),
+        "{metrics}"
+    );
+    assert_broker_calls_allowed_and_listed(server, BROKER_USER, BROKER_NS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_admission_reviews_get_a_400_with_a_reason() {
+    deployed().await;
+    let broker = broker().await;
+    let http = broker.http();
+    for body in [
+        "not json",
+        "{}",
+        "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":1}}",
+    ] {
+        let resp = http
+            .post(format!("{}/mutate", broker.url()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(
+            v["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("malformed AdmissionReview"),
+            "{v}"
+        );
+    }
+    let resp = http
+        .post(format!("{}/mutate", broker.url()))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,107 @@
+//! Shared test fixtures for attache's test crates.
+//!
+//! Every test that drives an external program (kube-apiserver, etcd, AWS's
+//! `aws_signing_helper`, helm, the Go and Java SDK probes, botocore in the
+//! tools venv, the JavaScript SDK) finds it through [`require_tool`] and
+//! friends. A missing tool **fails** the test with the command that provides
+//! it: nothing is ever skipped and counted as passed.
+//!
+//! Where tools live: `cargo xtask tools` builds them into
+//! `<target dir>/tools/` and `cargo xtask test` exports `ATTACHE_TOOLS_DIR`
+//! pointing there. Without that variable the default `target/tools` of this
+//! workspace is used, so `cargo test` after one `cargo xtask tools` works too.
+//!
+//! Must not depend on any attache crate (every test crate may use it).
+
+use std::path::{Path, PathBuf};
+
+/// The variable `cargo xtask test` sets to the tools directory.
+pub const TOOLS_DIR_ENV: &str = "ATTACHE_TOOLS_DIR";
+
+/// The workspace root (this crate lives at `tests/testkit`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/testkit has two parents")
+        .to_path_buf()
+}
+
+/// `<target dir>/tools`: `$ATTACHE_TOOLS_DIR`, else `$CARGO_TARGET_DIR/tools`,
+/// else `<workspace>/target/tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(TOOLS_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("tools")
+}
+
+fn require_path(path: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{what} is missing: {} does not exist. Run `cargo xtask tools` \
+         (or `cargo xtask test`, which provisions every tool and runs all tests).",
+        path.display()
+    );
+    path
+}
+
+/// The path of a pinned tool binary built by `cargo xtask tools`
+/// (`kube-apiserver`, `etcd`, `aws_signing_helper`, `helm`, `go-sdk-probe`,
+/// `java-sdk-probe`). Panics, failing the test, when it is absent.
+pub fn require_tool(name: &str) -> PathBuf {
+    require_path(tools_dir().join("bin").join(name), &format!("tool {name}"))
+}
+
+/// The Python interpreter of the tools venv (botocore, kubernetes-validate,
+/// cfn-lint from tests/requirements.txt). Fails the test when absent.
+pub fn require_python() -> PathBuf {
+    require_path(
+        tools_dir().join("venv/bin/python3"),
+        "the tools Python venv (tests/requirements.txt)",
+    )
+}
+
+/// `tests/sdk-clients` with its `node_modules` installed (`npm ci`); fails the
+/// test when `node` or the modules are absent.
+pub fn require_node_clients() -> PathBuf {
+    let dir = workspace_root().join("tests/sdk-clients");
+    require_path(
+        dir.join("node_modules/@aws-sdk/client-sts"),
+        "the JavaScript SDK (npm ci --prefix tests/sdk-clients)",
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is not installed (cargo xtask test installs it)"
+    );
+    dir
+}
+
+/// A `Command` for a tool from [`require_tool`].
+pub fn tool_command(name: &str) -> std::process::Command {
+    std::process::Command::new(require_tool(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_fails_with_the_command_that_provides_it() {
+        let err = std::panic::catch_unwind(|| require_tool("no-such-tool-attache"))
+            .expect_err("a missing tool must fail");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("cargo xtask tools"), "{msg}");
+        assert!(msg.contains("no-such-tool-attache"), "{msg}");
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}

@@ -19,6 +19,7 @@ pub struct ClusterCerts {
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
     pub sa_key: PathBuf,
+    pub sa_public_key: PathBuf,
 }
 
 fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
@@ -73,6 +74,7 @@ impl ClusterCerts {
             admin_cert_pem: admin_cert.pem(),
             admin_key_pem: admin_key.serialize_pem(),
             sa_key: write("sa-key.pem", &sa_key.serialize_pem())?,
+            sa_public_key: write("sa-pub.pem", &sa_key.public_key_pem())?,
         })
     }
 }

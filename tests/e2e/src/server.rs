@@ -176,7 +176,10 @@ impl ApiServer {
             format!("--tls-private-key-file={}", path(&self.certs.serving_key)),
             format!("--client-ca-file={}", path(&self.certs.ca_file)),
             format!("--service-account-issuer={ISSUER}"),
-            format!("--service-account-key-file={}", path(&self.certs.sa_key)),
+            format!(
+                "--service-account-key-file={}",
+                path(&self.certs.sa_public_key)
+            ),
             format!(
                 "--service-account-signing-key-file={}",
                 path(&self.certs.sa_key)
@@ -184,6 +187,8 @@ impl ApiServer {
             "--service-cluster-ip-range=10.96.0.0/24".into(),
             "--authorization-mode=Node,RBAC".into(),
             "--enable-priority-and-fairness=false".into(),
+            // No kubernetes Service endpoints: the advertise address is loopback.
+            "--endpoint-reconciler-type=none".into(),
             "--profiling=false".into(),
             format!(
                 "--audit-policy-file={}",
@@ -302,9 +307,9 @@ impl ApiServer {
         &self.admin_kubeconfig
     }
 
-    /// `kubectl --kubeconfig <admin>`.
+    /// `kubectl --kubeconfig <admin>`, the kubectl built with kube-apiserver.
     pub fn kubectl(&self) -> Command {
-        let mut cmd = Command::new("kubectl");
+        let mut cmd = attache_testkit::tool_command("kubectl");
         cmd.arg("--kubeconfig").arg(&self.admin_kubeconfig);
         cmd
     }

@@ -186,7 +186,8 @@ pub fn should_renew(info: &CertificateInfo, now: OffsetDateTime) -> bool {
 
 /// Verifies that `leaf` chains through `intermediates` (leaf-first order is not
 /// required) to one of `anchors`, with every certificate valid at `now`, every
-/// issuer a CA allowed to sign certificates, and every signature correct.
+/// issuer a CA allowed to sign certificates, every intermediate's
+/// `pathLenConstraint` respected, and every signature correct.
 /// Returns the index of the anchor that was reached.
 pub fn verify_chain(
     leaf: &[u8],
@@ -215,6 +216,11 @@ pub fn verify_chain(
             current.validity().not_after
         )));
     }
+    // Intermediates walked so far (the leaf excluded): an intermediate's
+    // basicConstraints pathLenConstraint caps how many non-self-issued
+    // intermediates may follow it (RFC 5280 6.1.4 (l)-(m)). The anchor's own
+    // constraints are trust-anchor input, not path processing (RFC 5280 6.1.1).
+    let mut below = 0u32;
     // Bounded walk: at most every intermediate once, then an anchor.
     for _ in 0..=pool.len() {
         for (i, anchor) in anchor_certs.iter().enumerate() {
@@ -232,6 +238,18 @@ pub fn verify_chain(
         match next {
             Some(issuer) => {
                 check_issuer(issuer, ts)?;
+                if let Ok(Some(bc)) = issuer.basic_constraints()
+                    && let Some(max) = bc.value.path_len_constraint
+                    && below > max
+                {
+                    return Err(CertError::Chain(format!(
+                        "issuer {} allows {max} intermediate(s) below it (pathLenConstraint), the chain has {below}",
+                        issuer.subject()
+                    )));
+                }
+                if issuer.subject().as_raw() != issuer.issuer().as_raw() {
+                    below += 1;
+                }
                 current = issuer.clone();
             }
             None => break,

@@ -271,7 +271,9 @@ pub fn uri_encode(s: &[u8]) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
+/// Decodes `%XX` escapes (a malformed escape is kept as is; `+` is not a space,
+/// as in SigV4's query canonicalisation).
+pub fn percent_decode(s: &str) -> Vec<u8> {
     let hex_val = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -27,15 +27,63 @@ pub const DEFAULT_DURATION: i64 = 3600;
 /// Intermediates accepted in `X-Amz-X509-Chain`.
 const MAX_CHAIN: usize = 5;
 
-/// The JSON body of `CreateSession`.
+/// The JSON body of `CreateSession`. AWS takes `profileArn`, `roleArn` and
+/// `trustAnchorArn` "as URI parameters or as JSON in the request body" (the
+/// CreateSession API page); AWS's own `aws_signing_helper` sends them in the
+/// query string, attache in the body.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CreateSessionBody {
     duration_seconds: Option<i64>,
+    profile_arn: Option<String>,
+    role_arn: Option<String>,
+    trust_anchor_arn: Option<String>,
+    role_session_name: Option<String>,
+}
+
+/// The request's three ARNs, each from the query string or the body.
+#[derive(Debug)]
+struct SessionTarget {
     profile_arn: String,
     role_arn: String,
     trust_anchor_arn: String,
-    role_session_name: Option<String>,
+}
+
+/// Takes each required ARN from the query string or the body. A parameter
+/// given in both places with different values is refused rather than guessed.
+fn session_target(query: &str, body: &CreateSessionBody) -> Result<SessionTarget, ApiError> {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| String::from_utf8_lossy(&sigv4::percent_decode(s)).into_owned();
+            (decode(k), decode(v))
+        })
+        .collect();
+    let pick = |name: &str, in_body: &Option<String>| -> Result<String, ApiError> {
+        let mut in_query = params.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+        let first = in_query.next();
+        if in_query.next().is_some() {
+            return Err(ApiError::validation(format!(
+                "Parameter {name} is given more than once in the query string"
+            )));
+        }
+        match (first, in_body) {
+            (Some(q), Some(b)) if q != b => Err(ApiError::validation(format!(
+                "Parameter {name} differs between the query string ({q}) and the request body ({b})"
+            ))),
+            (Some(v), _) | (None, Some(v)) if !v.is_empty() => Ok(v.clone()),
+            _ => Err(ApiError::validation(format!(
+                "Invalid request body: missing required parameter {name} (URI parameter or JSON body field)"
+            ))),
+        }
+    };
+    Ok(SessionTarget {
+        profile_arn: pick("profileArn", &body.profile_arn)?,
+        role_arn: pick("roleArn", &body.role_arn)?,
+        trust_anchor_arn: pick("trustAnchorArn", &body.trust_anchor_arn)?,
+    })
 }
 
 fn denied(msg: impl Into<String>) -> ApiError {
@@ -169,33 +217,34 @@ pub(crate) fn create_session(
     // --- body ------------------------------------------------------------------
     let body: CreateSessionBody = serde_json::from_slice(&req.body)
         .map_err(|e| ApiError::validation(format!("Invalid request body: {e}")))?;
+    let target = session_target(&req.query, &body)?;
     // --- trust anchor and certificate path ---------------------------------------
     let registry = shared.registry();
     let anchor = registry
         .anchors
-        .get(&body.trust_anchor_arn)
+        .get(&target.trust_anchor_arn)
         .ok_or_else(|| {
             denied(format!(
                 "Trust anchor {} does not exist",
-                body.trust_anchor_arn
+                target.trust_anchor_arn
             ))
         })?;
     if !anchor.enabled {
         return Err(denied(format!(
             "Trust anchor {} is disabled",
-            body.trust_anchor_arn
+            target.trust_anchor_arn
         )));
     }
     if let Some(why) = &anchor.load_error {
         return Err(denied(format!(
             "Trust anchor {} has no usable CA bundle: {why}",
-            body.trust_anchor_arn
+            target.trust_anchor_arn
         )));
     }
     verify_chain(&leaf_der, &chain, &anchor.certs_der, now).map_err(|e| {
         denied(format!(
             "Untrusted signing certificate for trust anchor {}: {e}",
-            body.trust_anchor_arn
+            target.trust_anchor_arn
         ))
     })?;
     if leaf.is_ca {
@@ -211,28 +260,31 @@ pub(crate) fn create_session(
     // --- profile, role, trust policy --------------------------------------------------
     let profile = registry
         .profiles
-        .get(&body.profile_arn)
-        .ok_or_else(|| denied(format!("Profile {} does not exist", body.profile_arn)))?;
+        .get(&target.profile_arn)
+        .ok_or_else(|| denied(format!("Profile {} does not exist", target.profile_arn)))?;
     if !profile.enabled {
-        return Err(denied(format!("Profile {} is disabled", body.profile_arn)));
-    }
-    if !profile.role_arns.contains(&body.role_arn) {
         return Err(denied(format!(
-            "Role {} is not in profile {}",
-            body.role_arn, body.profile_arn
+            "Profile {} is disabled",
+            target.profile_arn
         )));
     }
-    let role = registry.roles.get(&body.role_arn).ok_or_else(|| {
+    if !profile.role_arns.contains(&target.role_arn) {
+        return Err(denied(format!(
+            "Role {} is not in profile {}",
+            target.role_arn, target.profile_arn
+        )));
+    }
+    let role = registry.roles.get(&target.role_arn).ok_or_else(|| {
         denied(format!(
             "Unable to assume role {}: the role does not exist",
-            body.role_arn
+            target.role_arn
         ))
     })?;
-    let tags = PrincipalTags::from_certificate(&leaf, &parsed_leaf, &body.trust_anchor_arn);
+    let tags = PrincipalTags::from_certificate(&leaf, &parsed_leaf, &target.trust_anchor_arn);
     policy::evaluate(&role.conditions, &tags).map_err(|why| {
         denied(format!(
             "Unable to assume role {}: its trust policy does not allow this certificate: {why}",
-            body.role_arn
+            target.role_arn
         ))
     })?;
     let cap = profile
@@ -242,14 +294,14 @@ pub(crate) fn create_session(
     if !(MIN_DURATION..=cap).contains(&duration) {
         return Err(ApiError::validation(format!(
             "durationSeconds {duration} is out of range: must be between {MIN_DURATION} and {cap} for profile {}",
-            body.profile_arn
+            target.profile_arn
         )));
     }
     let session_name = match &body.role_session_name {
         Some(_) if !profile.accept_role_session_name => {
             return Err(ApiError::validation(format!(
                 "roleSessionName is not accepted by profile {} (acceptRoleSessionName is false)",
-                body.profile_arn
+                target.profile_arn
             )));
         }
         Some(name) if !valid_session_name(name) => {
@@ -298,8 +350,8 @@ pub(crate) fn create_session(
     });
     let record = SessionRecord {
         role_arn: role_arn.clone(),
-        profile_arn: body.profile_arn.clone(),
-        trust_anchor_arn: body.trust_anchor_arn.clone(),
+        profile_arn: target.profile_arn.clone(),
+        trust_anchor_arn: target.trust_anchor_arn.clone(),
         certificate_serial: leaf.serial.clone(),
         subject_cn: leaf.common_name.clone(),
         subject_ou: leaf.organizational_units.first().cloned(),
@@ -316,7 +368,7 @@ pub(crate) fn create_session(
     }
     tracing::info!(
         role_arn = %role_arn,
-        profile_arn = %body.profile_arn,
+        profile_arn = %target.profile_arn,
         serial = %leaf.serial,
         subject = %leaf.subject,
         access_key_id = %access_key_id,
@@ -362,6 +414,46 @@ mod tests {
         assert!(!valid_session_name("a"));
         assert!(!valid_session_name("has space"));
         assert!(!valid_session_name(&"x".repeat(65)));
+    }
+
+    fn body(json: &str) -> CreateSessionBody {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn arns_come_from_the_query_string_or_the_body() {
+        let q = "profileArn=arn%3Aaws%3Arolesanywhere%3Aus-east-1%3A1%3Aprofile%2Fp\
+                 &roleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr\
+                 &trustAnchorArn=arn%3Aaws%3Arolesanywhere%3Aus-east-1%3A1%3Atrust-anchor%2Ft";
+        let from_query = session_target(q, &body(r#"{"durationSeconds":3600}"#)).unwrap();
+        assert_eq!(
+            from_query.profile_arn,
+            "arn:aws:rolesanywhere:us-east-1:1:profile/p"
+        );
+        assert_eq!(from_query.role_arn, "arn:aws:iam::1:role/r");
+        assert_eq!(
+            from_query.trust_anchor_arn,
+            "arn:aws:rolesanywhere:us-east-1:1:trust-anchor/t"
+        );
+        let b = r#"{"profileArn":"p","roleArn":"r","trustAnchorArn":"t"}"#;
+        let from_body = session_target("", &body(b)).unwrap();
+        assert_eq!(
+            (
+                from_body.profile_arn,
+                from_body.role_arn,
+                from_body.trust_anchor_arn
+            ),
+            ("p".into(), "r".into(), "t".into())
+        );
+        // Both places agreeing is fine; disagreeing, repeated or absent is not.
+        assert!(session_target("roleArn=r", &body(b)).is_ok());
+        let e = session_target("roleArn=other", &body(b)).unwrap_err();
+        assert!(e.message.contains("differs"), "{e}");
+        let e = session_target("roleArn=r&roleArn=r", &body(b)).unwrap_err();
+        assert!(e.message.contains("more than once"), "{e}");
+        let e = session_target("", &body(r#"{"profileArn":"p","roleArn":"r"}"#)).unwrap_err();
+        assert!(e.message.contains("trustAnchorArn"), "{e}");
+        assert_eq!(e.code, "ValidationException");
     }
 
     #[test]

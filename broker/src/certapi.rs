@@ -26,6 +26,12 @@ use crate::policy::check_role;
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 /// At most this many TokenReview results are cached.
 pub const TOKEN_CACHE_MAX: usize = 10_000;
+/// How long a token TokenReview refused is refused again without asking.
+pub const REFUSAL_CACHE_TTL: Duration = Duration::from_secs(10);
+/// How long a certificate request waits for a TokenReview slot before a 503.
+pub const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(5);
+/// Tolerated clock difference with the API server when pre-checking `exp`.
+const EXP_LEEWAY_SECS: i64 = 60;
 
 /// The caller's identity as TokenReview reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +67,51 @@ pub struct CertApi {
     pub metrics: Metrics,
     /// TokenReview cache keyed by SHA-256 of the token.
     pub cache: TokenCache,
+    /// Tokens refused recently (SHA-256 -> refused until), so a flood of
+    /// garbage costs no TokenReviews.
+    pub refusals: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
+    /// Bounds TokenReviews in flight.
+    pub reviews: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the broker reads from a token before asking TokenReview (the API
+/// server checks the signature; this only turns away what cannot pass).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TokenShape {
+    /// `exp`, seconds since the epoch.
+    pub expires_at: i64,
+}
+
+/// Refuses a bearer token that is not a JWT for audience `attache-broker`
+/// that has not expired, without a TokenReview.
+pub fn precheck(token: &str, now_unix: i64) -> Result<TokenShape, &'static str> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(_header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("the bearer token is not a JWT");
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "the bearer token's payload is not base64url")?;
+    let claims: Value =
+        serde_json::from_slice(&bytes).map_err(|_| "the bearer token's payload is not JSON")?;
+    let audience_ok = match &claims["aud"] {
+        Value::String(a) => a == TOKEN_AUDIENCE,
+        Value::Array(list) => list.iter().any(|a| a == TOKEN_AUDIENCE),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err("the token's audience must include \"attache-broker\"");
+    }
+    let expires_at = claims["exp"]
+        .as_i64()
+        .ok_or("the bearer token has no expiry")?;
+    if expires_at + EXP_LEEWAY_SECS < now_unix {
+        return Err("the bearer token has expired");
+    }
+    Ok(TokenShape { expires_at })
 }
 
 /// An API refusal: status, code, message.
@@ -73,12 +124,19 @@ impl Refusal {
     }
 }
 
+/// The Kubernetes API failed: the detail goes to the log, the caller (maybe
+/// unauthenticated) gets generic text.
 fn kube_unavailable(what: &str, e: kube::Error) -> Refusal {
+    tracing::warn!(error = %e, "{what}");
     Refusal(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
-        format!("{what}: {e}"),
+        format!("{what}: the Kubernetes API is unavailable, retry later"),
     )
+}
+
+fn unauthenticated(why: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", why.into())
 }
 
 impl CertApi {
@@ -98,13 +156,14 @@ impl CertApi {
             .await
             .map_err(|e| kube_unavailable("TokenReview failed", e))?;
         let status = result.status.unwrap_or_default();
-        let unauthenticated =
-            |why: String| Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", why);
         if status.authenticated != Some(true) {
-            return Err(unauthenticated(format!(
-                "the ServiceAccount token was not accepted: {}",
-                status.error.unwrap_or_else(|| "not authenticated".into())
-            )));
+            tracing::debug!(
+                reason = status.error.as_deref().unwrap_or(""),
+                "TokenReview refused a token"
+            );
+            return Err(unauthenticated(
+                "the ServiceAccount token was not accepted (TokenReview)",
+            ));
         }
         if !status
             .audiences
@@ -223,22 +282,37 @@ impl CertApi {
     }
 
     /// Authenticates and authorizes `token`, reusing a decision made in the
-    /// last [`TOKEN_CACHE_TTL`] for the same token (so a burst of pods, or a
-    /// sidecar retrying, does not hammer the API server). Refusals are not
-    /// cached. A reused decision for a pod-bound token still checks that the
+    /// last [`TOKEN_CACHE_TTL`] (never past the token's `exp`) for the same
+    /// token, so a burst of pods or a sidecar retrying does not hammer the API
+    /// server. A reused decision for a pod-bound token still checks that the
     /// pod exists (one read instead of TokenReview and three reads), so a
-    /// deleted pod's token stops working at once.
+    /// deleted pod's token stops working at once. Tokens that cannot pass
+    /// (not a JWT, wrong audience, expired) are refused without a TokenReview;
+    /// tokens TokenReview refused are refused again for
+    /// [`REFUSAL_CACHE_TTL`] without asking; TokenReviews in flight are bounded.
     pub async fn identify(&self, token: &str) -> Result<(Caller, String), Refusal> {
         let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
             .unwrap_or([0; 32]);
+        let now = Instant::now();
+        if self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|until| *until > now)
+        {
+            return Err(unauthenticated(
+                "the ServiceAccount token was not accepted (TokenReview)",
+            ));
+        }
         let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .filter(|(_, _, until)| *until > Instant::now())
+            .filter(|(_, _, until)| *until > now)
             .map(|(caller, role, _)| (caller.clone(), role.clone()));
         if let Some((caller, role)) = cached {
             self.metrics.token_cache_hits.inc();
@@ -251,17 +325,47 @@ impl CertApi {
             }
             return Ok((caller, role));
         }
-        let caller = self.authenticate(token).await?;
+        let shape =
+            precheck(token, OffsetDateTime::now_utc().unix_timestamp()).map_err(unauthenticated)?;
+        let caller = {
+            let _permit = tokio::time::timeout(TOKEN_REVIEW_WAIT, self.reviews.acquire())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    Refusal(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "too many certificate requests at once, retry later".into(),
+                    )
+                })?;
+            match self.authenticate(token).await {
+                Err(r) if r.0 == StatusCode::UNAUTHORIZED => {
+                    remember(&self.refusals, key, Instant::now() + REFUSAL_CACHE_TTL);
+                    return Err(r);
+                }
+                other => other?,
+            }
+        };
         let role = self.authorize(&caller).await?;
+        let left = shape.expires_at - OffsetDateTime::now_utc().unix_timestamp();
+        let ttl = TOKEN_CACHE_TTL.min(Duration::from_secs(left.max(0).unsigned_abs()));
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if cache.len() >= TOKEN_CACHE_MAX {
             cache.retain(|_, (_, _, until)| *until > now);
             if cache.len() >= TOKEN_CACHE_MAX {
-                cache.clear();
+                // Still full of live entries: drop the one closest to expiry.
+                if let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, (_, _, u))| *u)
+                    .map(|(k, _)| *k)
+                {
+                    cache.remove(&oldest);
+                }
             }
         }
-        cache.insert(key, (caller.clone(), role.clone(), now + TOKEN_CACHE_TTL));
+        cache.insert(key, (caller.clone(), role.clone(), now + ttl));
         Ok((caller, role))
     }
 
@@ -353,6 +457,59 @@ pub async fn issue(
             tracing::warn!(status = r.0.as_u16(), error = r.1, message = %r.2, "refused certificate request");
             Metrics::count(&api.metrics.certificates_refused, r.1);
             r.into_response()
+        }
+    }
+}
+
+/// Adds a refused token to the bounded refusal cache.
+fn remember(refusals: &Mutex<HashMap<[u8; 32], Instant>>, key: [u8; 32], until: Instant) {
+    let mut map = refusals.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= TOKEN_CACHE_MAX {
+        let now = Instant::now();
+        map.retain(|_, u| *u > now);
+        if map.len() >= TOKEN_CACHE_MAX {
+            return;
+        }
+    }
+    map.insert(key, until);
+}
+
+#[cfg(test)]
+mod precheck_tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn jwt(claims: Value) -> String {
+        let enc =
+            |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.sig", enc(&json!({"alg": "ES256"})), enc(&claims))
+    }
+
+    #[test]
+    fn only_unexpired_jwts_for_the_broker_reach_token_review() {
+        let now = 1_800_000_000;
+        let good = jwt(json!({"aud": ["attache-broker"], "exp": now + 600}));
+        assert_eq!(
+            precheck(&good, now),
+            Ok(TokenShape {
+                expires_at: now + 600
+            })
+        );
+        let single = jwt(json!({"aud": "attache-broker", "exp": now + 600}));
+        assert!(precheck(&single, now).is_ok());
+        for (token, why) in [
+            ("garbage".to_string(), "not a JWT"),
+            ("a.b.c.d".to_string(), "not a JWT"),
+            ("a.!!!.c".to_string(), "base64url"),
+            (jwt(json!({"aud": ["vault"], "exp": now + 600})), "audience"),
+            (jwt(json!({"aud": ["attache-broker"]})), "no expiry"),
+            (
+                jwt(json!({"aud": ["attache-broker"], "exp": now - 3600})),
+                "expired",
+            ),
+        ] {
+            let err = precheck(&token, now).unwrap_err();
+            assert!(err.contains(why), "{token}: {err}");
         }
     }
 }

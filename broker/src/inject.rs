@@ -38,6 +38,9 @@ pub struct InjectConfig {
     pub restrictions: bool,
     /// Lifetime of the projected ServiceAccount token, seconds.
     pub sa_token_seconds: i64,
+    /// UID and GID the sidecar runs as: one no app container uses, so an app
+    /// sharing the pod's process namespace cannot read the sidecar's memory.
+    pub sidecar_uid: i64,
 }
 
 /// What to do with a pod.
@@ -112,9 +115,6 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     let Some(role) = pod_role(pod, ctx.sa_annotations) else {
         return Decision::Skip("no attache.dev/role-arn on the pod or its ServiceAccount");
     };
-    if already_injected(pod) {
-        return Decision::Skip("already injected");
-    }
     if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
         return Decision::Deny(format!(
             "attache cannot serve credentials to pods with hostNetwork: true (the loopback endpoint would be shared with the node); pod in namespace {:?} with role {role:?}: remove hostNetwork or the {ANN_ROLE_ARN} annotation",
@@ -131,6 +131,11 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
         cfg.restrictions,
     ) {
         return Decision::Deny(e.to_string());
+    }
+    // Only after the refusals above: a pod that brings its own container
+    // named attache-sidecar gets no pass around them.
+    if already_injected(pod) {
+        return Decision::Skip("already injected");
     }
     let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
     let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.profile_arn.clone()) else {
@@ -170,6 +175,12 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
         .to_string();
 
     let mut warnings = Vec::new();
+    if pod.pointer("/spec/shareProcessNamespace") == Some(&Value::Bool(true)) {
+        warnings.push(format!(
+            "shareProcessNamespace: true lets the pod's containers see the attache sidecar's process; it runs as UID {} and is not dumpable, so only a container running as that UID or with CAP_SYS_PTRACE could read its key: keep app containers off that UID",
+            cfg.sidecar_uid
+        ));
+    }
     let partition = |arn: &str| arn.split(':').nth(1).unwrap_or("").to_string();
     if partition(role) != partition(&profile) {
         warnings.push(format!(
@@ -328,8 +339,8 @@ fn sidecar_container(
         },
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
+            "runAsUser": cfg.sidecar_uid,
+            "runAsGroup": cfg.sidecar_uid,
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
@@ -357,12 +368,12 @@ fn sidecar_container(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const ROLE: &str = "arn:aws:iam::123456789012:role/app-reader";
 
-    fn cfg() -> InjectConfig {
+    pub(crate) fn cfg() -> InjectConfig {
         InjectConfig {
             image: "ghcr.io/attache-dev/attache:test".into(),
             image_pull_policy: "IfNotPresent".into(),
@@ -379,6 +390,7 @@ mod tests {
             native_sidecar: true,
             restrictions: true,
             sa_token_seconds: 3600,
+            sidecar_uid: 19911,
         }
     }
 
@@ -564,6 +576,43 @@ mod tests {
         assert!(
             ops.iter()
                 .any(|o| o["path"] == "/metadata/annotations/attache.dev~1injected")
+        );
+    }
+
+    #[test]
+    fn a_pod_bringing_its_own_attache_sidecar_container_is_still_checked() {
+        let mut p = pod();
+        p["spec"]["initContainers"] = json!([{"name": SIDECAR_NAME, "image": "evil"}]);
+        // Not allowed by the namespace: refused, not skipped as "already injected".
+        let Decision::Deny(m) = run(&p, &BTreeMap::new(), &sa(), &cfg()) else {
+            panic!("a self-declared sidecar skipped the policy check")
+        };
+        assert!(m.contains(ANN_ALLOWED_ROLES), "{m}");
+        p["spec"]["hostNetwork"] = json!(true);
+        let Decision::Deny(m) = run(&p, &allowed(), &sa(), &cfg()) else {
+            panic!("a self-declared sidecar skipped the hostNetwork refusal")
+        };
+        assert!(m.contains("hostNetwork"), "{m}");
+    }
+
+    #[test]
+    fn the_sidecar_runs_as_its_own_uid_and_shared_process_namespaces_are_flagged() {
+        let mut p = pod();
+        p["spec"]["shareProcessNamespace"] = json!(true);
+        let Decision::Patch { ops, warnings, .. } = run(&p, &allowed(), &sa(), &cfg()) else {
+            panic!()
+        };
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("shareProcessNamespace") && w.contains("19911")),
+            "{warnings:?}"
+        );
+        let out = apply(&p, &ops);
+        let sc = &out["spec"]["initContainers"][0]["securityContext"];
+        assert_eq!(
+            (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
+            (Some(19911), Some(19911))
         );
     }
 

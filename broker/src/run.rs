@@ -28,7 +28,8 @@ use crate::webhook::Webhook;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How often the CA bundle ConfigMap and the webhook caBundle are re-checked.
 pub const CA_BUNDLE_RECHECK: Duration = Duration::from_secs(300);
-/// Requests handled at once on the HTTPS port.
+/// Requests handled at once on each HTTPS port (the webhook's and the
+/// certificate API's pools are separate, so one cannot starve the other).
 pub const MAX_CONCURRENT: usize = 1024;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -103,15 +104,34 @@ pub struct RunArgs {
         default_value = "kube-system"
     )]
     pub excluded_namespaces: Vec<String>,
-    /// Lifetime of workload certificates.
-    #[arg(long, env = "ATTACHE_LEAF_LIFETIME", default_value = "24h", value_parser = duration)]
+    /// Lifetime of workload certificates (no longer than the projected token's, so a stolen key is worth no more than the token it was issued for).
+    #[arg(long, env = "ATTACHE_LEAF_LIFETIME", default_value = "1h", value_parser = duration)]
     pub leaf_lifetime: Duration,
     /// Lifetime of the projected ServiceAccount token given to sidecars, seconds.
     #[arg(long, env = "ATTACHE_SA_TOKEN_SECONDS", default_value_t = 3600)]
     pub sa_token_seconds: i64,
-    /// HTTPS listen address (webhook and certificate API).
+    /// UID and GID of the injected sidecar: one your app images do not use (not 0, 1000, 65532, 65534).
+    #[arg(long, env = "ATTACHE_SIDECAR_UID", default_value_t = 19911, value_parser = clap::value_parser!(i64).range(1..=2147483647))]
+    pub sidecar_uid: i64,
+    /// HTTPS listen address of the certificate API (POST /v1/certificates), reached by sidecars.
     #[arg(long, env = "ATTACHE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
+    /// HTTPS listen address of the admission webhook (POST /mutate), reached by the API server only.
+    #[arg(long, env = "ATTACHE_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    pub webhook_listen: SocketAddr,
+    /// Whole-request time limit on both HTTPS ports (headers, body and answer); slower requests get 408.
+    #[arg(long, env = "ATTACHE_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// Open connections one client address may hold on the certificate API port.
+    #[arg(long, env = "ATTACHE_MAX_CONNECTIONS_PER_PEER", default_value_t = 16)]
+    pub max_connections_per_peer: usize,
+    /// TokenReviews in flight at once; further certificate requests wait (then 503).
+    #[arg(
+        long,
+        env = "ATTACHE_MAX_CONCURRENT_TOKEN_REVIEWS",
+        default_value_t = 32
+    )]
+    pub max_concurrent_token_reviews: usize,
     /// Admin listen address (/healthz, /readyz, /metrics; plain HTTP).
     #[arg(long, env = "ATTACHE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
@@ -140,8 +160,10 @@ pub struct RunArgs {
 
 /// A running broker (for tests and the binary).
 pub struct Running {
-    /// HTTPS address actually bound.
+    /// Certificate API address actually bound.
     pub addr: SocketAddr,
+    /// Webhook address actually bound.
+    pub webhook_addr: SocketAddr,
     /// Admin address actually bound.
     pub admin_addr: SocketAddr,
     /// The CA.
@@ -313,6 +335,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             native_sidecar: args.native_sidecar,
             restrictions: args.namespace_restrictions,
             sa_token_seconds: args.sa_token_seconds,
+            sidecar_uid: args.sidecar_uid,
         }),
         excluded_namespaces: Arc::new(excluded),
         metrics: metrics.clone(),
@@ -325,19 +348,30 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         restrictions: args.namespace_restrictions,
         metrics: metrics.clone(),
         cache: Arc::new(Mutex::new(Default::default())),
+        refusals: Arc::new(Mutex::new(Default::default())),
+        reviews: Arc::new(tokio::sync::Semaphore::new(
+            args.max_concurrent_token_reviews.max(1),
+        )),
     };
-    let main = Router::new()
-        .route("/mutate", post(crate::webhook::mutate).with_state(webhook))
-        .route(
-            "/v1/certificates",
-            post(crate::certapi::issue).with_state(certs),
-        )
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            MAX_CONCURRENT,
-        ));
+    let limits = |router: Router| {
+        router
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_BODY_BYTES,
+            ))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                args.request_timeout,
+            ))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                MAX_CONCURRENT,
+            ))
+    };
+    let main = limits(Router::new().route(
+        "/v1/certificates",
+        post(crate::certapi::issue).with_state(certs),
+    ));
+    let webhook_router =
+        limits(Router::new().route("/mutate", post(crate::webhook::mutate).with_state(webhook)));
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
@@ -348,18 +382,34 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         .with_state(metrics.clone());
 
     let listener = attache_sidecar::serve::bind(args.listen).await?;
+    let webhook_listener = attache_sidecar::serve::bind(args.webhook_listen).await?;
     let admin_listener = attache_sidecar::serve::bind(args.admin_listen).await?;
     let addr = listener.local_addr()?;
+    let webhook_addr = webhook_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let rotation = tokio::spawn(cert.clone().rotate_forever(ca.clone(), names));
+    let (webhook_stop_tx, webhook_stop_rx) = oneshot::channel::<()>();
+    let serve_webhook = tokio::spawn(attache_sidecar::serve::serve(
+        webhook_listener,
+        webhook_router,
+        Some(tls.clone()),
+        async move {
+            let _ = webhook_stop_rx.await;
+        },
+    ));
+    let per_peer = attache_sidecar::serve::ConnectionLimits {
+        per_peer: Some(args.max_connections_per_peer.max(1)),
+    };
     let serve_main = tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        attache_sidecar::serve::serve(listener, main, Some(tls), stop).await;
-        // The admin port goes down last, after in-flight reviews finished.
+        attache_sidecar::serve::serve_limited(listener, main, Some(tls), stop, per_peer).await;
+        let _ = webhook_stop_tx.send(());
+        let _ = serve_webhook.await;
+        // The admin port goes down last, after in-flight requests finished.
         let _ = admin_stop_tx.send(());
         rotation.abort();
         keeper.abort();
@@ -372,9 +422,10 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             let _ = admin_stop_rx.await;
         },
     ));
-    tracing::info!(%addr, %admin_addr, "broker serving");
+    tracing::info!(%addr, %webhook_addr, %admin_addr, "broker serving");
     Ok(Running {
         addr,
+        webhook_addr,
         admin_addr,
         ca,
         metrics,

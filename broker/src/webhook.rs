@@ -62,28 +62,41 @@ pub async fn mutate(
                 );
             }
         };
-    let resp = w.review(&req).await;
-    review(resp)
+    match w.review(&req).await {
+        Ok(resp) => review(resp),
+        // The API server's failurePolicy decides (Fail: the pod is refused
+        // with this message; Ignore: admitted unmodified): never a denial
+        // in attache's name for a pod that may not even want a role.
+        Err(message) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": "unavailable", "message": message})),
+        ),
+    }
 }
 
 impl Webhook {
-    async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    /// The review's answer; `Err` when the ServiceAccount or namespace
+    /// cannot be read (answered with HTTP 500).
+    async fn review(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> Result<AdmissionResponse, String> {
         let allow = AdmissionResponse::from(req);
         if req.kind.kind != "Pod"
             || !matches!(req.operation, Operation::Create)
             || req.sub_resource.is_some()
         {
             Metrics::count(&self.metrics.admissions, "skipped");
-            return allow;
+            return Ok(allow);
         }
         let namespace = req.namespace.clone().unwrap_or_default();
         if self.excluded_namespaces.contains(&namespace) {
             Metrics::count(&self.metrics.admissions, "skipped");
-            return allow;
+            return Ok(allow);
         }
         let Some(obj) = &req.object else {
             Metrics::count(&self.metrics.admissions, "invalid");
-            return allow.deny("the review has no pod object");
+            return Ok(allow.deny("the review has no pod object"));
         };
         let pod = serde_json::to_value(obj).unwrap_or_default();
         let sa_name = pod
@@ -105,8 +118,8 @@ impl Webhook {
                 // failurePolicy decides what the API server does with this.
                 Metrics::count(&self.metrics.admissions, "error");
                 tracing::error!(namespace = %namespace, service_account = %sa_name, error = %e, "cannot read ServiceAccount or namespace");
-                return allow.deny(format!(
-                    "attache cannot read ServiceAccount {namespace}/{sa_name} or its namespace: {e}"
+                return Err(format!(
+                    "attache cannot read ServiceAccount {namespace}/{sa_name} or its namespace; retry"
                 ));
             }
         };
@@ -121,12 +134,12 @@ impl Webhook {
             Decision::Skip(why) => {
                 tracing::debug!(namespace = %namespace, service_account = %sa_name, reason = why, "not injecting");
                 Metrics::count(&self.metrics.admissions, "skipped");
-                allow
+                Ok(allow)
             }
             Decision::Deny(message) => {
                 tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, message = %message, "denied pod");
                 Metrics::count(&self.metrics.admissions, "denied");
-                allow.deny(message)
+                Ok(allow.deny(message))
             }
             Decision::Patch {
                 ops,
@@ -135,19 +148,69 @@ impl Webhook {
             } => {
                 let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
                     Ok(p) => p,
-                    Err(e) => return allow.deny(format!("internal error building the patch: {e}")),
+                    Err(e) => {
+                        return Ok(allow.deny(format!("internal error building the patch: {e}")));
+                    }
                 };
                 tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, role_arn = %role_arn, "injecting sidecar");
                 Metrics::count(&self.metrics.admissions, "injected");
                 let mut resp = match allow.clone().with_patch(patch) {
                     Ok(r) => r,
-                    Err(e) => return allow.deny(format!("internal error encoding the patch: {e}")),
+                    Err(e) => {
+                        return Ok(allow.deny(format!("internal error encoding the patch: {e}")));
+                    }
                 };
                 if !warnings.is_empty() {
                     resp.warnings = Some(warnings);
                 }
-                resp
+                Ok(resp)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When the ServiceAccount cannot be read, the webhook answers HTTP 500 so
+    /// the API server's failurePolicy decides, instead of denying a pod that
+    /// may not even ask for a role.
+    #[tokio::test]
+    async fn an_api_read_error_is_a_500_not_a_denial() {
+        // Nothing listens on a port that was just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
+        let w = Webhook {
+            client: kube::Client::try_from(config).unwrap(),
+            config: Arc::new(crate::inject::tests::cfg()),
+            excluded_namespaces: Arc::new(vec!["kube-system".into()]),
+            metrics: Metrics::default(),
+        };
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "team-a", "operation": "CREATE", "name": "web",
+                "userInfo": {"username": "admin"},
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                           "spec": {"containers": [{"name": "app", "image": "x"}]}},
+            }
+        });
+        let (status, Json(body)) = mutate(State(w), review.to_string().into_bytes().into()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("team-a/default"),
+            "{body}"
+        );
+        assert!(
+            body.get("response").is_none(),
+            "not an AdmissionReview denial"
+        );
     }
 }

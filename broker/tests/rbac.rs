@@ -495,7 +495,20 @@ fn manifests_match_the_brokers_defaults() {
     assert_eq!(svc_ref["name"], d.service_name.as_str());
     assert_eq!(svc_ref["namespace"], d.namespace.as_str());
     assert_eq!(svc_ref["path"], "/mutate");
-    assert_eq!(svc_ref["port"], 443);
+    // The webhook port of the Service, which targets the broker's --webhook-listen port.
+    assert_eq!(svc_ref["port"], 9443);
+    let svc = find(&docs, "Service", &d.service_name);
+    let webhook_port = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 9443)
+        .expect("a Service port 9443");
+    assert_eq!(webhook_port["targetPort"], "webhook");
+    assert_eq!(
+        w["namespaceSelector"]["matchLabels"]["attache.dev/injection"], "enabled",
+        "only opted-in namespaces are sent to the webhook"
+    );
     assert!(
         w["clientConfig"].get("caBundle").is_none(),
         "the broker sets caBundle"

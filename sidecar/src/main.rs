@@ -7,6 +7,18 @@ use attache_sidecar::cli::Cli;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Not dumpable: no core dumps, and /proc/<pid>/{mem,environ,root} and
+    // ptrace are closed to other processes of the same UID (an app container
+    // sharing the pod's process namespace), so the private key and the
+    // broker token stay in this process.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!(
+            "attache-sidecar: cannot make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

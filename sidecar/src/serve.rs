@@ -2,8 +2,10 @@
 //! listener has: header read timeout, graceful shutdown that lets in-flight
 //! requests finish.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,6 +16,44 @@ use tokio::net::TcpListener;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Limits of one listener beyond the ones every listener has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionLimits {
+    /// Open connections one peer address may hold; further ones are closed
+    /// at once (`None`: no cap, e.g. for the API server calling the webhook).
+    pub per_peer: Option<usize>,
+}
+
+/// Open connections by peer address; a guard gives its slot back on drop.
+#[derive(Clone, Default)]
+struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct PeerSlot(PeerCounts, IpAddr);
+
+impl PeerCounts {
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// Serves `service` (an axum `Router` or any tower service) on `listener` until `shutdown` resolves, then waits up to
 /// [`SHUTDOWN_GRACE`] for open connections to finish. With `tls`, every
@@ -35,7 +75,36 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_limited(
+        listener,
+        service,
+        tls,
+        shutdown,
+        ConnectionLimits::default(),
+    )
+    .await;
+}
+
+/// [`serve`] with [`ConnectionLimits`].
+pub async fn serve_limited<S, B>(
+    listener: TcpListener,
+    service: S,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ConnectionLimits,
+) where
+    S: tower::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let peers = PeerCounts::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -48,6 +117,16 @@ pub async fn serve<S, B>(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let slot = match limits.per_peer {
+            Some(cap) => match peers.take(peer.ip(), cap) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, cap, "connection refused: too many from this peer");
+                    continue;
+                }
+            },
+            None => None,
         };
         let service = TowerToHyperService::new(service.clone());
         let builder = {
@@ -62,6 +141,7 @@ pub async fn serve<S, B>(
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
+                    drop(slot);
                 });
             }
             Some(acceptor) => {
@@ -76,6 +156,7 @@ pub async fn serve<S, B>(
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
+                    drop(slot);
                 });
             }
         }

@@ -373,7 +373,7 @@ fn python_venv(paths: &Paths) -> Result<Built> {
     let reqs = paths.root.join("tests/requirements.txt");
     let venv = paths.tools.join("venv");
     let python = venv.join("bin/python3");
-    let stamp = Stamp::new(paths, "python", &"venv", &[reqs.clone()])?;
+    let stamp = Stamp::new(paths, "python", &"venv", std::slice::from_ref(&reqs))?;
     if stamp.fresh(std::slice::from_ref(&python)) {
         return Ok(Built::Cached);
     }

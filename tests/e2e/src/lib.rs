@@ -11,10 +11,15 @@
 //! ([`ApiServer::namespace`]). Its processes die with the test process (a
 //! parent-death signal) and its files are removed at exit, even after a panic.
 //!
+//! [`FaultProxy`] sits between a client and the API server to answer chosen
+//! requests with injected failures (409, 5xx) the real server gives on no cue.
+//!
 //! Depends on no attache crate but the testkit; the tests bring the rest.
 
 mod certs;
 mod process;
+mod proxy;
 mod server;
 
+pub use proxy::{FaultProxy, Seen};
 pub use server::{ApiServer, ApiServerOptions, ISSUER, TokenSpec};

@@ -111,18 +111,11 @@ impl ApiServer {
         )?;
         server.start_etcd().await?;
         server.start_apiserver().await?;
-        let rss = |c: &Mutex<Option<Child>>| {
-            c.lock()
-                .ok()
-                .and_then(|c| c.as_ref().and_then(|c| process::rss_mib(c.id())))
-                .unwrap_or(0.0)
-        };
+        let (etcd_rss, apiserver_rss) = server.rss_mib();
         eprintln!(
-            "e2e: etcd + kube-apiserver ready at {} in {:.1}s (RSS etcd {:.0} MiB, kube-apiserver {:.0} MiB)",
+            "e2e: etcd + kube-apiserver ready at {} in {:.1}s (RSS etcd {etcd_rss:.0} MiB, kube-apiserver {apiserver_rss:.0} MiB)",
             server.url,
             started.elapsed().as_secs_f64(),
-            rss(&server.etcd),
-            rss(&server.apiserver),
         );
         Ok(server)
     }
@@ -288,12 +281,24 @@ impl ApiServer {
 
     /// A kubeconfig whose user authenticates with `auth` (kubeconfig `user` fields).
     pub fn kubeconfig_yaml(&self, user: &str, auth: serde_json::Value) -> String {
+        self.kubeconfig_yaml_via(&self.url, &self.certs.ca_pem, user, auth)
+    }
+
+    /// A kubeconfig for the server at `url`, trusting `ca_pem`, e.g. a
+    /// [`crate::FaultProxy`] in front of this API server.
+    pub fn kubeconfig_yaml_via(
+        &self,
+        url: &str,
+        ca_pem: &str,
+        user: &str,
+        auth: serde_json::Value,
+    ) -> String {
         json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "e2e", "cluster": {
-                "server": self.url,
-                "certificate-authority-data": b64(&self.certs.ca_pem),
+                "server": url,
+                "certificate-authority-data": b64(ca_pem),
             }}],
             "users": [{"name": user, "user": auth}],
             "contexts": [{"name": user, "context": {"cluster": "e2e", "user": user}}],
@@ -332,6 +337,29 @@ impl ApiServer {
     pub async fn client_with_token(&self, token: &str) -> kube::Client {
         let yaml = self.kubeconfig_yaml("token", json!({"token": token}));
         Self::client_from_yaml(&yaml).await.expect("token client")
+    }
+
+    /// A client of the server at `url` (trusting `ca_pem`) authenticated by a
+    /// bearer token, e.g. through a [`crate::FaultProxy`].
+    pub async fn client_with_token_via(
+        &self,
+        url: &str,
+        ca_pem: &str,
+        token: &str,
+    ) -> kube::Client {
+        let yaml = self.kubeconfig_yaml_via(url, ca_pem, "token", json!({"token": token}));
+        Self::client_from_yaml(&yaml).await.expect("token client")
+    }
+
+    /// Resident memory of etcd and kube-apiserver now, MiB.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let rss = |c: &Mutex<Option<Child>>| {
+            c.lock()
+                .ok()
+                .and_then(|c| c.as_ref().and_then(|c| process::rss_mib(c.id())))
+                .unwrap_or(0.0)
+        };
+        (rss(&self.etcd), rss(&self.apiserver))
     }
 
     /// A TokenRequest token for `namespace/service_account` with these

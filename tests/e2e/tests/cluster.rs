@@ -143,6 +143,10 @@ async fn pods_are_mutated_by_the_real_admission_chain() {
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
     assert!(sidecar["startupProbe"]["exec"].is_object(), "{sidecar:#}");
     assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        sidecar["securityContext"]["runAsUser"], 19911,
+        "a UID app images do not use"
+    );
     assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         sidecar["securityContext"]["allowPrivilegeEscalation"],
@@ -241,6 +245,28 @@ async fn pods_are_mutated_by_the_real_admission_chain() {
     )]));
     pods.create(&PostParams::default(), &p).await.unwrap();
     assert!(!injected(&stored(&admin, &ns, "optout-label").await));
+
+    // A namespace not labelled attache.dev/injection=enabled is never sent
+    // to the webhook: its pods start untouched even with a role.
+    let unlabelled = server
+        .namespace(
+            "unlabelled",
+            json!({"attache.dev/allowed-roles": serde_json::to_string(&[ROLE]).unwrap()}),
+            json!({}),
+        )
+        .await;
+    service_account(
+        &admin,
+        &unlabelled,
+        "app",
+        json!({"attache.dev/role-arn": ROLE}),
+    )
+    .await;
+    Api::<Pod>::namespaced(admin.clone(), &unlabelled)
+        .create(&PostParams::default(), &pod("web", "app"))
+        .await
+        .unwrap();
+    assert!(!injected(&stored(&admin, &unlabelled, "web").await));
 
     // A ServiceAccount without a role: untouched.
     service_account(&admin, &ns, "plain", json!({})).await;
@@ -567,7 +593,7 @@ async fn malformed_admission_reviews_get_a_400_with_a_reason() {
         "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":1}}",
     ] {
         let resp = http
-            .post(format!("{}/mutate", broker.url()))
+            .post(format!("https://{}/mutate", broker.webhook_addr))
             .body(body)
             .send()
             .await
@@ -585,19 +611,19 @@ async fn malformed_admission_reviews_get_a_400_with_a_reason() {
     // An oversized body is refused from its Content-Length, before it is read.
     let head = format!(
         "POST /mutate HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        broker.addr,
+        broker.webhook_addr,
         2 * 1024 * 1024
     );
-    let reply = raw_tls_exchange(broker, head.as_bytes()).await;
+    let reply = raw_tls_exchange(broker.webhook_addr, &broker.ca_pem, head.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 }
 
 /// Sends `request` over TLS to the broker and returns the start of the reply.
-async fn raw_tls_exchange(broker: &SharedBroker, request: &[u8]) -> String {
+async fn raw_tls_exchange(addr: std::net::SocketAddr, ca_pem: &str, request: &[u8]) -> String {
     use rustls_pki_types::pem::PemObject as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(broker.ca_pem.as_bytes()) {
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
@@ -607,7 +633,7 @@ async fn raw_tls_exchange(broker: &SharedBroker, request: &[u8]) -> String {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
@@ -667,4 +693,172 @@ async fn two_replicas_starting_together_share_one_ca() {
     a.shutdown().await;
     b.shutdown().await;
     assert_broker_calls_allowed_and_listed(&server, BROKER_USER, BROKER_NS);
+}
+
+/// Opens a TLS connection and sends a request head whose body never comes;
+/// `None` when the broker closed the connection before the handshake ended.
+async fn slow_body(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    path: &str,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::AsyncWriteExt as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+    );
+    tls.write_all(head.as_bytes()).await.ok()?;
+    tls.flush().await.ok()?;
+    Some(tls)
+}
+
+/// A client whose connections come from another loopback address (another peer).
+fn http_from(source: [u8; 4], ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review() {
+    use futures::StreamExt as _;
+    let server = deployed().await;
+    broker().await;
+    let (admin, ns) = team(server).await;
+    // A broker of its own (same CA Secret), so its metrics count only this
+    // test's requests; it leaves the webhook configuration alone.
+    let client = server.client_with_token(&broker_token(server).await).await;
+    let running = attache_broker::run::start(
+        broker_args(&["--ecr-enabled", "false", "--webhook-config", ""]),
+        client,
+    )
+    .await
+    .unwrap();
+    let ca_pem = running.ca.trust_anchor_pem();
+
+    // 1,100 slow-body connections from one pod's address to the certificate
+    // API port: at most --max-connections-per-peer (16) are even accepted.
+    let held: Vec<_> = futures::stream::iter(0..1100)
+        .map(|_| slow_body(running.addr, &ca_pem, "/v1/certificates"))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let accepted = held.iter().filter(|c| c.is_some()).count();
+    assert!(
+        accepted <= 16,
+        "{accepted} slow connections accepted from one peer"
+    );
+
+    // Meanwhile admission, on its own port and pool, answers at once ...
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": ns, "operation": "CREATE", "name": "web",
+            "userInfo": {"username": "admin"},
+            "object": serde_json::to_value(pod("web", "app")).unwrap(),
+        }
+    });
+    let mutate = running_http(&ca_pem)
+        .post(format!("https://{}/mutate", running.webhook_addr))
+        .json(&review)
+        .send();
+    let reply = tokio::time::timeout(Duration::from_secs(1), mutate)
+        .await
+        .expect("/mutate answered within 1 s during the flood")
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let answer: Value = reply.json().await.unwrap();
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+
+    // ... and another pod (another address) still gets its certificate.
+    let token = server
+        .token(
+            &ns,
+            "app",
+            TokenSpec {
+                audiences: &["attache-broker"],
+                seconds: 3600,
+                pod: None,
+            },
+        )
+        .await
+        .unwrap();
+    let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+        .unwrap()
+        .certificate_signing_request()
+        .unwrap();
+    let issued = http_from([127, 0, 0, 2], &ca_pem)
+        .post(format!("https://{}/v1/certificates", running.addr))
+        .bearer_auth(&token)
+        .json(&json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 200);
+    drop(held);
+
+    // 1,000 garbage tokens cost no TokenReview; 1,000 requests with one
+    // forged but well-formed token cost one.
+    let reviews_before = running.metrics.token_reviews.get();
+    let garbage = http_from([127, 0, 0, 3], &ca_pem);
+    let forged = {
+        use base64::Engine as _;
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+        format!(
+            "{}.{}.{}",
+            b64(json!({"alg": "ES256", "kid": "forged"})),
+            b64(
+                json!({"aud": ["attache-broker"], "exp": exp, "sub": format!("system:serviceaccount:{ns}:app")})
+            ),
+            "c2lnbmF0dXJl"
+        )
+    };
+    for (i, token) in (0..1000)
+        .map(|i| format!("garbage-{i}"))
+        .chain(std::iter::repeat_n(forged, 1000))
+        .enumerate()
+    {
+        let status = garbage
+            .post(format!("https://{}/v1/certificates", running.addr))
+            .bearer_auth(&token)
+            .json(&json!({"csr": "x"}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "request {i}");
+    }
+    let reviews = running.metrics.token_reviews.get() - reviews_before;
+    assert_eq!(reviews, 1, "TokenReviews for 2,000 bad requests");
+    running.shutdown().await;
+    let _ = admin;
+}
+
+fn running_http(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap()
 }

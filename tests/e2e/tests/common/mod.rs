@@ -91,6 +91,8 @@ pub fn broker_args(extra: &[&str]) -> attache_broker::run::RunArgs {
         "attache-broker",
         "--listen",
         "127.0.0.1:0",
+        "--webhook-listen",
+        "127.0.0.1:0",
         "--admin-listen",
         "127.0.0.1:0",
         "--tls-sans",
@@ -110,6 +112,7 @@ pub fn broker_args(extra: &[&str]) -> attache_broker::run::RunArgs {
 /// test (each with its own runtime) can use it.
 pub struct SharedBroker {
     pub addr: SocketAddr,
+    pub webhook_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ca_pem: String,
 }
@@ -166,6 +169,7 @@ pub async fn broker() -> &'static SharedBroker {
                         .expect("broker starts as its own ServiceAccount");
                         let _ = tx.send(SharedBroker {
                             addr: running.addr,
+                            webhook_addr: running.webhook_addr,
                             admin_addr: running.admin_addr,
                             ca_pem: running.ca.trust_anchor_pem(),
                         });
@@ -210,7 +214,7 @@ async fn point_webhook_at(server: &ApiServer, broker: &SharedBroker) {
     let patch = json!([{
         "op": "replace",
         "path": "/webhooks/0/clientConfig",
-        "value": {"url": format!("{}/mutate", broker.url()), "caBundle": base64(&bundle.0)},
+        "value": {"url": format!("https://{}/mutate", broker.webhook_addr), "caBundle": base64(&bundle.0)},
     }]);
     api.patch(
         "attache-broker",
@@ -226,13 +230,15 @@ pub fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A namespace for one test, allowing `roles` (attache.dev/allowed-roles).
+/// A namespace for one test, opted into the webhook
+/// (`attache.dev/injection=enabled`) and allowing `roles`
+/// (`attache.dev/allowed-roles`).
 pub async fn team_namespace(server: &ApiServer, roles: &[&str]) -> String {
     server
         .namespace(
             "team",
             json!({"attache.dev/allowed-roles": serde_json::to_string(roles).unwrap()}),
-            json!({}),
+            json!({"attache.dev/injection": "enabled"}),
         )
         .await
 }

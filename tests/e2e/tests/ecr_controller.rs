@@ -1,9 +1,15 @@
-//! The ECR pull-secret controller against the Kubernetes API double and the
-//! AWS emulator, on a manual clock: Secrets appear with passwords the emulator
-//! accepts, tokens are shared, refreshed before expiry, restored after edits,
-//! foreign Secrets are left alone, removal cleans up, conflicts and throttling
-//! are survived, and a Lease hands the work from one replica to another.
+//! The ECR pull-secret controller against the real kube-apiserver, as the
+//! broker's ServiceAccount (real RBAC), and the AWS emulator, on a manual
+//! clock: Secrets appear with passwords the emulator accepts, tokens are
+//! shared, refreshed before expiry, restored after edits, foreign Secrets are
+//! left alone, removal cleans up, conflicts, server errors and throttling are
+//! survived, and a Lease hands the work from one replica to another.
+//!
+//! Each test has an API server of its own (see `ecr_common`); the objects the
+//! server stores are validated by it. Faults the server cannot produce on cue
+//! (409, 5xx) come from the harness's `FaultProxy`.
 
+mod common;
 mod ecr_common;
 
 use std::time::Duration;
@@ -12,50 +18,51 @@ use attache_broker::ecr::secret::secret_name;
 use attache_broker::metrics::Metrics;
 use attache_emulator::Operation;
 use base64::Engine as _;
+use common::{BROKER_NS, BROKER_USER, assert_broker_calls_allowed_and_listed};
 use ecr_common::*;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-const ANN: &str = "attache.dev/ecr-registries";
-
-fn validate(w: &World, objs: Vec<serde_json::Value>) {
-    let _ = w;
-    attache_kube_double::schema::validate(&objs)
-        .expect("objects validate against the Kubernetes schemas");
+fn done(w: &World) {
+    assert_broker_calls_allowed_and_listed(&w.server, BROKER_USER, BROKER_NS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team-a", &[]);
-    w.service_account("team-a", "app", &[(ANN, &host)], &["existing-creds"]);
+    let ns = w.namespace("team-a", &[]).await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &["existing-creds"])
+        .await;
     w.service_account(
-        "team-a",
+        &ns,
         "typo",
         &[(ANN, "123.dkr.ecr.us-east-1.amazonaws.com")],
         &[],
-    );
-    w.service_account("team-a", "plain", &[], &[]);
+    )
+    .await;
+    w.service_account(&ns, "plain", &[], &[]).await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
 
     let name = secret_name("app");
-    eventually(10, "SA lists the pull secret", || {
-        w.pull_secrets("team-a", "app").contains(&name)
+    eventually(30, "SA lists the pull secret", async || {
+        w.pull_secrets(&ns, "app").await.contains(&name)
     })
     .await;
     // Other entries are kept, ours appended.
     assert_eq!(
-        w.pull_secrets("team-a", "app"),
+        w.pull_secrets(&ns, "app").await,
         vec!["existing-creds".to_string(), name.clone()]
     );
-    let secret = w.secret("team-a", &name).expect("secret");
+    let secret = w.secret(&ns, &name).await.expect("secret");
     assert_eq!(secret["type"], "kubernetes.io/dockerconfigjson");
     assert_eq!(
         secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "attache"
     );
-    let sa = w.sa("team-a", "app").unwrap();
+    let sa = w.sa(&ns, "app").await.unwrap();
     assert_eq!(
         secret["metadata"]["ownerReferences"][0]["uid"],
         sa["metadata"]["uid"]
@@ -79,7 +86,8 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
 
     // A Docker config a registry client would use: auths.<host>.{username,password,auth}.
     let cfg = w
-        .docker_config("team-a", &name)
+        .docker_config(&ns, &name)
+        .await
         .expect("dockerconfigjson parses");
     let entry = &cfg["auths"][&host];
     assert_eq!(entry["username"], "AWS");
@@ -95,15 +103,15 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
     assert_eq!(cfg.as_object().unwrap().len(), 1);
 
     // A bad entry: a Warning Event naming it, and nothing else.
-    eventually(10, "warning about the bad registry", || {
-        w.events_for("team-a", "typo").iter().any(|(r, n)| {
+    eventually(30, "warning about the bad registry", async || {
+        w.events_for(&ns, "typo").await.iter().any(|(r, n)| {
             r == "InvalidEcrRegistries" && n.contains("123.dkr.ecr.us-east-1.amazonaws.com")
         })
     })
     .await;
-    assert!(w.secret("team-a", &secret_name("typo")).is_none());
-    assert!(w.pull_secrets("team-a", "typo").is_empty());
-    assert!(w.secret("team-a", &secret_name("plain")).is_none());
+    assert!(w.secret(&ns, &secret_name("typo")).await.is_none());
+    assert!(w.pull_secrets(&ns, "typo").await.is_empty());
+    assert!(w.secret(&ns, &secret_name("plain")).await.is_none());
     assert!(
         metrics
             .encode()
@@ -112,56 +120,78 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
         metrics.encode()
     );
     assert!(!metrics.encode().contains(password));
-
-    validate(&w, vec![secret, w.sa("team-a", "app").unwrap()]);
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_sharing_a_role_cost_one_token_call_and_namespace_annotation_covers_every_sa() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    for ns in ["n1", "n2", "n3"] {
-        w.namespace(ns, &[]);
-        w.service_account(ns, "app", &[(ANN, &host)], &[]);
+    let mut teams = Vec::new();
+    for prefix in ["n1", "n2", "n3"] {
+        let ns = w.namespace(prefix, &[]).await;
+        w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
+        teams.push(ns);
     }
     // Namespace-wide: every SA there, unless its own annotation says otherwise.
-    w.namespace("wide", &[(ANN, &host)]);
-    w.service_account("wide", "one", &[], &[]);
-    w.service_account("wide", "opted-out", &[(ANN, "")], &[]);
+    let wide = w.namespace("wide", &[(ANN, &host)]).await;
+    // No controller-manager here to create the namespace's `default` SA: as it would.
+    w.service_account(&wide, "default", &[], &[]).await;
+    w.service_account(&wide, "one", &[], &[]).await;
+    w.service_account(&wide, "opted-out", &[(ANN, "")], &[])
+        .await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
-    eventually(10, "all pull secrets", || {
-        ["n1", "n2", "n3"]
-            .iter()
-            .all(|ns| w.pull_secrets(ns, "app").len() == 1)
-            && w.pull_secrets("wide", "one").len() == 1
-            && w.pull_secrets("wide", "default").len() == 1
+    eventually(30, "all pull secrets", async || {
+        for ns in &teams {
+            if w.pull_secrets(ns, "app").await.len() != 1 {
+                return false;
+            }
+        }
+        w.pull_secrets(&wide, "one").await.len() == 1
+            && w.pull_secrets(&wide, "default").await.len() == 1
     })
     .await;
-    assert!(w.secret("wide", &secret_name("opted-out")).is_none());
+    assert!(w.secret(&wide, &secret_name("opted-out")).await.is_none());
+    assert!(w.pull_secrets(&wide, "opted-out").await.is_empty());
     assert_eq!(
         w.emulator().request_count(Operation::GetAuthorizationToken),
         1
     );
-    let p1 = w.password("n1", &secret_name("app"), &host).unwrap();
-    assert_eq!(w.password("n3", &secret_name("app"), &host).unwrap(), p1);
+    let p1 = w
+        .password(&teams[0], &secret_name("app"), &host)
+        .await
+        .unwrap();
     assert_eq!(
-        w.password("wide", &secret_name("default"), &host).unwrap(),
+        w.password(&teams[2], &secret_name("app"), &host)
+            .await
+            .unwrap(),
         p1
     );
+    assert_eq!(
+        w.password(&wide, &secret_name("default"), &host)
+            .await
+            .unwrap(),
+        p1
+    );
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_travel_refreshes_restores_edits_and_cleans_up() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team", &[]);
-    w.service_account("team", "app", &[(ANN, &host)], &["keep-me"]);
+    let ns = w.namespace("team", &[]).await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &["keep-me"])
+        .await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
     let name = secret_name("app");
-    eventually(10, "secret", || w.password("team", &name, &host).is_some()).await;
-    let first = w.password("team", &name, &host).unwrap();
+    eventually(30, "secret", async || {
+        w.password(&ns, &name, &host).await.is_some()
+    })
+    .await;
+    let first = w.password(&ns, &name, &host).await.unwrap();
     let emu = w.emulator();
 
     // Five hours later nothing is due.
@@ -169,142 +199,184 @@ async fn time_travel_refreshes_restores_edits_and_cleans_up() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 1);
-    assert_eq!(w.password("team", &name, &host).unwrap(), first);
+    assert_eq!(w.password(&ns, &name, &host).await.unwrap(), first);
 
     // At 6 h (well before the 12 h expiry) the token is refreshed and written.
     w.tick(Duration::from_secs(3600 + 60), Duration::from_secs(60))
         .await;
-    eventually(10, "refreshed password", || {
-        w.password("team", &name, &host).is_some_and(|p| p != first)
+    eventually(30, "refreshed password", async || {
+        w.password(&ns, &name, &host)
+            .await
+            .is_some_and(|p| p != first)
     })
     .await;
     assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 2);
-    let second = w.password("team", &name, &host).unwrap();
+    let second = w.password(&ns, &name, &host).await.unwrap();
     assert_eq!(emu.ecr_password_valid(&second).as_deref(), Some(ROLE));
 
     // Deleted: restored with the cached token (no AWS call).
-    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
-        kube::Api::namespaced(w.client.clone(), "team");
+    let secrets: Api<Secret> = Api::namespaced(w.admin.clone(), &ns);
     secrets.delete(&name, &Default::default()).await.unwrap();
-    eventually(10, "secret restored", || {
-        w.password("team", &name, &host).as_deref() == Some(second.as_str())
+    eventually(30, "secret restored", async || {
+        w.password(&ns, &name, &host).await.as_deref() == Some(second.as_str())
     })
     .await;
 
     // Edited by someone else: restored.
     let patch = json!({"data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(r#"{"auths":{}}"#)}});
     secrets
-        .patch(
-            &name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    eventually(10, "edit reverted", || {
-        w.password("team", &name, &host).as_deref() == Some(second.as_str())
+    eventually(30, "edit reverted", async || {
+        w.password(&ns, &name, &host).await.as_deref() == Some(second.as_str())
     })
     .await;
     assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 2);
-    validate(
-        &w,
-        vec![
-            w.secret("team", &name).unwrap(),
-            w.sa("team", "app").unwrap(),
-        ],
-    );
 
     // Annotation removed: Secret and entry gone, other entries kept.
-    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        kube::Api::namespaced(w.client.clone(), "team");
+    let sas: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), &ns);
     let patch = json!({"metadata": {"annotations": {ANN: null}}});
-    sas.patch(
-        "app",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await
-    .unwrap();
-    eventually(10, "cleaned up", || {
-        w.secret("team", &name).is_none()
-            && w.pull_secrets("team", "app") == vec!["keep-me".to_string()]
+    sas.patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually(30, "cleaned up", async || {
+        w.secret(&ns, &name).await.is_none()
+            && w.pull_secrets(&ns, "app").await == vec!["keep-me".to_string()]
     })
     .await;
-    validate(&w, vec![w.sa("team", "app").unwrap()]);
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_secret_with_the_same_name_is_never_touched() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team", &[]);
+    let ns = w.namespace("team", &[]).await;
     let name = secret_name("app");
-    let foreign = w.seed(
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": name, "namespace": "team"}, "data": {"x": "eQ=="}}),
-    );
-    w.service_account("team", "app", &[(ANN, &host)], &[]);
+    let foreign = w
+        .create_secret(
+            &ns,
+            json!({"type": "Opaque", "metadata": {"name": name}, "data": {"x": "eQ=="}}),
+        )
+        .await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
-    eventually(10, "SecretNotOwned event", || {
-        w.events_for("team", "app")
+    eventually(30, "SecretNotOwned event", async || {
+        w.events_for(&ns, "app")
+            .await
             .iter()
             .any(|(r, n)| r == "SecretNotOwned" && n.contains(&name) && n.contains("managed-by"))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let now = w.secret("team", &name).unwrap();
+    let now = w.secret(&ns, &name).await.unwrap();
     assert_eq!(
         now["metadata"]["resourceVersion"],
         foreign["metadata"]["resourceVersion"]
     );
     assert_eq!(now["data"], foreign["data"]);
-    assert!(w.pull_secrets("team", "app").is_empty());
+    assert!(w.pull_secrets(&ns, "app").await.is_empty());
+    assert_eq!(
+        w.broker_calls("update", "secrets") + w.broker_calls("delete", "secrets"),
+        0,
+        "no write to the foreign Secret"
+    );
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conflicts_on_service_account_updates_converge() {
-    let w = World::new(&["us-east-1"]).await;
+async fn conflicts_on_service_account_updates_and_server_errors_converge() {
+    let w = World::proxied(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team", &[]);
-    w.service_account("team", "app", &[(ANN, &host)], &["a", "b"]);
-    // Every update and patch answers 409 a few times (the Lease's too).
-    w.double.faults().conflict_next_updates(5);
+    let ns = w.namespace("team", &[]).await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &["a", "b"])
+        .await;
+    let proxy = w.proxy();
+    // The first Secret create fails with a server error; then every update
+    // and patch answers 409 a few times (the Lease's too), as if another
+    // writer had raced them.
+    proxy.fail_next(1, &["POST"], |p| p.contains("/secrets"), 500);
+    proxy.fail_next(5, &["PUT", "PATCH"], |_| true, 409);
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
     let name = secret_name("app");
-    eventually(10, "listed despite conflicts", || {
-        w.pull_secrets("team", "app").contains(&name)
-    })
-    .await;
+    // The failed create is retried after a backoff on the controller's clock.
+    for _ in 0..300 {
+        if w.pull_secrets(&ns, "app").await.contains(&name) {
+            break;
+        }
+        w.tick(Duration::from_secs(1), Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
     assert_eq!(
-        w.pull_secrets("team", "app"),
-        vec!["a".to_string(), "b".to_string(), name]
+        w.pull_secrets(&ns, "app").await,
+        vec!["a".to_string(), "b".to_string(), name.clone()],
+        "listed despite the errors, other entries kept"
+    );
+    assert!(w.secret(&ns, &name).await.is_some());
+    assert_eq!(proxy.pending(), 0, "every injected failure was answered");
+    let seen = proxy.requests();
+    let sa_path = format!("/api/v1/namespaces/{ns}/serviceaccounts/app");
+    let conflict = seen
+        .iter()
+        .position(|r| {
+            r.method == "PATCH" && r.path.starts_with(&sa_path) && r.injected == Some(409)
+        })
+        .expect("an SA patch met a 409");
+    assert!(
+        seen[conflict..]
+            .iter()
+            .any(|r| r.method == "GET" && r.path.starts_with(&sa_path) && r.injected.is_none()),
+        "a fresh read after the 409: {seen:#?}"
     );
     assert!(
-        w.double.request_count("get", "serviceaccounts") >= 1,
-        "fresh reads after 409"
+        seen.iter()
+            .any(|r| r.method == "POST" && r.path.contains("/secrets") && r.injected == Some(500)),
+        "the create met the 500"
     );
+    assert!(
+        metrics
+            .encode()
+            .contains("attache_ecr_refresh_failures_total{reason=\"kubernetes\"} 1"),
+        "{}",
+        metrics.encode()
+    );
+    common::eventually(
+        Duration::from_secs(10),
+        "the fresh read in the audit log",
+        || {
+            let n = w.broker_calls("get", "serviceaccounts");
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_keeps_the_old_secret_and_retries() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team", &[]);
-    w.service_account("team", "app", &[(ANN, &host)], &[]);
+    let ns = w.namespace("team", &[]).await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
     let name = secret_name("app");
-    eventually(10, "secret", || w.password("team", &name, &host).is_some()).await;
-    let first = w.password("team", &name, &host).unwrap();
-    let rv = w.secret("team", &name).unwrap()["metadata"]["resourceVersion"].clone();
+    eventually(30, "secret", async || {
+        w.password(&ns, &name, &host).await.is_some()
+    })
+    .await;
+    let first = w.password(&ns, &name, &host).await.unwrap();
+    let rv = w.secret(&ns, &name).await.unwrap()["metadata"]["resourceVersion"].clone();
     let emu = w.emulator();
     emu.faults().set_throttle_rate(1.0);
     w.tick(Duration::from_secs(6 * 3600), Duration::from_secs(3600))
         .await;
-    eventually(10, "refresh failure event", || {
-        w.events_for("team", "app")
+    eventually(30, "refresh failure event", async || {
+        w.events_for(&ns, "app")
+            .await
             .iter()
             .any(|(r, _)| r.starts_with("EcrToken"))
     })
@@ -322,7 +394,7 @@ async fn throttling_keeps_the_old_secret_and_retries() {
         "backoff, not a tight loop: {calls} -> {later}"
     );
     assert_eq!(
-        w.secret("team", &name).unwrap()["metadata"]["resourceVersion"],
+        w.secret(&ns, &name).await.unwrap()["metadata"]["resourceVersion"],
         rv
     );
     assert_eq!(emu.ecr_password_valid(&first).as_deref(), Some(ROLE));
@@ -333,37 +405,47 @@ async fn throttling_keeps_the_old_secret_and_retries() {
         "{}",
         metrics.encode()
     );
-    for (_, note) in w.events_for("team", "app") {
+    for (_, note) in w.events_for(&ns, "app").await {
         assert!(!note.contains(&first), "no password in events");
     }
     // AWS recovers: the next retry writes a new token.
     emu.faults().clear();
     for _ in 0..100 {
-        if w.password("team", &name, &host).is_some_and(|p| p != first) {
+        if w.password(&ns, &name, &host)
+            .await
+            .is_some_and(|p| p != first)
+        {
             break;
         }
         w.tick(Duration::from_secs(30), Duration::from_secs(10))
             .await;
     }
-    let new = w.password("team", &name, &host).unwrap();
+    let new = w.password(&ns, &name, &host).await.unwrap();
     assert_ne!(new, first);
     assert_eq!(emu.ecr_password_valid(&new).as_deref(), Some(ROLE));
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    let names: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
-    for ns in &names {
-        w.namespace(ns, &[]);
-        w.service_account(ns, "app", &[(ANN, &host)], &[]);
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let ns = w.namespace("n", &[]).await;
+        w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
+        names.push(ns);
     }
     let (ma, mb) = (Metrics::default(), Metrics::default());
     let a = w.controller("replica-a", &ma).await;
     let name = secret_name("app");
-    eventually(10, "A wrote all", || {
-        names.iter().all(|ns| w.pull_secrets(ns, "app").len() == 1)
+    eventually(30, "A wrote all", async || {
+        for ns in &names {
+            if w.pull_secrets(ns, "app").await.len() != 1 {
+                return false;
+            }
+        }
+        true
     })
     .await;
     let b = attache_broker::ecr::start(&w.args("replica-b", &[]), w.context(&mb))
@@ -371,11 +453,13 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         .unwrap();
     w.tick(Duration::from_secs(6), Duration::from_secs(2)).await;
     assert!(a.is_leader() && !b.is_leader(), "one leader while A renews");
-    let writes = |w: &World| {
-        w.double.request_count("create", "secrets") + w.double.request_count("update", "secrets")
-    };
+    assert_eq!(w.lease().await["spec"]["holderIdentity"], "replica-a");
+    // Secret writes by the broker's ServiceAccount, from the audit log.
+    let writes =
+        |w: &World| w.broker_calls("create", "secrets") + w.broker_calls("update", "secrets");
     let before = writes(&w);
-    let first = w.password("n0", &name, &host).unwrap();
+    assert_eq!(before, names.len(), "one write per Secret so far");
+    let first = w.password(&names[0], &name, &host).await.unwrap();
 
     // A stalls (its process is gone without releasing): B takes over after the lease expires.
     drop(a);
@@ -397,26 +481,25 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         w.emulator().request_count(Operation::GetAuthorizationToken),
         1
     );
-    let lease = w
-        .double
-        .get_json(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{BROKER_NS}/leases/attache-ecr-controller"
-        ))
-        .unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
-    validate(&w, vec![lease]);
+    assert_eq!(w.lease().await["spec"]["holderIdentity"], "replica-b");
 
     // A's refresh schedule carries over: at 6 h B refreshes, once per Secret.
     w.tick(Duration::from_secs(6 * 3600), Duration::from_secs(1800))
         .await;
-    eventually(10, "B refreshed", || {
-        names
-            .iter()
-            .all(|ns| w.password(ns, &name, &host).is_some_and(|p| p != first))
+    eventually(30, "B refreshed", async || {
+        for ns in &names {
+            if w.password(ns, &name, &host)
+                .await
+                .is_none_or(|p| p == first)
+            {
+                return false;
+            }
+        }
+        true
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(writes(&w), before + names.len() as u64);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(writes(&w), before + names.len());
     assert_eq!(
         w.emulator().request_count(Operation::GetAuthorizationToken),
         2
@@ -424,50 +507,46 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
 
     // Graceful shutdown releases the Lease at once.
     b.shutdown().await;
-    let lease = w
-        .double
-        .get_json(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{BROKER_NS}/leases/attache-ecr-controller"
-        ))
-        .unwrap();
+    let lease = w.lease().await;
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_the_namespace_stops_allowing_loses_its_pull_secret() {
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{Api, Patch, PatchParams};
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    w.namespace("team-a", &[]);
-    w.service_account("team-a", "app", &[(ANN, &host)], &["existing-creds"]);
+    let ns = w.namespace("team-a", &[]).await;
+    w.service_account(&ns, "app", &[(ANN, &host)], &["existing-creds"])
+        .await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
     let name = secret_name("app");
-    eventually(10, "pull secret written", || {
-        w.secret("team-a", &name).is_some()
+    eventually(30, "pull secret written", async || {
+        w.secret(&ns, &name).await.is_some()
     })
     .await;
 
     // The namespace withdraws the role: the secret and its entry go, and an Event says why.
     let patch = json!({"metadata": {"annotations": {"attache.dev/allowed-roles": "[]"}}});
-    Api::<Namespace>::all(w.client.clone())
-        .patch("team-a", &PatchParams::default(), &Patch::Merge(&patch))
+    Api::<Namespace>::all(w.admin.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    eventually(10, "pull secret removed", || {
-        w.secret("team-a", &name).is_none()
+    eventually(30, "pull secret removed", async || {
+        w.secret(&ns, &name).await.is_none()
     })
     .await;
-    eventually(10, "entry removed", || {
-        w.pull_secrets("team-a", "app") == vec!["existing-creds".to_string()]
+    eventually(30, "entry removed", async || {
+        w.pull_secrets(&ns, "app").await == vec!["existing-creds".to_string()]
     })
     .await;
-    let events = w.events_for("team-a", "app");
+    let events = w.events_for(&ns, "app").await;
     assert!(
         events
             .iter()
             .any(|(r, n)| r == "EcrRoleNotAllowed" && n.contains("attache.dev/allowed-roles")),
         "{events:?}"
     );
+    done(&w);
 }

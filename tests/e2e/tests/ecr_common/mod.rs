@@ -1,0 +1,386 @@
+//! A world for the ECR controller tests (`ecr_controller`) and the broker's
+//! ECR benchmark (which includes this file and `common/mod.rs` by path): a
+//! dedicated etcd + kube-apiserver with `deploy/kubernetes` applied, AWS
+//! emulators (one per region) trusting a cluster CA, ECR roles whose trust
+//! policy pins the broker's own ServiceAccount, and controllers that run as
+//! that ServiceAccount (real RBAC) on a manual clock.
+//!
+//! Why a dedicated API server per world: the controller watches every
+//! namespace and campaigns for the one Lease its RBAC allows
+//! (`attache-ecr-controller`), so two tests' controllers on one server would
+//! reconcile each other's ServiceAccounts and fight over the Lease.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attache_broker::ecr::{EcrArgs, EcrContext, EcrHandle};
+use attache_broker::metrics::Metrics;
+use attache_e2e::{ApiServer, ApiServerOptions, FaultProxy};
+use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_pki::{CaOptions, CertificateAuthority};
+use attache_sidecar::clock::{Clock, ManualClock};
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::common::{ANCHOR, BROKER_NS, BROKER_SA, BROKER_USER};
+
+pub const ACCOUNT: &str = "123456789012";
+pub const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/ecr";
+pub const ROLE: &str = "arn:aws:iam::123456789012:role/ecr-pull";
+pub const ROLE_B: &str = "arn:aws:iam::123456789012:role/ecr-pull-b";
+pub const ANN: &str = "attache.dev/ecr-registries";
+
+/// The registry host of `region` in the test account.
+pub fn registry(region: &str) -> String {
+    format!("{ACCOUNT}.dkr.ecr.{region}.amazonaws.com")
+}
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    ecr: EcrArgs,
+}
+
+pub struct World {
+    pub server: ApiServer,
+    /// cluster-admin, to seed and read objects.
+    pub admin: kube::Client,
+    /// The broker's ServiceAccount (through the proxy when there is one):
+    /// what the controllers run as.
+    pub client: kube::Client,
+    /// The fault proxy between the controllers and the API server, if asked for.
+    pub proxy: Option<FaultProxy>,
+    pub ca: Arc<CertificateAuthority>,
+    /// Emulators by region (the first is the trust anchor's region).
+    pub emulators: BTreeMap<String, Emulator>,
+    pub clock: ManualClock,
+}
+
+impl World {
+    /// A dedicated API server with deploy/kubernetes applied and one emulator per region.
+    pub async fn new(regions: &[&str]) -> World {
+        Self::start(regions, false).await
+    }
+
+    /// Like [`World::new`], with the controllers' requests going through a [`FaultProxy`].
+    pub async fn proxied(regions: &[&str]) -> World {
+        Self::start(regions, true).await
+    }
+
+    async fn start(regions: &[&str], proxied: bool) -> World {
+        let server = ApiServer::start(ApiServerOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("starting etcd + kube-apiserver: {e:#}"));
+        crate::common::apply_deploy(&server);
+        let admin = server.admin().await;
+        let token = crate::common::broker_token(&server).await;
+        let (client, proxy) = if proxied {
+            let proxy = FaultProxy::start(&server.url, server.ca_pem())
+                .await
+                .expect("fault proxy");
+            let client = server
+                .client_with_token_via(proxy.url(), proxy.ca_pem(), &token)
+                .await;
+            (client, Some(proxy))
+        } else {
+            (server.client_with_token(&token).await, None)
+        };
+        let ca = Arc::new(
+            CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc())
+                .expect("CA"),
+        );
+        let mut emulators = BTreeMap::new();
+        for region in regions {
+            let emu = Emulator::start(EmulatorConfig {
+                region: region.to_string(),
+                ..EmulatorConfig::default()
+            })
+            .await
+            .expect("emulator");
+            emu.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
+            emu.add_profile(Profile {
+                arn: PROFILE.into(),
+                role_arns: vec![ROLE.into(), ROLE_B.into()],
+                duration_seconds: None,
+                accept_role_session_name: false,
+                enabled: true,
+            });
+            for role in [ROLE, ROLE_B] {
+                emu.add_role(Role {
+                    arn: role.into(),
+                    conditions: vec![Condition {
+                        operator: Operator::StringEquals,
+                        key: "aws:PrincipalTag/x509SAN/URI".into(),
+                        values: vec![format!(
+                            "spiffe://cluster.local/ns/{BROKER_NS}/sa/{BROKER_SA}"
+                        )],
+                    }],
+                });
+            }
+            emulators.insert(region.to_string(), emu);
+        }
+        World {
+            server,
+            admin,
+            client,
+            proxy,
+            ca,
+            emulators,
+            clock: ManualClock::new(OffsetDateTime::now_utc()),
+        }
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        self.emulators.values().next().expect("an emulator")
+    }
+
+    pub fn proxy(&self) -> &FaultProxy {
+        self.proxy
+            .as_ref()
+            .expect("a world started with World::proxied")
+    }
+
+    /// Creates a namespace `<prefix>-<n>` allowing both ECR roles, with extra
+    /// annotations; returns its name.
+    pub async fn namespace(&self, prefix: &str, annotations: &[(&str, &str)]) -> String {
+        let mut ann: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ann.entry("attache.dev/allowed-roles".into())
+            .or_insert_with(|| format!("[\"{ROLE}\", \"{ROLE_B}\"]"));
+        self.server
+            .namespace(prefix, serde_json::to_value(ann).unwrap(), json!({}))
+            .await
+    }
+
+    /// Creates a ServiceAccount (as cluster-admin).
+    pub async fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+        annotations: &[(&str, &str)],
+        pull_secrets: &[&str],
+    ) -> Value {
+        let sa = service_account_object(name, annotations, pull_secrets);
+        let created = Api::<ServiceAccount>::namespaced(self.admin.clone(), ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap_or_else(|e| panic!("creating ServiceAccount {ns}/{name}: {e}"));
+        serde_json::to_value(created).unwrap()
+    }
+
+    /// Creates a Secret from its JSON (as cluster-admin); returns it as stored.
+    pub async fn create_secret(&self, ns: &str, obj: Value) -> Value {
+        let secret: Secret = serde_json::from_value(obj).unwrap();
+        let created = Api::<Secret>::namespaced(self.admin.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap_or_else(|e| panic!("creating a Secret in {ns}: {e}"));
+        serde_json::to_value(created).unwrap()
+    }
+
+    /// Flags for a controller against this world's emulators.
+    pub fn args(&self, identity: &str, extra: &[&str]) -> EcrArgs {
+        let endpoints: Vec<String> = self
+            .emulators
+            .iter()
+            .map(|(r, e)| format!("{r}={}", e.url()))
+            .collect();
+        let endpoints = endpoints.join(",");
+        let mut argv = vec![
+            "t",
+            "--ecr-role-arn",
+            ROLE,
+            "--ecr-endpoint",
+            &endpoints,
+            "--rolesanywhere-endpoint",
+            &endpoints,
+            "--ecr-identity",
+            identity,
+            // The session client stamps and the emulator checks Roles Anywhere
+            // credentials on the wall clock while the controller judges them on
+            // the manual clock: 12 h sessions stay valid across the time travel.
+            "--ecr-session-duration",
+            "43200",
+        ];
+        argv.extend_from_slice(extra);
+        Flags::parse_from(argv).ecr
+    }
+
+    pub fn context(&self, metrics: &Metrics) -> EcrContext {
+        EcrContext {
+            client: self.client.clone(),
+            ca: self.ca.clone(),
+            namespace: BROKER_NS.into(),
+            service_account: BROKER_SA.into(),
+            trust_domain: "cluster.local".into(),
+            region: "us-east-1".into(),
+            profile_arn: Some(PROFILE.into()),
+            trust_anchor_arn: Some(ANCHOR.into()),
+            namespace_restrictions: true,
+            metrics: metrics.clone(),
+            clock: Arc::new(self.clock.clone()) as Arc<dyn Clock>,
+        }
+    }
+
+    /// Starts a controller and waits until it leads.
+    pub async fn controller(&self, identity: &str, metrics: &Metrics) -> EcrHandle {
+        let h = attache_broker::ecr::start(&self.args(identity, &[]), self.context(metrics))
+            .await
+            .expect("start");
+        let mut l = h.leading();
+        tokio::time::timeout(Duration::from_secs(30), l.wait_for(|x| *x))
+            .await
+            .expect("leads in time")
+            .expect("elector alive");
+        h
+    }
+
+    pub async fn secret(&self, ns: &str, name: &str) -> Option<Value> {
+        let s = Api::<Secret>::namespaced(self.admin.clone(), ns)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading Secret {ns}/{name}: {e}"))?;
+        Some(serde_json::to_value(s).unwrap())
+    }
+
+    pub async fn sa(&self, ns: &str, name: &str) -> Option<Value> {
+        let s = Api::<ServiceAccount>::namespaced(self.admin.clone(), ns)
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading ServiceAccount {ns}/{name}: {e}"))?;
+        Some(serde_json::to_value(s).unwrap())
+    }
+
+    /// The pull secret names an SA lists.
+    pub async fn pull_secrets(&self, ns: &str, name: &str) -> Vec<String> {
+        pull_secret_names(self.sa(ns, name).await.as_ref())
+    }
+
+    /// The `.dockerconfigjson` of a Secret, decoded.
+    pub async fn docker_config(&self, ns: &str, name: &str) -> Option<Value> {
+        use base64::Engine as _;
+        let s = self.secret(ns, name).await?;
+        let raw = s["data"][".dockerconfigjson"].as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The password for `host` in a Secret.
+    pub async fn password(&self, ns: &str, name: &str, host: &str) -> Option<String> {
+        self.docker_config(ns, name).await?["auths"][host]["password"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    /// Events (events.k8s.io/v1) about a ServiceAccount: (reason, note).
+    pub async fn events_for(&self, ns: &str, sa: &str) -> Vec<(String, String)> {
+        use k8s_openapi::api::events::v1::Event;
+        let events = Api::<Event>::namespaced(self.admin.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("listing Events in {ns}: {e}"));
+        events
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(sa)
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                        == Some("ServiceAccount")
+            })
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The Lease the controllers campaign for.
+    pub async fn lease(&self) -> Value {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let lease = Api::<Lease>::namespaced(self.admin.clone(), BROKER_NS)
+            .get("attache-ecr-controller")
+            .await
+            .expect("the controllers' Lease");
+        serde_json::to_value(lease).unwrap()
+    }
+
+    /// How many `verb` calls on `resource` the broker's ServiceAccount made
+    /// (from the audit log; refused ones included).
+    pub fn broker_calls(&self, verb: &str, resource: &str) -> usize {
+        broker_call_counts(&self.server)
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Moves the clock forward in steps, letting tasks run between them.
+    pub async fn tick(&self, total: Duration, step: Duration) {
+        let mut done = Duration::ZERO;
+        while done < total {
+            self.clock
+                .advance(time::Duration::try_from(step).expect("step"));
+            done += step;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A ServiceAccount object with these annotations and `imagePullSecrets`.
+pub fn service_account_object(
+    name: &str,
+    annotations: &[(&str, &str)],
+    pull_secrets: &[&str],
+) -> ServiceAccount {
+    let ann: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    let mut sa = json!({"metadata": {"name": name, "annotations": ann}});
+    if !pull_secrets.is_empty() {
+        sa["imagePullSecrets"] = pull_secrets.iter().map(|n| json!({"name": n})).collect();
+    }
+    serde_json::from_value(sa).unwrap()
+}
+
+/// The `imagePullSecrets` names of a ServiceAccount (as JSON).
+pub fn pull_secret_names(sa: Option<&Value>) -> Vec<String> {
+    sa.and_then(|s| s["imagePullSecrets"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The broker ServiceAccount's API calls so far by (verb, resource[/subresource]),
+/// each request counted once (a watch is logged when it starts and when it ends).
+pub fn broker_call_counts(server: &ApiServer) -> BTreeMap<(String, String), usize> {
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = BTreeMap::new();
+    for e in crate::common::audit_calls(server, BROKER_USER) {
+        if !seen.insert(e["auditID"].as_str().unwrap_or_default().to_string()) {
+            continue;
+        }
+        let obj = &e["objectRef"];
+        let mut resource = obj["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = obj["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        let verb = e["verb"].as_str().unwrap_or_default().to_string();
+        *counts.entry((verb, resource)).or_default() += 1;
+    }
+    counts
+}
+
+/// Polls `cond` every 50 ms for up to `secs` seconds (a liveness bound for a
+/// failing run, not a timing assertion).
+pub async fn eventually(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -89,22 +89,20 @@ def allows(g, c, own):
 
 
 def needed(g, calls, own):
+    """Is grant g needed by the calls, and no wider? A grant pinned to several
+    names needs a call for each name."""
     reach, names = g[0], g[4]
-    for c in calls:
+
+    def fits(c):
         if not same_target(g, c):
-            continue
+            return False
         if reach == "cluster":
-            reach_ok = c["scope"] in ("any", "cluster")
-        else:
-            reach_ok = c["scope"] == "own" and reach == own
-        name = c.get("resourceName")
-        if names is None:
-            names_ok = name is None
-        else:
-            names_ok = name is not None and all(n == name for n in names)
-        if reach_ok and names_ok:
-            return True
-    return False
+            return c["scope"] in ("any", "cluster")
+        return c["scope"] == "own" and reach == own
+
+    if names is None:
+        return any(fits(c) and c.get("resourceName") is None for c in calls)
+    return all(any(fits(c) and c.get("resourceName") == n for c in calls) for n in names)
 
 
 def main(argv):

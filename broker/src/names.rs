@@ -37,6 +37,9 @@ pub const TOKEN_AUDIENCE: &str = "attache-broker";
 pub const SIDECAR_PORT: u16 = 9911;
 /// Secret holding the CA (in the broker's namespace).
 pub const CA_SECRET: &str = "attache-ca";
+/// Secret holding the serving CA: it signs only the broker's TLS serving
+/// certificates, so a leaked serving key is never a Roles Anywhere credential.
+pub const SERVING_CA_SECRET: &str = "attache-serving-ca";
 /// ConfigMap publishing the CA bundle (in the broker's namespace).
 pub const CA_BUNDLE_CONFIGMAP: &str = "attache-ca-bundle";
 /// Label on every object attache manages.

@@ -59,27 +59,51 @@ pub fn check_role(
     }
 }
 
-/// `*` matches any run of characters (including `/` and `:`); everything else literally.
+/// Segment-aware glob: `*` matches any run of characters within one ARN
+/// segment (never `:` or `/`), `**` any run at all; everything else matches
+/// literally. So `arn:aws:iam::111122223333:role/team-a*` matches
+/// `role/team-a-reader` but neither `role/team-admin/..` paths nor another
+/// account, and `**` alone allows every role.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Tok {
+        Lit(char),
+        Star,
+        AnyStar,
     }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first)
-        || !text[first.len()..].ends_with(last)
-        || text.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '*' {
+            toks.push(Tok::Lit(c));
+        } else if chars.peek() == Some(&'*') {
+            while chars.peek() == Some(&'*') {
+                chars.next();
+            }
+            toks.push(Tok::AnyStar);
+        } else {
+            toks.push(Tok::Star);
         }
     }
-    true
+    let text: Vec<char> = text.chars().collect();
+    // reach[j]: the first i tokens can match text[..j].
+    let mut reach = vec![false; text.len() + 1];
+    reach[0] = true;
+    for tok in toks {
+        let mut next = vec![false; text.len() + 1];
+        for j in 0..=text.len() {
+            match tok {
+                Tok::Lit(c) => next[j] = j > 0 && reach[j - 1] && text[j - 1] == c,
+                Tok::AnyStar => next[j] = reach[j] || (j > 0 && next[j - 1]),
+                Tok::Star => {
+                    next[j] =
+                        reach[j] || (j > 0 && next[j - 1] && !matches!(text[j - 1], ':' | '/'))
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[text.len()]
 }
 
 #[cfg(test)]
@@ -97,8 +121,9 @@ mod tests {
             "arn:aws:iam::1:role/app-reader"
         ));
         assert!(glob_match("*", "anything"));
+        assert!(glob_match("**", "arn:aws:iam::1:role/anything"));
         assert!(glob_match(
-            "arn:*:role/*-reader",
+            "arn:**:role/*-reader",
             "arn:aws:iam::1:role/s3-reader"
         ));
         assert!(!glob_match(
@@ -108,6 +133,32 @@ mod tests {
         assert!(!glob_match("a*b*c", "acb"));
         assert!(!glob_match("ab*ba", "aba"));
         assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn a_single_star_never_crosses_a_segment() {
+        let team_a = "arn:aws:iam::111122223333:role/team-a*";
+        assert!(glob_match(
+            team_a,
+            "arn:aws:iam::111122223333:role/team-a-reader"
+        ));
+        assert!(!glob_match(
+            team_a,
+            "arn:aws:iam::111122223333:role/team-a/admin"
+        ));
+        assert!(!glob_match(
+            "arn:aws:iam::*:role/team-a",
+            "arn:aws:iam::1:x:role/team-a"
+        ));
+        assert!(
+            !glob_match("*", "arn:aws:iam::1:role/x"),
+            "`*` alone is one segment"
+        );
+        assert!(!glob_match("arn:*", "arn:aws:iam::1:role/x"));
+        assert!(glob_match(
+            "arn:aws:iam::*:role/**",
+            "arn:aws:iam::1:role/path/x"
+        ));
     }
 
     #[test]

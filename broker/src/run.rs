@@ -141,6 +141,9 @@ pub struct RunArgs {
     /// Secret holding the CA in --namespace.
     #[arg(long, env = "ATTACHE_CA_SECRET", default_value = crate::names::CA_SECRET)]
     pub ca_secret: String,
+    /// Secret holding the serving CA in --namespace (signs only the broker's TLS certificates; created if absent).
+    #[arg(long, env = "ATTACHE_SERVING_CA_SECRET", default_value = crate::names::SERVING_CA_SECRET)]
+    pub serving_ca_secret: String,
     /// Use the CA in DIR/ca.pem and DIR/ca-key.pem instead of the Secret (you manage it).
     #[arg(long, env = "ATTACHE_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
@@ -166,8 +169,11 @@ pub struct Running {
     pub webhook_addr: SocketAddr,
     /// Admin address actually bound.
     pub admin_addr: SocketAddr,
-    /// The CA.
+    /// The workload CA (the Roles Anywhere trust anchor).
     pub ca: Arc<CertificateAuthority>,
+    /// PEM of the serving CA, which signs the broker's TLS certificates (the
+    /// webhook's caBundle and the sidecars' bundle).
+    pub serving_ca_pem: String,
     /// Metrics.
     pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
@@ -188,6 +194,28 @@ impl Running {
             let _ = t.await;
         }
     }
+}
+
+/// The serving CA from its Secret, created once if absent.
+async fn load_serving_ca(args: &RunArgs, client: &kube::Client) -> Result<CertificateAuthority> {
+    let options = CaOptions {
+        key_type: KeyType::EcdsaP256,
+        common_name: format!(
+            "attache serving CA ({})",
+            args.cluster_name.as_deref().unwrap_or(&args.trust_domain)
+        ),
+        ..CaOptions::default()
+    };
+    let secrets = Api::namespaced(client.clone(), &args.namespace);
+    Ok(
+        crate::castore::load_or_create(
+            &secrets,
+            &args.namespace,
+            &args.serving_ca_secret,
+            &options,
+        )
+        .await?,
+    )
 }
 
 async fn load_ca(args: &RunArgs, client: &kube::Client) -> Result<CertificateAuthority> {
@@ -252,13 +280,19 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let metrics = Metrics::default();
     let ca = Arc::new(load_ca(&args, &client).await?);
     let ca_pem = ca.trust_anchor_pem();
+    let serving_ca = Arc::new(load_serving_ca(&args, &client).await?);
+    let serving_pem = serving_ca.trust_anchor_pem();
+    anyhow::ensure!(
+        serving_pem != ca_pem,
+        "the serving CA must not be the workload CA (--serving-ca-secret names --ca-secret)"
+    );
     tracing::info!(fingerprint = %ca.info().sha256_fingerprint, not_after = %ca.info().not_after, "CA ready");
     let configmaps = Api::namespaced(client.clone(), &args.namespace);
     if let Err(e) = crate::castore::publish_bundle(&configmaps, &args.namespace, &ca_pem).await {
         tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
     }
     if !args.webhook_config.is_empty() {
-        match patch_webhook_ca_bundle(&client, &args.webhook_config, &ca_pem).await {
+        match patch_webhook_ca_bundle(&client, &args.webhook_config, &serving_pem).await {
             Ok(true) => tracing::info!(webhook = %args.webhook_config, "webhook caBundle set"),
             Ok(false) => {
                 tracing::warn!(webhook = %args.webhook_config, "MutatingWebhookConfiguration not found; caBundle not set")
@@ -269,11 +303,12 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     // Keep the bundle ConfigMap and the webhook's caBundle right even if someone
     // edits them (or the webhook configuration is applied after the broker starts).
     let keeper = {
-        let (client, namespace, webhook, ca_pem) = (
+        let (client, namespace, webhook, ca_pem, serving_pem) = (
             client.clone(),
             args.namespace.clone(),
             args.webhook_config.clone(),
             ca_pem.clone(),
+            serving_pem.clone(),
         );
         tokio::spawn(async move {
             let configmaps = Api::namespaced(client.clone(), &namespace);
@@ -285,7 +320,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
                     tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
                 }
                 if !webhook.is_empty()
-                    && let Err(e) = patch_webhook_ca_bundle(&client, &webhook, &ca_pem).await
+                    && let Err(e) = patch_webhook_ca_bundle(&client, &webhook, &serving_pem).await
                 {
                     tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle");
                 }
@@ -310,7 +345,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     )
     .await?;
     let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
-    let cert = RotatingCert::new(&ca, &names)?;
+    let cert = RotatingCert::new(&serving_ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
 
     let mut excluded = args.excluded_namespaces.clone();
@@ -331,7 +366,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             profile_arn: args.profile_arn.clone(),
             trust_anchor_arn: args.trust_anchor_arn.clone(),
             broker_url,
-            ca_bundle_pem: ca_pem.clone(),
+            ca_bundle_pem: serving_pem.clone(),
             native_sidecar: args.native_sidecar,
             restrictions: args.namespace_restrictions,
             sa_token_seconds: args.sa_token_seconds,
@@ -389,7 +424,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
-    let rotation = tokio::spawn(cert.clone().rotate_forever(ca.clone(), names));
+    let rotation = tokio::spawn(cert.clone().rotate_forever(serving_ca, names));
     let (webhook_stop_tx, webhook_stop_rx) = oneshot::channel::<()>();
     let serve_webhook = tokio::spawn(attache_sidecar::serve::serve(
         webhook_listener,
@@ -424,6 +459,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     ));
     tracing::info!(%addr, %webhook_addr, %admin_addr, "broker serving");
     Ok(Running {
+        serving_ca_pem: serving_pem,
         addr,
         webhook_addr,
         admin_addr,

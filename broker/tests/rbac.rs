@@ -244,24 +244,26 @@ fn allows(g: &Grant, c: &Call, own: &str) -> bool {
     reach_ok && name_ok && same_target(g, c)
 }
 
-/// Is `g` needed by some call, and no wider than that call needs?
+/// Is `g` needed by some call, and no wider than the calls need? A grant
+/// pinned to several names needs a call for each name.
 fn needed(g: &Grant, calls: &[Call], own: &str) -> bool {
-    calls.iter().filter(|c| same_target(g, c)).any(|c| {
-        let reach_ok = match (&g.reach, c.scope) {
-            (Reach::Cluster, Scope::Any | Scope::Cluster) => true,
-            (Reach::Namespace(ns), Scope::Own) => ns == own,
-            _ => false,
-        };
-        let names_ok = match (&g.names, &c.resource_name) {
-            (None, None) => true,
-            (Some(names), Some(n)) => names.iter().all(|x| x == n),
-            // Pinned more narrowly than the call needs: useless, not wider.
-            (Some(_), None) => false,
-            // Any name where one object is needed: wider than needed.
-            (None, Some(_)) => false,
-        };
-        reach_ok && names_ok
-    })
+    let fits = |c: &Call| {
+        same_target(g, c)
+            && match (&g.reach, c.scope) {
+                (Reach::Cluster, Scope::Any | Scope::Cluster) => true,
+                (Reach::Namespace(ns), Scope::Own) => ns == own,
+                _ => false,
+            }
+    };
+    match &g.names {
+        // Any name: only a call that needs any name.
+        None => calls.iter().any(|c| fits(c) && c.resource_name.is_none()),
+        Some(names) => names.iter().all(|x| {
+            calls
+                .iter()
+                .any(|c| fits(c) && c.resource_name.as_deref() == Some(x.as_str()))
+        }),
+    }
 }
 
 fn rbac_violations(docs: &[Value], calls: &[Call], own: &str, sa: &str) -> Vec<String> {
@@ -293,6 +295,7 @@ fn call_list_is_well_formed_and_names_the_brokers_objects() {
     let lease = ecr_lease_name();
     let own_names = [
         attache_broker::names::CA_SECRET,
+        attache_broker::names::SERVING_CA_SECRET,
         attache_broker::names::CA_BUNDLE_CONFIGMAP,
         d.webhook_config.as_str(),
         lease.as_str(),

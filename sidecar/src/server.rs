@@ -247,13 +247,42 @@ fn metrics(s: &EndpointState, _: &HeaderMap, _: &str) -> Response {
     )
 }
 
+/// Whether a `Host` header names this loopback endpoint (`127.x.y.z`,
+/// `localhost` or `[::1]`, with or without a port). A browser tricked by DNS
+/// rebinding sends the attacker's host name instead.
+pub fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || port.starts_with(':') => inside,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn imds_denied(headers: &HeaderMap) -> Option<Response> {
     // As EC2 does: requests relayed through a proxy are refused.
-    headers.contains_key("x-forwarded-for").then(|| {
-        json_error(
+    if headers.contains_key("x-forwarded-for") {
+        return Some(json_error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "forwarded requests are refused",
+        ));
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    (!loopback_host(host)).then(|| {
+        json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the Host header must name the loopback endpoint (127.0.0.1, localhost or [::1])",
         )
     })
 }
@@ -355,5 +384,37 @@ fn imds_credentials(s: &EndpointState, headers: &HeaderMap, path: &str) -> Respo
             "no_credentials",
             "no valid AWS credentials are held yet",
         ),
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_loopback_hosts_reach_the_imds_paths() {
+        for ok in [
+            "127.0.0.1:9911",
+            "127.0.0.1",
+            "localhost:9911",
+            "LOCALHOST",
+            "[::1]:9911",
+            "[::1]",
+            "127.8.9.10:1",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example.com",
+            "evil.example.com:9911",
+            "169.254.169.254",
+            "10.0.0.1:9911",
+            "[::1",
+            "[::1]x",
+            "127.0.0.1.evil.com",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
     }
 }

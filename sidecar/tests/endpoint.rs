@@ -274,6 +274,26 @@ async fn imds_v2_flow_works_only_with_a_session_token() {
         .await
         .unwrap();
     assert_eq!(forwarded.status(), 403);
+    // DNS rebinding: a page in the pod's browser reaching 127.0.0.1 under
+    // its own host name gets neither a token nor credentials.
+    for (method, path) in [
+        (reqwest::Method::PUT, "/latest/api/token".to_string()),
+        (
+            reqwest::Method::GET,
+            base.trim_start_matches(&r.url).to_string(),
+        ),
+    ] {
+        let rebound = r
+            .http
+            .request(method, format!("{}{path}", r.url))
+            .header("Host", "evil.example.com")
+            .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+            .header("X-aws-ec2-metadata-token", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status(), 403, "{path}");
+    }
     let big = r
         .http
         .put(format!("{}/latest/api/token", r.url))

@@ -373,6 +373,14 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
     let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/app");
 
     let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    // AWS trusts the workload CA only; the broker's TLS certificate comes
+    // from another CA, so its key is no AWS credential.
+    assert_ne!(broker.ca_pem, broker.serving_ca_pem);
+    assert_eq!(
+        env_of(sidecar)["ATTACHE_CA_BUNDLE_PEM"],
+        broker.serving_ca_pem,
+        "the sidecar trusts the serving CA for TLS to the broker"
+    );
     emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
     let dir = tempfile::tempdir().unwrap();
     // What the kubelet writes into the projected volume: a token bound to the pod.
@@ -614,7 +622,8 @@ async fn malformed_admission_reviews_get_a_400_with_a_reason() {
         broker.webhook_addr,
         2 * 1024 * 1024
     );
-    let reply = raw_tls_exchange(broker.webhook_addr, &broker.ca_pem, head.as_bytes()).await;
+    let reply =
+        raw_tls_exchange(broker.webhook_addr, &broker.serving_ca_pem, head.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 }
 
@@ -669,6 +678,7 @@ async fn two_replicas_starting_together_share_one_ca() {
         a.ca.info().sha256_fingerprint,
         b.ca.info().sha256_fingerprint
     );
+    assert_eq!(a.serving_ca_pem, b.serving_ca_pem, "one serving CA too");
     let admin = server.admin().await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(admin.clone(), BROKER_NS);
@@ -753,7 +763,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     )
     .await
     .unwrap();
-    let ca_pem = running.ca.trust_anchor_pem();
+    let ca_pem = running.serving_ca_pem.clone();
 
     // 1,100 slow-body connections from one pod's address to the certificate
     // API port: at most --max-connections-per-peer (16) are even accepted.

@@ -294,17 +294,24 @@ async fn conflicts_on_service_account_updates_and_server_errors_converge() {
     w.service_account(&ns, "app", &[(ANN, &host)], &["a", "b"])
         .await;
     let proxy = w.proxy();
-    // The first Secret create fails with a server error; then every update
-    // and patch answers 409 a few times (the Lease's too), as if another
-    // writer had raced them.
+    // As if other writers raced it: the ServiceAccount's patches answer 409
+    // five times, the Lease's updates twice; and the first Secret create
+    // fails with a server error.
+    proxy.fail_next(
+        5,
+        &["PUT", "PATCH"],
+        |p| p.contains("/serviceaccounts/"),
+        409,
+    );
+    proxy.fail_next(2, &["PUT"], |p| p.contains("/leases/"), 409);
     proxy.fail_next(1, &["POST"], |p| p.contains("/secrets"), 500);
-    proxy.fail_next(5, &["PUT", "PATCH"], |_| true, 409);
     let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
+    let c = w.controller("a", &metrics).await;
     let name = secret_name("app");
-    // The failed create is retried after a backoff on the controller's clock.
+    // The failed create is retried after a backoff, and the Lease renewed,
+    // on the controller's clock.
     for _ in 0..300 {
-        if w.pull_secrets(&ns, "app").await.contains(&name) {
+        if w.pull_secrets(&ns, "app").await.contains(&name) && proxy.pending() == 0 {
             break;
         }
         w.tick(Duration::from_secs(1), Duration::from_secs(1)).await;
@@ -317,6 +324,10 @@ async fn conflicts_on_service_account_updates_and_server_errors_converge() {
     );
     assert!(w.secret(&ns, &name).await.is_some());
     assert_eq!(proxy.pending(), 0, "every injected failure was answered");
+    assert!(
+        c.is_leader(),
+        "conflicts on the Lease did not cost the lead"
+    );
     let seen = proxy.requests();
     let sa_path = format!("/api/v1/namespaces/{ns}/serviceaccounts/app");
     let conflict = seen

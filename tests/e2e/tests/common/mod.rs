@@ -1,6 +1,8 @@
 //! What the end-to-end tests share: the API server with `deploy/kubernetes`
 //! applied, the broker running out of cluster as its own ServiceAccount, and
 //! checks on what the broker asked of the API server (from its audit log).
+//! The broker's benchmarks include this file by path: it may use only crates
+//! attache-broker has as (dev-)dependencies.
 
 #![allow(dead_code)]
 
@@ -114,7 +116,10 @@ pub struct SharedBroker {
     pub addr: SocketAddr,
     pub webhook_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The workload CA: the Roles Anywhere trust anchor.
     pub ca_pem: String,
+    /// The serving CA: signs the broker's TLS certificates only.
+    pub serving_ca_pem: String,
 }
 
 impl SharedBroker {
@@ -126,7 +131,9 @@ impl SharedBroker {
     /// An HTTPS client that trusts the broker's CA.
     pub fn http(&self) -> reqwest::Client {
         reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .tls_certs_only([
+                reqwest::Certificate::from_pem(self.serving_ca_pem.as_bytes()).unwrap(),
+            ])
             .build()
             .unwrap()
     }
@@ -172,6 +179,7 @@ pub async fn broker() -> &'static SharedBroker {
                             webhook_addr: running.webhook_addr,
                             admin_addr: running.admin_addr,
                             ca_pem: running.ca.trust_anchor_pem(),
+                            serving_ca_pem: running.serving_ca_pem.clone(),
                         });
                         std::future::pending::<()>().await;
                     });
@@ -208,8 +216,8 @@ async fn point_webhook_at(server: &ApiServer, broker: &SharedBroker) {
         .expect("the broker set the webhook caBundle");
     assert_eq!(
         String::from_utf8_lossy(&bundle.0),
-        broker.ca_pem,
-        "caBundle is the broker's CA"
+        broker.serving_ca_pem,
+        "caBundle is the broker's serving CA"
     );
     let patch = json!([{
         "op": "replace",

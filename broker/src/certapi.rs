@@ -72,6 +72,22 @@ pub struct CertApi {
     pub refusals: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
     /// Bounds TokenReviews in flight.
     pub reviews: Arc<tokio::sync::Semaphore>,
+    /// Certificates per identity (namespace, ServiceAccount, pod) and minute.
+    pub issuance: Arc<IssuanceLimiter>,
+}
+
+/// Who a certificate is issued to, for rate limiting.
+pub type IdentityKey = (String, String, Option<String>);
+
+/// A keyed rate limiter on certificates issued per identity, so one pod (or a
+/// stolen token) cannot mint certificates in a loop.
+pub type IssuanceLimiter = governor::DefaultKeyedRateLimiter<IdentityKey>;
+
+/// A limiter allowing `per_minute` certificates per identity and minute
+/// (bursts up to that many).
+pub fn issuance_limiter(per_minute: u32) -> IssuanceLimiter {
+    let n = std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_minute(n))
 }
 
 /// What the broker reads from a token before asking TokenReview (the API
@@ -385,6 +401,30 @@ impl CertApi {
                 )
             })?;
         let (caller, role) = self.identify(token).await?;
+        let key: IdentityKey = (
+            caller.namespace.clone(),
+            caller.service_account.clone(),
+            caller.pod_name.clone(),
+        );
+        if self.issuance.len() > TOKEN_CACHE_MAX {
+            self.issuance.retain_recent();
+        }
+        if self.issuance.check_key(&key).is_err() {
+            return Err(Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many certificates for {}/{}{}: retry in a minute",
+                    caller.namespace,
+                    caller.service_account,
+                    caller
+                        .pod_name
+                        .as_deref()
+                        .map(|p| format!(" (pod {p})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
         let request: Value = serde_json::from_slice(body).map_err(|e| {
             Refusal(
                 StatusCode::BAD_REQUEST,

@@ -125,6 +125,9 @@ pub struct RunArgs {
     /// Open connections one client address may hold on the certificate API port.
     #[arg(long, env = "ATTACHE_MAX_CONNECTIONS_PER_PEER", default_value_t = 16)]
     pub max_connections_per_peer: usize,
+    /// Certificates one identity (namespace, ServiceAccount, pod) may get per minute; more get 429.
+    #[arg(long, env = "ATTACHE_MAX_CERTIFICATES_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_certificates_per_minute: u32,
     /// TokenReviews in flight at once; further certificate requests wait (then 503).
     #[arg(
         long,
@@ -386,6 +389,9 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         refusals: Arc::new(Mutex::new(Default::default())),
         reviews: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_token_reviews.max(1),
+        )),
+        issuance: Arc::new(crate::certapi::issuance_limiter(
+            args.max_certificates_per_minute,
         )),
     };
     let limits = |router: Router| {

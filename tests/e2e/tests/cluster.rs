@@ -582,6 +582,22 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
             .unwrap()
             .contains("attache.dev/allowed-roles")
     );
+    // One identity gets at most --max-certificates-per-minute (10) a minute.
+    service_account(&admin, &ns, "burst", json!({"attache.dev/role-arn": ROLE})).await;
+    let burst = server
+        .token(&ns, "burst", spec(&["attache-broker"]))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let (status, body) = post(Some(burst.clone()), csr()).await;
+        assert_eq!(status, 200, "certificate {i}: {body}");
+    }
+    let (status, body) = post(Some(burst), csr()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("rate_limited")),
+        "{body}"
+    );
     let metrics = broker.metrics().await;
     assert!(
         metrics.contains("attache_certificates_refused_total"),

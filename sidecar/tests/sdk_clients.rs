@@ -492,17 +492,21 @@ async fn https_proxy_and_no_proxy_are_honoured() {
 }
 
 /// Runs the Rust SDK's default credential chain in a child process (this
-/// test binary again, running only `aws_config_child`), because the chain
-/// reads the process environment and tests share theirs.
+/// test binary again, running only this test with `ATTACHE_AWS_CONFIG_CHILD`
+/// set, which takes the child's part), because the chain reads the process
+/// environment and tests share theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_aws_config_default_chain_reads_the_endpoint() {
+    if std::env::var_os("ATTACHE_AWS_CONFIG_CHILD").is_some() {
+        return aws_config_child().await;
+    }
     let w = World::new().await;
     let sidecar = start_sidecar(&w).await;
     let home = w.dir.path().join("home");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     clean_env(&mut cmd)
         .args([
-            "aws_config_child",
+            "rust_aws_config_default_chain_reads_the_endpoint",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -533,13 +537,9 @@ async fn rust_aws_config_default_chain_reads_the_endpoint() {
     assert!(stdout.contains("EXPIRY=some"), "{stdout}");
 }
 
-/// The child side of the test above; does nothing when run directly.
-#[tokio::test]
+/// The child side of the test above: resolve, call STS, print what it saw.
 async fn aws_config_child() {
     use aws_credential_types::provider::ProvideCredentials as _;
-    if std::env::var_os("ATTACHE_AWS_CONFIG_CHILD").is_none() {
-        return;
-    }
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let provider = config
         .credentials_provider()

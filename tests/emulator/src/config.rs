@@ -51,6 +51,10 @@ pub struct EmulatorConfig {
     pub profiles: Vec<Profile>,
     /// IAM roles with their trust-policy conditions.
     pub roles: Vec<Role>,
+    /// Roles Anywhere CreateSession quota for this account and region,
+    /// requests per second with bursts up to that many (AWS's default: 10;
+    /// 0: no quota). Over it, CreateSession answers 429 ThrottlingException.
+    pub create_session_per_second: u32,
 }
 
 impl Default for EmulatorConfig {
@@ -62,6 +66,7 @@ impl Default for EmulatorConfig {
             trust_anchors: Vec::new(),
             profiles: Vec::new(),
             roles: Vec::new(),
+            create_session_per_second: 10,
         }
     }
 }

@@ -132,7 +132,12 @@ impl Emulator {
             addr: config.listen,
             source,
         })?;
-        let shared = Arc::new(Shared::new(config.region, config.account, registry));
+        let shared = Arc::new(Shared::new(
+            config.region,
+            config.account,
+            registry,
+            config.create_session_per_second,
+        ));
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(server::serve(listener, tls, shared.clone(), rx));
@@ -290,6 +295,17 @@ impl Emulator {
     /// The fault-injection handle (cheap to clone, usable after the emulator moves).
     pub fn faults(&self) -> Faults {
         self.shared.faults.clone()
+    }
+
+    /// Sets Roles Anywhere's CreateSession quota for this account and region,
+    /// requests per second (0: no quota). AWS's default is 10.
+    pub fn set_create_session_quota(&self, per_second: u32) {
+        self.shared.set_session_quota(per_second);
+    }
+
+    /// CreateSession requests refused with ThrottlingException by the quota.
+    pub fn throttled_sessions(&self) -> u64 {
+        self.shared.throttled_sessions()
     }
 
     /// Requests received for `op`, refused and faulted ones included.

@@ -180,6 +180,7 @@ async fn handle(
         Injected::Fail(status) => Err(service.internal(status)),
         Injected::Throttle => Err(service.throttling()),
         Injected::None => match service {
+            Service::RolesAnywhere if !shared.admit_session() => Err(service.throttling()),
             Service::RolesAnywhere => rolesanywhere::create_session(&shared, &raw),
             Service::Sts => sts::handle(&shared, &raw),
             Service::Ecr => ecr::handle(&shared, &raw),

@@ -110,6 +110,24 @@ pub(crate) struct Registry {
     pub ecr_passwords: HashMap<String, (String, OffsetDateTime)>,
 }
 
+/// Roles Anywhere's CreateSession quota for this account and region
+/// (requests per second, bursts up to that many); `None`: no quota.
+pub(crate) struct SessionQuota(Mutex<Option<governor::DefaultDirectRateLimiter>>);
+
+impl std::fmt::Debug for SessionQuota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionQuota")
+    }
+}
+
+impl SessionQuota {
+    pub fn new(per_second: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_second)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+        SessionQuota(Mutex::new(limiter))
+    }
+}
+
 /// State shared by the server tasks and the [`crate::Emulator`] handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -118,17 +136,50 @@ pub(crate) struct Shared {
     pub faults: Faults,
     registry: Mutex<Registry>,
     counters: [AtomicU64; 3],
+    quota: SessionQuota,
+    throttled: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(region: String, account: String, registry: Registry) -> Self {
+    pub fn new(
+        region: String,
+        account: String,
+        registry: Registry,
+        sessions_per_second: u32,
+    ) -> Self {
         Shared {
             region,
             account,
             faults: Faults::default(),
             registry: Mutex::new(registry),
             counters: Default::default(),
+            quota: SessionQuota::new(sessions_per_second),
+            throttled: AtomicU64::new(0),
         }
+    }
+
+    /// Takes one CreateSession from the quota; `false` (and counted) when
+    /// the account and region are over it, as AWS throttles.
+    pub fn admit_session(&self) -> bool {
+        let quota = self.quota.0.lock().unwrap_or_else(|e| e.into_inner());
+        let admitted = quota.as_ref().is_none_or(|q| q.check().is_ok());
+        if !admitted {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        admitted
+    }
+
+    /// Replaces the CreateSession quota (0: none).
+    pub fn set_session_quota(&self, per_second: u32) {
+        *self.quota.0.lock().unwrap_or_else(|e| e.into_inner()) = SessionQuota::new(per_second)
+            .0
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// CreateSession requests refused by the quota.
+    pub fn throttled_sessions(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// The registry; never held across an await.

@@ -18,13 +18,23 @@ use std::path::{Path, PathBuf};
 /// The variable `cargo xtask test` sets to the tools directory.
 pub const TOOLS_DIR_ENV: &str = "ATTACHE_TOOLS_DIR";
 
-/// The workspace root (this crate lives at `tests/testkit`).
+/// The workspace root: the nearest directory holding a `[workspace]`
+/// Cargo.toml above the package under test (`CARGO_MANIFEST_DIR`, which
+/// cargo sets when it runs a test), else above this crate's own source.
+/// Read at run time, so a test binary built from another checkout that
+/// shares the target directory still finds this checkout's tools.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
         .ancestors()
-        .nth(2)
-        .expect("tests/testkit has two parents")
-        .to_path_buf()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.contains("[workspace]"))
+        })
+        .map(Path::to_path_buf)
+        .unwrap_or(start)
 }
 
 /// `<target dir>/tools`: `$ATTACHE_TOOLS_DIR`, else `$CARGO_TARGET_DIR/tools`,

@@ -88,14 +88,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let paths = Paths::discover()?;
     match cli.task {
-        Task::Tools { names } => tools::provision(&paths, &names),
+        Task::Tools { names } if names.is_empty() => {
+            tools::provision(&paths, tools::Selection::All)
+        }
+        Task::Tools { names } => tools::provision(&paths, tools::Selection::Named(&names)),
         Task::Test { cargo_args } => test(&paths, &cargo_args),
     }
 }
 
 fn test(paths: &Paths, cargo_args: &[String]) -> Result<()> {
     let start = Instant::now();
-    tools::provision(paths, &[])?;
+    tools::provision(paths, tools::Selection::ForTests)?;
     let provisioned = start.elapsed();
     eprintln!("xtask: phase provision: {:.1}s", provisioned.as_secs_f64());
     let counts = cargo_test(paths, cargo_args)?;

@@ -39,6 +39,9 @@ struct GoTool {
     source: Option<String>,
     #[serde(default)]
     requires: BTreeMap<String, String>,
+    /// Built only when named or by `cargo xtask tools` (no test needs it yet).
+    #[serde(default)]
+    on_demand: bool,
 }
 
 /// A Maven project of ours run with `java -cp`.
@@ -63,8 +66,23 @@ impl ToolsFile {
     }
 }
 
-/// Builds the tools named in `only` (all when empty), then the venv and npm clients.
-pub fn provision(paths: &Paths, only: &[String]) -> Result<()> {
+/// Which tools [`provision`] builds.
+pub enum Selection<'a> {
+    /// Every tool, on-demand ones included (`cargo xtask tools`).
+    All,
+    /// What the tests need (`cargo xtask test`).
+    ForTests,
+    /// These names only.
+    Named(&'a [String]),
+}
+
+/// Builds the selected tools, the venv and the npm clients.
+pub fn provision(paths: &Paths, selection: Selection<'_>) -> Result<()> {
+    let only: &[String] = match selection {
+        Selection::Named(names) => names,
+        _ => &[],
+    };
+    let for_tests = matches!(selection, Selection::ForTests);
     let file = ToolsFile::load(paths)?;
     for name in only {
         ensure!(
@@ -83,7 +101,7 @@ pub fn provision(paths: &Paths, only: &[String]) -> Result<()> {
         phase(paths, "node", npm_clients)?;
     }
     for (name, tool) in &file.go {
-        if wanted(name) {
+        if wanted(name) && !(for_tests && tool.on_demand) {
             phase(paths, name, |p| build_go(p, name, tool))?;
         }
     }

@@ -25,7 +25,7 @@ for dir in "${dirs[@]}"; do
   echo "ok $dir ($(grep -c '^kind:' "$file") objects)"
 done
 
-echo "== deploy: broker RBAC vs deploy/kubernetes/broker-api-calls.json"
+echo "== deploy: RBAC of each identity (broker, ECR controller) vs deploy/kubernetes/broker-api-calls.json"
 for dir in "${dirs[@]}"; do
   # The base, and every overlay of it (they install the broker too).
   file="$out/${dir//\//_}.yaml"

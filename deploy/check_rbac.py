@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Checks that rendered manifests grant the broker exactly its API calls.
+"""Checks that rendered manifests grant each of attache's identities exactly its API calls.
 
 Usage: check_rbac.py CALLS_JSON RENDERED_YAML
 
 CALLS_JSON is deploy/kubernetes/broker-api-calls.json, RENDERED_YAML the output
-of `kubectl kustomize deploy/kubernetes`. Every listed call must be granted to
-the broker's ServiceAccount (the one its Deployment runs as), and every grant
-must be needed by a listed call, no wider (scope, resource names) than needed;
-no wildcards, no nonResourceURLs. broker/tests/rbac.rs checks the same rules.
+of `kubectl kustomize deploy/kubernetes`. Each call names the ServiceAccount
+that makes it (attache-broker, attache-ecr-controller); each such account must
+be the one a Deployment of the manifests runs as. Every listed call must be
+granted to its ServiceAccount, and every grant to it must be needed by one of
+its calls, no wider (scope, resource names) than needed; no wildcards, no
+nonResourceURLs; the manifests bind no role to any other ServiceAccount of
+attache's namespace. broker/tests/rbac.rs checks the same rules.
 Prints one line per problem and exits 1 if there is any.
 """
 
@@ -25,12 +28,21 @@ def load(calls_path, rendered_path):
     return calls, docs
 
 
-def broker_identity(docs):
+def deployment_identities(docs):
+    """(namespace, serviceAccountName) of every Deployment."""
+    out = set()
     for d in docs:
-        if d.get("kind") == "Deployment" and d["metadata"]["name"] == "attache-broker":
+        if d.get("kind") == "Deployment":
             ns = d["metadata"].get("namespace", "")
             sa = d["spec"]["template"]["spec"].get("serviceAccountName", "")
-            return ns, sa
+            out.add((ns, sa))
+    return out
+
+
+def broker_namespace(docs):
+    for d in docs:
+        if d.get("kind") == "Deployment" and d["metadata"]["name"] == "attache-broker":
+            return d["metadata"].get("namespace", "")
     raise SystemExit("check_rbac: the manifests have no Deployment attache-broker")
 
 
@@ -105,12 +117,7 @@ def needed(g, calls, own):
     return all(any(fits(c) and c.get("resourceName") == n for c in calls) for n in names)
 
 
-def main(argv):
-    if len(argv) != 3:
-        raise SystemExit(__doc__)
-    calls, docs = load(argv[1], argv[2])
-    own, sa = broker_identity(docs)
-    problems = []
+def check_identity(docs, calls, own, sa, problems):
     for c in calls:
         if c.get("scope") not in ("own", "any", "cluster"):
             problems.append(f"bad scope in call list: {c}")
@@ -118,20 +125,48 @@ def main(argv):
     for c in calls:
         if not any(allows(g, c, own) for g in gs):
             problems.append(
-                f"not granted: {c['verb']} {c['group']}/{c['resource']} scope={c['scope']}"
+                f"{sa}: not granted: {c['verb']} {c['group']}/{c['resource']} scope={c['scope']}"
                 f" name={c.get('resourceName')} ({c.get('why', '')})"
             )
     for g in gs:
         if not needed(g, calls, own):
             problems.append(
-                f"granted but not needed by any listed call: {g[3]} {g[1]}/{g[2]}"
+                f"{sa}: granted but not needed by any listed call: {g[3]} {g[1]}/{g[2]}"
                 f" reach={g[0]} names={sorted(g[4]) if g[4] is not None else None} from {g[5]}"
             )
+    return gs
+
+
+def main(argv):
+    if len(argv) != 3:
+        raise SystemExit(__doc__)
+    calls, docs = load(argv[1], argv[2])
+    own = broker_namespace(docs)
+    problems = []
+    running = deployment_identities(docs)
+    identities = sorted({c.get("serviceAccount", "") for c in calls})
+    summary = []
+    for sa in identities:
+        if not sa:
+            problems.append("a call names no serviceAccount")
+            continue
+        if (own, sa) not in running:
+            problems.append(f"no Deployment in {own} runs as ServiceAccount {sa}, which broker-api-calls.json lists")
+        mine = [c for c in calls if c.get("serviceAccount") == sa]
+        gs = check_identity(docs, mine, own, sa, problems)
+        summary.append(f"{len(mine)} calls granted to {own}/{sa}, {len(gs)} grants all needed")
+    # No grant to any other ServiceAccount of attache's namespace.
+    for b in docs:
+        if b.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        for s in b.get("subjects") or []:
+            if s.get("kind") == "ServiceAccount" and s.get("namespace") == own and s.get("name") not in identities:
+                problems.append(f"{b['kind']} {b['metadata']['name']} grants ServiceAccount {s.get('name')}, which has no calls listed")
     for p in problems:
         print(f"check_rbac: {p}")
     if problems:
         return 1
-    print(f"check_rbac: {len(calls)} calls granted to {own}/{sa}, {len(gs)} grants all needed")
+    print("check_rbac: " + "; ".join(summary))
     return 0
 
 

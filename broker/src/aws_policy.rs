@@ -1,6 +1,11 @@
 //! `attache-broker aws-policy`: prints the IAM role trust policy that lets
-//! exactly one ServiceAccount assume a role through IAM Roles Anywhere, so
-//! nobody hand-writes the conditions.
+//! exactly one ServiceAccount (or an explicit list of them) assume a role
+//! through IAM Roles Anywhere, so nobody hand-writes the conditions.
+//!
+//! ECR pull roles are decided the same way: the ECR controller's sessions
+//! carry each pulling ServiceAccount's own identity, so an ECR role's trust
+//! policy lists the ServiceAccounts that pull with it
+//! (`--service-account team-a/app,team-b/web`).
 //!
 //! The policy has the shape AWS documents for Roles Anywhere ("Attribute
 //! mapping and trust policy"): the service principal
@@ -26,12 +31,12 @@ pub const SAN_URI_KEY: &str = "aws:PrincipalTag/x509SAN/URI";
 /// Flags of `attache-broker aws-policy`.
 #[derive(Debug, Args, Clone)]
 pub struct AwsPolicyArgs {
-    /// Namespace of the ServiceAccount that may assume the role.
+    /// Namespace of the ServiceAccount(s) named without one in --service-account.
     #[arg(long)]
-    pub namespace: String,
-    /// Name of the ServiceAccount that may assume the role.
-    #[arg(long)]
-    pub service_account: String,
+    pub namespace: Option<String>,
+    /// ServiceAccount(s) that may assume the role, comma-separated: NAME (in --namespace) or NAMESPACE/NAME; several for an ECR pull role shared by them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub service_account: Vec<String>,
     /// The cluster's Roles Anywhere trust anchor (arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>).
     #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
     pub trust_anchor_arn: String,
@@ -49,6 +54,9 @@ pub enum AwsPolicyError {
     /// The namespace, ServiceAccount or trust domain is not a valid name.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A ServiceAccount without a namespace and no `--namespace`.
+    #[error("--service-account {0:?} names no namespace: write NAMESPACE/NAME or add --namespace")]
+    NoNamespace(String),
     /// Writing the policy failed.
     #[error("cannot write the policy: {0}")]
     Write(std::io::Error),
@@ -112,19 +120,29 @@ pub struct SourceArn {
     pub source_arn: String,
 }
 
-/// `{"aws:PrincipalTag/x509SAN/URI": <SPIFFE ID>}`.
+/// `{"aws:PrincipalTag/x509SAN/URI": <SPIFFE ID or list of them>}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SanUri {
-    /// The SPIFFE ID.
+    /// The SPIFFE ID(s): any one matches.
     #[serde(rename = "aws:PrincipalTag/x509SAN/URI")]
-    pub uri: String,
+    pub uri: OneOrMany,
 }
 
-/// The trust policy for `identity` through `trust_anchor_arn`, after checking
-/// the ARN's shape.
+/// One value, or a list of which any one matches (as IAM condition values are written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// Several values.
+    Many(Vec<String>),
+}
+
+/// The trust policy for `identities` through `trust_anchor_arn`, after
+/// checking the ARN's shape.
 pub fn trust_policy(
     trust_anchor_arn: &str,
-    identity: &WorkloadIdentity,
+    identities: &[WorkloadIdentity],
 ) -> Result<TrustPolicy, AwsPolicyError> {
     validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")
         .map_err(AwsPolicyError::TrustAnchor)?;
@@ -142,7 +160,16 @@ pub fn trust_policy(
                     source_arn: trust_anchor_arn.to_string(),
                 },
                 string_equals: SanUri {
-                    uri: identity.spiffe_uri(),
+                    uri: match identities {
+                        [one] => OneOrMany::One(one.spiffe_uri()),
+                        many => {
+                            let mut uris: Vec<String> =
+                                many.iter().map(|i| i.spiffe_uri()).collect();
+                            uris.sort();
+                            uris.dedup();
+                            OneOrMany::Many(uris)
+                        }
+                    },
                 },
             },
         }],
@@ -151,12 +178,22 @@ pub fn trust_policy(
 
 /// Runs `aws-policy`: validates the flags and writes the policy as pretty JSON.
 pub fn run(args: &AwsPolicyArgs, out: &mut dyn std::io::Write) -> Result<(), AwsPolicyError> {
-    let identity = WorkloadIdentity::new(
-        args.trust_domain.trim(),
-        args.namespace.trim(),
-        args.service_account.trim(),
-    )?;
-    let policy = trust_policy(args.trust_anchor_arn.trim(), &identity)?;
+    let mut identities = Vec::new();
+    for sa in args.service_account.iter().map(|s| s.trim()) {
+        let (namespace, name) = match sa.split_once('/') {
+            Some((ns, name)) => (ns.to_string(), name),
+            None => match &args.namespace {
+                Some(ns) => (ns.trim().to_string(), sa),
+                None => return Err(AwsPolicyError::NoNamespace(sa.to_string())),
+            },
+        };
+        identities.push(WorkloadIdentity::new(
+            args.trust_domain.trim(),
+            &namespace,
+            name,
+        )?);
+    }
+    let policy = trust_policy(args.trust_anchor_arn.trim(), &identities)?;
     let json = serde_json::to_string_pretty(&policy)
         .map_err(|e| AwsPolicyError::Write(std::io::Error::other(e)))?;
     writeln!(out, "{json}").map_err(AwsPolicyError::Write)
@@ -171,8 +208,8 @@ mod tests {
 
     fn args(ns: &str, sa: &str, anchor: &str, td: &str) -> AwsPolicyArgs {
         AwsPolicyArgs {
-            namespace: ns.into(),
-            service_account: sa.into(),
+            namespace: Some(ns.into()),
+            service_account: vec![sa.into()],
             trust_anchor_arn: anchor.into(),
             trust_domain: td.into(),
         }
@@ -237,17 +274,50 @@ mod tests {
         .unwrap();
         let policy = trust_policy(
             &cli.a.trust_anchor_arn,
-            &WorkloadIdentity::new(
+            &[WorkloadIdentity::new(
                 &cli.a.trust_domain,
-                &cli.a.namespace,
-                &cli.a.service_account,
+                cli.a.namespace.as_deref().unwrap(),
+                &cli.a.service_account[0],
             )
-            .unwrap(),
+            .unwrap()],
         )
         .unwrap();
         assert_eq!(
             policy.statement[0].condition.string_equals.uri,
-            "spiffe://cluster.local/ns/team-a/sa/reader"
+            OneOrMany::One("spiffe://cluster.local/ns/team-a/sa/reader".into())
+        );
+    }
+
+    #[test]
+    fn an_ecr_pull_role_lists_every_service_account_that_pulls_with_it() {
+        let a = AwsPolicyArgs {
+            namespace: Some("team-a".into()),
+            service_account: vec!["app".into(), "team-b/web".into(), "app".into()],
+            trust_anchor_arn: ANCHOR.into(),
+            trust_domain: "cluster.local".into(),
+        };
+        let got: Value = serde_json::from_str(&render(&a).unwrap()).unwrap();
+        assert_eq!(
+            got["Statement"][0]["Condition"]["StringEquals"]["aws:PrincipalTag/x509SAN/URI"],
+            json!([
+                "spiffe://cluster.local/ns/team-a/sa/app",
+                "spiffe://cluster.local/ns/team-b/sa/web"
+            ])
+        );
+        assert_eq!(
+            got["Statement"][0]["Condition"]["ArnEquals"]["aws:SourceArn"],
+            ANCHOR
+        );
+        // Without --namespace every ServiceAccount must name its own.
+        let err = render(&AwsPolicyArgs {
+            namespace: None,
+            ..a
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"app\"") && err.contains("NAMESPACE/NAME"),
+            "{err}"
         );
     }
 

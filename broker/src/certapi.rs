@@ -74,6 +74,8 @@ pub struct CertApi {
     pub reviews: Arc<tokio::sync::Semaphore>,
     /// Certificates per identity (namespace, ServiceAccount, pod) and minute.
     pub issuance: Arc<IssuanceLimiter>,
+    /// Profile / trust anchor overrides a ServiceAccount may make (as the webhook checks them).
+    pub overrides: crate::policy::ArnOverrides,
 }
 
 /// Who a certificate is issued to, for rate limiting.
@@ -124,7 +126,7 @@ pub fn precheck(token: &str, now_unix: i64) -> Result<TokenShape, &'static str> 
     let expires_at = claims["exp"]
         .as_i64()
         .ok_or("the bearer token has no expiry")?;
-    if expires_at + EXP_LEEWAY_SECS < now_unix {
+    if expires_at.saturating_add(EXP_LEEWAY_SECS) < now_unix {
         return Err("the bearer token has expired");
     }
     Ok(TokenShape { expires_at })
@@ -263,6 +265,9 @@ impl CertApi {
                 )
             })?;
         let sa_ann = sa.metadata.annotations.unwrap_or_default();
+        self.overrides
+            .check(&caller.namespace, &caller.service_account, &sa_ann)
+            .map_err(|e| Refusal(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
         let pod_value = match self.bound_pod(caller).await? {
             Some(pod) => serde_json::to_value(&pod).unwrap_or_default(),
             None => Value::Null,
@@ -387,19 +392,7 @@ impl CertApi {
 
     /// The whole request: authenticate, authorize, verify the CSR, issue.
     pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Refusal(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "an Authorization: Bearer <ServiceAccount token> header is required".into(),
-                )
-            })?;
+        let token = bearer_token(headers)?;
         let (caller, role) = self.identify(token).await?;
         let key: IdentityKey = (
             caller.namespace.clone(),
@@ -425,27 +418,7 @@ impl CertApi {
                 ),
             ));
         }
-        let request: Value = serde_json::from_slice(body).map_err(|e| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("body is not JSON: {e}"),
-            )
-        })?;
-        let csr_pem = request.get("csr").and_then(Value::as_str).ok_or_else(|| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "field \"csr\" (a PEM string) is required".into(),
-            )
-        })?;
-        let csr = VerifiedCsr::parse(csr_pem.as_bytes()).map_err(|e| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_csr",
-                format!("field \"csr\": {e}"),
-            )
-        })?;
+        let csr = csr_from_body(body)?;
         let identity = WorkloadIdentity::new(
             &self.trust_domain,
             &caller.namespace,
@@ -483,6 +456,49 @@ impl CertApi {
             "notAfter": attache_sidecar::credentials::rfc3339(leaf.not_after),
         }))
     }
+}
+
+/// The ServiceAccount token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Refusal> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "an Authorization: Bearer <ServiceAccount token> header is required".into(),
+            )
+        })
+}
+
+/// The verified CSR of a request body `{"csr": "<PEM>"}`; a 400 naming the
+/// field otherwise.
+pub fn csr_from_body(body: &[u8]) -> Result<VerifiedCsr, Refusal> {
+    let request: Value = serde_json::from_slice(body).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("body is not JSON: {e}"),
+        )
+    })?;
+    let csr_pem = request.get("csr").and_then(Value::as_str).ok_or_else(|| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "field \"csr\" (a PEM string) is required".into(),
+        )
+    })?;
+    VerifiedCsr::parse(csr_pem.as_bytes()).map_err(|e| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_csr",
+            format!("field \"csr\": {e}"),
+        )
+    })
 }
 
 /// The axum handler.
@@ -551,5 +567,21 @@ mod precheck_tests {
             let err = precheck(&token, now).unwrap_err();
             assert!(err.contains(why), "{token}: {err}");
         }
+    }
+
+    /// Found by fuzzing (certapi target): `exp` near `i64::MAX` overflowed
+    /// the leeway addition (a panic with overflow checks, a wrap to
+    /// "expired" without).
+    #[test]
+    fn an_expiry_at_the_end_of_time_does_not_overflow() {
+        let far = jwt(json!({"aud": ["attache-broker"], "exp": i64::MAX}));
+        assert_eq!(
+            precheck(&far, 1_800_000_000),
+            Ok(TokenShape {
+                expires_at: i64::MAX
+            })
+        );
+        let past = jwt(json!({"aud": ["attache-broker"], "exp": i64::MIN}));
+        assert!(precheck(&past, 1_800_000_000).is_err());
     }
 }

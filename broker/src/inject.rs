@@ -41,6 +41,8 @@ pub struct InjectConfig {
     /// UID and GID the sidecar runs as: one no app container uses, so an app
     /// sharing the pod's process namespace cannot read the sidecar's memory.
     pub sidecar_uid: i64,
+    /// Profile / trust anchor overrides a ServiceAccount may make.
+    pub overrides: crate::policy::ArnOverrides,
 }
 
 /// What to do with a pod.
@@ -106,6 +108,31 @@ fn already_injected(pod: &Value) -> bool {
         })
 }
 
+/// Whether `pod` has the shape the patch assumes: `metadata` and `spec`
+/// objects, `spec.containers` (and `spec.initContainers` when set) lists of
+/// objects. The API server calls mutating webhooks before it validates, so a
+/// pod without them does reach the webhook; a patch it cannot apply would
+/// hide the validation error the user needs to see.
+fn patchable(pod: &Value) -> bool {
+    let objects = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(Value::is_object));
+    pod.get("metadata").is_some_and(Value::is_object)
+        && pod.get("spec").is_some_and(Value::is_object)
+        && pod.pointer("/spec/containers").is_some_and(objects)
+        && pod
+            .pointer("/spec/initContainers")
+            .is_none_or(|v| v.is_null() || objects(v))
+}
+
+/// Reads `attache.dev/session-duration`: whole seconds from 900 to 43200
+/// (what CreateSession accepts), surrounding spaces allowed.
+pub fn session_duration(value: &str) -> Option<u32> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|d| (900..=43200).contains(d))
+}
+
 /// Decides what to do with `pod`.
 pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     let pod_ann = |k: &str| str_at(pod, &format!("/metadata/annotations/{}", escape(k)));
@@ -137,7 +164,18 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     if already_injected(pod) {
         return Decision::Skip("already injected");
     }
+    if !patchable(pod) {
+        return Decision::Skip(
+            "no spec with a list of containers (the API server's validation refuses the pod)",
+        );
+    }
     let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
+    if let Err(e) = cfg
+        .overrides
+        .check(ctx.namespace, ctx.service_account, ctx.sa_annotations)
+    {
+        return Decision::Deny(e.to_string());
+    }
     let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.profile_arn.clone()) else {
         return Decision::Deny(format!(
             "no Roles Anywhere profile for ServiceAccount {}/{}: set {ANN_PROFILE_ARN} on it or start the broker with --profile-arn",
@@ -160,9 +198,9 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     }
     let duration = match sa(ANN_SESSION_DURATION) {
         None => 3600,
-        Some(v) => match v.parse::<u32>() {
-            Ok(d) if (900..=43200).contains(&d) => d,
-            _ => {
+        Some(v) => match session_duration(&v) {
+            Some(d) => d,
+            None => {
                 return Decision::Deny(format!(
                     "ServiceAccount {}/{} has {ANN_SESSION_DURATION}={v:?}: expected whole seconds from 900 to 43200",
                     ctx.namespace, ctx.service_account
@@ -391,6 +429,59 @@ pub(crate) mod tests {
             restrictions: true,
             sa_token_seconds: 3600,
             sidecar_uid: 19911,
+            overrides: crate::policy::ArnOverrides {
+                default_profile: Some(
+                    "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into(),
+                ),
+                default_trust_anchor: Some(
+                    "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
+                ),
+                allowed_profiles: vec![
+                    "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/team-*".into(),
+                ],
+                allowed_trust_anchors: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn profile_and_trust_anchor_overrides_are_checked_against_the_allow_list() {
+        let ns = BTreeMap::from([(ANN_ALLOWED_ROLES.to_string(), format!("[\"{ROLE}\"]"))]);
+        let decide_with = |k: &str, v: &str| {
+            let sa = BTreeMap::from([
+                (ANN_ROLE_ARN.to_string(), ROLE.to_string()),
+                (k.to_string(), v.to_string()),
+            ]);
+            decide(
+                &pod(),
+                &Context {
+                    namespace: "team",
+                    namespace_annotations: &ns,
+                    service_account: "app",
+                    sa_annotations: &sa,
+                },
+                &cfg(),
+            )
+        };
+        let allowed = decide_with(
+            ANN_PROFILE_ARN,
+            "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/team-a",
+        );
+        assert!(matches!(allowed, Decision::Patch { .. }), "{allowed:?}");
+        for (k, v) in [
+            (
+                ANN_PROFILE_ARN,
+                "arn:aws:rolesanywhere:eu-west-1:999999999999:profile/team-a",
+            ),
+            (
+                ANN_TRUST_ANCHOR_ARN,
+                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/other",
+            ),
+        ] {
+            match decide_with(k, v) {
+                Decision::Deny(m) => assert!(m.contains(k) && m.contains("team/app"), "{m}"),
+                d => panic!("{k}={v} must be refused: {d:?}"),
+            }
         }
     }
 
@@ -679,6 +770,33 @@ pub(crate) mod tests {
             warnings.iter().any(|w| w.contains("partition")),
             "{warnings:?}"
         );
+    }
+
+    /// Found by fuzzing (admission target): a pod without `spec` (or with
+    /// `containers: null`) reaches the webhook, which runs before validation;
+    /// it got a patch that cannot apply.
+    #[test]
+    fn pods_without_a_spec_or_containers_are_left_to_validation() {
+        for broken in [
+            json!({"metadata": {"name": "p"}}),
+            json!({"metadata": {"name": "p"}, "spec": null}),
+            json!({"metadata": {"name": "p"}, "spec": {}}),
+            json!({"metadata": {"name": "p"}, "spec": {"containers": null}}),
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [1]}}),
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "initContainers": ["x"]}}),
+            json!({"metadata": 1, "spec": {"containers": [{"name": "a"}]}}),
+        ] {
+            for native_sidecar in [true, false] {
+                let cfg = InjectConfig {
+                    native_sidecar,
+                    ..cfg()
+                };
+                assert!(
+                    matches!(run(&broken, &allowed(), &sa(), &cfg), Decision::Skip(_)),
+                    "{broken}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -22,15 +22,27 @@ enum Command {
     AwsPolicy(attache_broker::aws_policy::AwsPolicyArgs),
     /// Run the broker in the cluster: webhook, certificate API, admin endpoints.
     Run(Box<RunArgs>),
+    /// Run the ECR pull-secret controller (its own Deployment and ServiceAccount).
+    EcrController(Box<attache_broker::ecr::cli::EcrControllerArgs>),
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot configure the Kubernetes client (in-cluster config or KUBECONFIG): {e}"
+        )
+    })
+}
+
+async fn ecr_controller(args: attache_broker::ecr::cli::EcrControllerArgs) -> anyhow::Result<()> {
+    attache_sidecar::cli::init_logging(args.log_format);
+    let client = kube_client().await?;
+    attache_broker::ecr::cli::run(args, client).await
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     attache_sidecar::cli::init_logging(args.log_format);
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot configure the Kubernetes client (in-cluster config or KUBECONFIG): {e}"
-        )
-    })?;
+    let client = kube_client().await?;
     let running = attache_broker::run::start(args, client).await?;
     attache_sidecar::serve::shutdown_signal().await;
     running.shutdown().await;
@@ -49,6 +61,11 @@ fn main() -> std::process::ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(run(*args))),
+        Command::EcrController(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(ecr_controller(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

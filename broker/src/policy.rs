@@ -59,6 +59,87 @@ pub fn check_role(
     }
 }
 
+/// Which ServiceAccount overrides of the Roles Anywhere profile and trust
+/// anchor (`attache.dev/profile-arn`, `attache.dev/trust-anchor-arn`) are
+/// allowed: the configured default always, anything else only when it
+/// matches a glob of `--allowed-profile-arns` / `--allowed-trust-anchor-arns`
+/// (empty: no other value). Checked by the webhook, the certificate API and
+/// the ECR controller alike.
+#[derive(Clone, Debug, Default)]
+pub struct ArnOverrides {
+    /// The broker's `--profile-arn`.
+    pub default_profile: Option<String>,
+    /// The broker's `--trust-anchor-arn`.
+    pub default_trust_anchor: Option<String>,
+    /// `--allowed-profile-arns`: globs of profile ARNs a ServiceAccount may name.
+    pub allowed_profiles: Vec<String>,
+    /// `--allowed-trust-anchor-arns`: globs of trust anchor ARNs a ServiceAccount may name.
+    pub allowed_trust_anchors: Vec<String>,
+}
+
+/// A ServiceAccount names a profile or trust anchor the broker does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "ServiceAccount {namespace}/{service_account} sets {annotation}={value:?}, which is not allowed: only the default or an ARN matching {flag} may be named"
+)]
+pub struct OverrideNotAllowed {
+    /// Namespace.
+    pub namespace: String,
+    /// ServiceAccount.
+    pub service_account: String,
+    /// The annotation.
+    pub annotation: &'static str,
+    /// Its value.
+    pub value: String,
+    /// The flag listing what is allowed.
+    pub flag: &'static str,
+}
+
+impl ArnOverrides {
+    /// Checks the ServiceAccount's profile and trust anchor overrides.
+    pub fn check(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        sa_annotations: &BTreeMap<String, String>,
+    ) -> Result<(), OverrideNotAllowed> {
+        use crate::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
+        for (annotation, default, allowed, flag) in [
+            (
+                ANN_PROFILE_ARN,
+                &self.default_profile,
+                &self.allowed_profiles,
+                "--allowed-profile-arns",
+            ),
+            (
+                ANN_TRUST_ANCHOR_ARN,
+                &self.default_trust_anchor,
+                &self.allowed_trust_anchors,
+                "--allowed-trust-anchor-arns",
+            ),
+        ] {
+            let Some(value) = sa_annotations
+                .get(annotation)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+            else {
+                continue;
+            };
+            if default.as_deref() == Some(value) || allowed.iter().any(|p| glob_match(p, value)) {
+                continue;
+            }
+            return Err(OverrideNotAllowed {
+                namespace: namespace.to_string(),
+                service_account: service_account.to_string(),
+                annotation,
+                value: value.to_string(),
+                flag,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Segment-aware glob: `*` matches any run of characters within one ARN
 /// segment (never `:` or `/`), `**` any run at all; everything else matches
 /// literally. So `arn:aws:iam::111122223333:role/team-a*` matches
@@ -162,6 +243,69 @@ mod tests {
     }
 
     #[test]
+    fn profile_and_trust_anchor_overrides_need_the_default_or_an_allowed_glob() {
+        use crate::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
+        let p = "arn:aws:rolesanywhere:eu-west-1:1:profile/default";
+        let a = "arn:aws:rolesanywhere:eu-west-1:1:trust-anchor/default";
+        let o = ArnOverrides {
+            default_profile: Some(p.into()),
+            default_trust_anchor: Some(a.into()),
+            allowed_profiles: vec!["arn:aws:rolesanywhere:eu-west-1:1:profile/team-*".into()],
+            allowed_trust_anchors: vec![],
+        };
+        let ann = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(o.check("ns", "sa", &BTreeMap::new()).is_ok());
+        assert!(o.check("ns", "sa", &ann(ANN_PROFILE_ARN, p)).is_ok());
+        assert!(o.check("ns", "sa", &ann(ANN_TRUST_ANCHOR_ARN, a)).is_ok());
+        assert!(o.check("ns", "sa", &ann(ANN_PROFILE_ARN, " ")).is_ok());
+        assert!(
+            o.check(
+                "ns",
+                "sa",
+                &ann(
+                    ANN_PROFILE_ARN,
+                    "arn:aws:rolesanywhere:eu-west-1:1:profile/team-a"
+                )
+            )
+            .is_ok()
+        );
+        let e = o
+            .check(
+                "ns",
+                "sa",
+                &ann(
+                    ANN_PROFILE_ARN,
+                    "arn:aws:rolesanywhere:eu-west-1:2:profile/team-a",
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(e.flag, "--allowed-profile-arns");
+        let e = o
+            .check(
+                "ns",
+                "sa",
+                &ann(
+                    ANN_TRUST_ANCHOR_ARN,
+                    "arn:aws:rolesanywhere:eu-west-1:1:trust-anchor/other",
+                ),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ns/sa")
+                && e.contains(ANN_TRUST_ANCHOR_ARN)
+                && e.contains("--allowed-trust-anchor-arns"),
+            "{e}"
+        );
+        // No default configured: every override needs the allow-list.
+        assert!(
+            ArnOverrides::default()
+                .check("ns", "sa", &ann(ANN_PROFILE_ARN, p))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn policy_names_namespace_role_and_annotation() {
         let role = "arn:aws:iam::123456789012:role/r";
         assert!(check_role("a", &ns(&format!("[\"{role}\"]")), role, true).is_ok());
@@ -189,5 +333,107 @@ mod tests {
             )
             .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::glob_match;
+    use proptest::prelude::*;
+
+    /// ARN-like text: segments of letters, digits and `-` joined by `:` and `/`.
+    fn segment() -> impl Strategy<Value = String> {
+        "[a-z0-9-]{0,6}"
+    }
+
+    fn arn() -> impl Strategy<Value = String> {
+        prop::collection::vec((segment(), prop_oneof![Just(':'), Just('/')]), 1..6).prop_map(
+            |parts| {
+                let mut s: String = parts
+                    .iter()
+                    .map(|(seg, sep)| format!("{seg}{sep}"))
+                    .collect();
+                s.pop();
+                s
+            },
+        )
+    }
+
+    fn separators(s: &str) -> String {
+        s.chars().filter(|c| matches!(c, ':' | '/')).collect()
+    }
+
+    proptest! {
+        /// A pattern without `*` matches exactly itself.
+        #[test]
+        fn a_literal_matches_only_itself(p in arn(), t in arn()) {
+            prop_assert!(glob_match(&p, &p));
+            prop_assert_eq!(glob_match(&p, &t), p == t);
+        }
+
+        /// Replacing any one segment of an ARN by `*` matches the ARN, and no
+        /// ARN whose segment there holds another `:` or `/`.
+        #[test]
+        fn a_single_star_stays_inside_its_segment(
+            parts in prop::collection::vec(segment(), 1..6),
+            at in any::<prop::sample::Index>(),
+            sep in prop_oneof![Just(':'), Just('/')],
+            extra in segment(),
+        ) {
+            let i = at.index(parts.len());
+            let mut pattern = parts.clone();
+            pattern[i] = "*".into();
+            let pattern = pattern.join(":");
+            prop_assert!(glob_match(&pattern, &parts.join(":")));
+            let mut wider = parts.clone();
+            wider[i] = format!("{}{sep}{extra}", parts[i]);
+            prop_assert!(!glob_match(&pattern, &wider.join(":")), "{} matched {}", pattern, wider.join(":"));
+            // `**` in the same place does cross.
+            let mut deep = parts.clone();
+            deep[i] = "**".into();
+            prop_assert!(glob_match(&deep.join(":"), &wider.join(":")));
+        }
+
+        /// Whatever a pattern without `**` matches has exactly the pattern's
+        /// `:` and `/` separators, in the same order.
+        #[test]
+        fn without_double_star_separators_are_literal(
+            p in prop::collection::vec(prop_oneof![segment(), Just("*".to_string())], 1..5)
+                .prop_flat_map(|segs| {
+                    let n = segs.len();
+                    (Just(segs), prop::collection::vec(prop_oneof![Just(':'), Just('/')], n))
+                })
+                .prop_map(|(segs, seps)| {
+                    let mut s = String::new();
+                    for (seg, sep) in segs.iter().zip(seps) {
+                        s.push_str(seg);
+                        s.push(sep);
+                    }
+                    s.pop();
+                    s
+                }),
+            t in arn(),
+        ) {
+            prop_assume!(!p.contains("**"));
+            if glob_match(&p, &t) {
+                prop_assert_eq!(separators(&p), separators(&t));
+            }
+            // `*` alone is one segment: it matches exactly the texts without separators.
+            prop_assert_eq!(glob_match("*", &t), separators(&t).is_empty());
+            // `**` alone matches everything.
+            prop_assert!(glob_match("**", &t));
+        }
+
+        /// prefix`*`suffix matches exactly the texts with that prefix and
+        /// suffix and no separator in between.
+        #[test]
+        fn star_between_literals(pre in arn(), mid in "[a-z0-9:/-]{0,8}", suf in arn()) {
+            let pattern = format!("{pre}*{suf}");
+            let text = format!("{pre}{mid}{suf}");
+            // The literals have fixed lengths, so `*` covers exactly `mid`.
+            prop_assert_eq!(glob_match(&pattern, &text), separators(&mid).is_empty());
+            let across = format!("{pre}**{suf}");
+            prop_assert!(glob_match(&across, &text));
+        }
     }
 }

@@ -43,13 +43,6 @@ pub struct RunArgs {
     /// Namespace the broker runs in (holds its CA Secret and bundle ConfigMap).
     #[arg(long, env = "ATTACHE_NAMESPACE", default_value = "attache-system")]
     pub namespace: String,
-    /// The broker's own ServiceAccount (the identity of its ECR certificate).
-    #[arg(
-        long,
-        env = "ATTACHE_SERVICE_ACCOUNT",
-        default_value = "attache-broker"
-    )]
-    pub service_account: String,
     /// Name of the broker's Service (its DNS names go into the serving certificate).
     #[arg(long, env = "ATTACHE_SERVICE_NAME", default_value = "attache-broker")]
     pub service_name: String,
@@ -71,6 +64,12 @@ pub struct RunArgs {
     /// Default trust anchor ARN (a ServiceAccount may override it).
     #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
     pub trust_anchor_arn: Option<String>,
+    /// Profile ARNs (globs) a ServiceAccount may name in attache.dev/profile-arn besides the default, comma-separated.
+    #[arg(long, env = "ATTACHE_ALLOWED_PROFILE_ARNS", value_delimiter = ',')]
+    pub allowed_profile_arns: Vec<String>,
+    /// Trust anchor ARNs (globs) a ServiceAccount may name in attache.dev/trust-anchor-arn besides the default, comma-separated.
+    #[arg(long, env = "ATTACHE_ALLOWED_TRUST_ANCHOR_ARNS", value_delimiter = ',')]
+    pub allowed_trust_anchor_arns: Vec<String>,
     /// Sidecar image injected into pods.
     #[arg(long, env = "ATTACHE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/attache-dev/attache:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
@@ -159,9 +158,6 @@ pub struct RunArgs {
     /// Log format: json or text.
     #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_sidecar::cli::LogFormat::Json)]
     pub log_format: attache_sidecar::cli::LogFormat,
-    /// The ECR pull-secret controller.
-    #[command(flatten)]
-    pub ecr: crate::ecr::EcrArgs,
 }
 
 /// A running broker (for tests and the binary).
@@ -181,15 +177,11 @@ pub struct Running {
     pub metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    ecr: Option<crate::ecr::EcrHandle>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(mut self) {
-        if let Some(e) = self.ecr.take() {
-            e.shutdown().await;
-        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -330,23 +322,6 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             }
         })
     };
-    let ecr = crate::ecr::start(
-        &args.ecr,
-        crate::ecr::EcrContext {
-            client: client.clone(),
-            ca: ca.clone(),
-            namespace: args.namespace.clone(),
-            service_account: args.service_account.clone(),
-            trust_domain: args.trust_domain.clone(),
-            region: args.region.clone(),
-            profile_arn: args.profile_arn.clone(),
-            trust_anchor_arn: args.trust_anchor_arn.clone(),
-            namespace_restrictions: args.namespace_restrictions,
-            metrics: metrics.clone(),
-            clock: Arc::new(attache_sidecar::clock::SystemClock),
-        },
-    )
-    .await?;
     let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
     let cert = RotatingCert::new(&serving_ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
@@ -357,6 +332,12 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         .broker_url
         .clone()
         .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace));
+    let overrides = crate::policy::ArnOverrides {
+        default_profile: args.profile_arn.clone(),
+        default_trust_anchor: args.trust_anchor_arn.clone(),
+        allowed_profiles: args.allowed_profile_arns.clone(),
+        allowed_trust_anchors: args.allowed_trust_anchor_arns.clone(),
+    };
     let webhook = Webhook {
         client: client.clone(),
         config: Arc::new(InjectConfig {
@@ -374,11 +355,13 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             restrictions: args.namespace_restrictions,
             sa_token_seconds: args.sa_token_seconds,
             sidecar_uid: args.sidecar_uid,
+            overrides: overrides.clone(),
         }),
         excluded_namespaces: Arc::new(excluded),
         metrics: metrics.clone(),
     };
     let certs = CertApi {
+        overrides,
         client: client.clone(),
         ca: ca.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -473,6 +456,5 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         metrics,
         stop: Some(stop_tx),
         tasks: vec![serve_main, serve_admin],
-        ecr: Some(ecr),
     })
 }

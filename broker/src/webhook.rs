@@ -42,26 +42,21 @@ pub async fn mutate(
     State(w): State<Webhook>,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let parsed: Result<AdmissionReview<DynamicObject>, _> = serde_json::from_slice(&body);
-    let req: AdmissionRequest<DynamicObject> =
-        match parsed.map_err(|e| e.to_string()).and_then(|r| {
-            r.try_into()
-                .map_err(|_| "the review has no \"request\"".to_string())
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                Metrics::count(&w.metrics.admissions, "invalid");
-                let msg = format!("malformed AdmissionReview: {e}");
-                tracing::warn!(error = %msg, "refused admission review");
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(
-                        serde_json::to_value(AdmissionResponse::invalid(&msg).into_review())
-                            .unwrap_or_default(),
-                    ),
-                );
-            }
-        };
+    let req = match parse_review(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            Metrics::count(&w.metrics.admissions, "invalid");
+            let msg = format!("malformed AdmissionReview: {e}");
+            tracing::warn!(error = %msg, "refused admission review");
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    serde_json::to_value(AdmissionResponse::invalid(&msg).into_review())
+                        .unwrap_or_default(),
+                ),
+            );
+        }
+    };
     match w.review(&req).await {
         Ok(resp) => review(resp),
         // The API server's failurePolicy decides (Fail: the pod is refused
@@ -145,28 +140,45 @@ impl Webhook {
                 ops,
                 warnings,
                 role_arn,
-            } => {
-                let patch: json_patch::Patch = match serde_json::from_value(Value::Array(ops)) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return Ok(allow.deny(format!("internal error building the patch: {e}")));
-                    }
-                };
-                tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, role_arn = %role_arn, "injecting sidecar");
-                Metrics::count(&self.metrics.admissions, "injected");
-                let mut resp = match allow.clone().with_patch(patch) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Ok(allow.deny(format!("internal error encoding the patch: {e}")));
-                    }
-                };
-                if !warnings.is_empty() {
-                    resp.warnings = Some(warnings);
+            } => match patch_response(allow.clone(), ops, warnings) {
+                Ok(resp) => {
+                    tracing::info!(namespace = %namespace, service_account = %sa_name, pod = %pod_name, role_arn = %role_arn, "injecting sidecar");
+                    Metrics::count(&self.metrics.admissions, "injected");
+                    Ok(resp)
                 }
-                Ok(resp)
-            }
+                Err(message) => Ok(allow.deny(message)),
+            },
         }
     }
+}
+
+/// Reads a `POST /mutate` body: an AdmissionReview that carries a request.
+/// The error says what is wrong (the handler answers it with a 400).
+pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    review
+        .try_into()
+        .map_err(|_| "the review has no \"request\"".to_string())
+}
+
+/// The answer that applies `ops` (from [`Decision::Patch`]) as the review's
+/// JSON Patch, with `warnings` for kubectl; `Err` (an internal error, to deny
+/// with) when the operations do not form a patch.
+pub fn patch_response(
+    allow: AdmissionResponse,
+    ops: Vec<Value>,
+    warnings: Vec<String>,
+) -> Result<AdmissionResponse, String> {
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+        .map_err(|e| format!("internal error building the patch: {e}"))?;
+    let mut resp = allow
+        .with_patch(patch)
+        .map_err(|e| format!("internal error encoding the patch: {e}"))?;
+    if !warnings.is_empty() {
+        resp.warnings = Some(warnings);
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

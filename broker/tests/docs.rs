@@ -9,6 +9,7 @@ fn every_flag_is_in_the_reference() {
             .unwrap();
     for cmd in [
         &["run"][..],
+        &["ecr-controller"],
         &["aws-policy"],
         &["ca", "init"],
         &["ca", "issue"],

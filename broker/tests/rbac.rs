@@ -1,7 +1,9 @@
-//! The install manifests in `deploy/kubernetes` grant the broker exactly the
-//! Kubernetes API calls listed in `deploy/kubernetes/broker-api-calls.json`
-//! (every call, nothing more, no wildcards), and agree with the broker's
-//! defaults (names, ports, paths).
+//! The install manifests in `deploy/kubernetes` grant each of attache's two
+//! identities (the broker, ServiceAccount `attache-broker`; the ECR
+//! controller, `attache-ecr-controller`) exactly the Kubernetes API calls
+//! listed for it in `deploy/kubernetes/broker-api-calls.json` (every call,
+//! nothing more, no wildcards; the broker has no Secret access outside its
+//! namespace), and agree with the commands' defaults (names, ports, paths).
 //!
 //! Renders the kustomization with `kubectl kustomize` (kubectl is on every
 //! machine, CI included). `deploy/check_rbac.py` makes the same RBAC check
@@ -27,6 +29,7 @@ fn repo_root() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Call {
+    service_account: String,
     component: String,
     verb: String,
     group: String,
@@ -91,6 +94,28 @@ fn defaults() -> RunArgs {
     Cli::try_parse_from(["attache-broker"])
         .expect("run has defaults for every flag")
         .run
+}
+
+fn controller_defaults() -> attache_broker::ecr::cli::EcrControllerArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        c: attache_broker::ecr::cli::EcrControllerArgs,
+    }
+    Cli::try_parse_from(["attache-broker"])
+        .expect("ecr-controller has defaults for every flag")
+        .c
+}
+
+const BROKER_SA: &str = "attache-broker";
+const CONTROLLER_SA: &str = "attache-ecr-controller";
+
+fn calls_of(calls: &[Call], sa: &str) -> Vec<Call> {
+    calls
+        .iter()
+        .filter(|c| c.service_account == sa)
+        .cloned()
+        .collect()
 }
 
 fn ecr_lease_name() -> String {
@@ -294,6 +319,7 @@ fn call_list_is_well_formed_and_names_the_brokers_objects() {
     let d = defaults();
     let lease = ecr_lease_name();
     let own_names = [
+        attache_broker::ecr::state::STATE_SECRET,
         attache_broker::names::CA_SECRET,
         attache_broker::names::SERVING_CA_SECRET,
         attache_broker::names::CA_BUNDLE_CONFIGMAP,
@@ -319,26 +345,43 @@ fn call_list_is_well_formed_and_names_the_brokers_objects() {
             assert!(own_names.contains(&n.as_str()), "unknown object {n}: {c:?}");
         }
     }
+    for c in &calls {
+        assert!(
+            [BROKER_SA, CONTROLLER_SA].contains(&c.service_account.as_str()),
+            "every call names its identity: {c:?}"
+        );
+    }
     // The calls the code makes today (broker/src): keep the list in step.
-    let has = |verb: &str, resource: &str, scope: Scope| {
-        calls
-            .iter()
-            .any(|c| c.verb == verb && c.resource == resource && c.scope == scope)
+    let has = |sa: &str, verb: &str, resource: &str, scope: Scope| {
+        calls.iter().any(|c| {
+            c.service_account == sa && c.verb == verb && c.resource == resource && c.scope == scope
+        })
     };
-    assert!(has("create", "tokenreviews", Scope::Cluster));
-    assert!(has("get", "serviceaccounts", Scope::Any));
-    assert!(has("get", "pods", Scope::Any));
-    assert!(has("get", "namespaces", Scope::Cluster));
-    assert!(has("create", "secrets", Scope::Own));
-    assert!(has("update", "configmaps", Scope::Own));
+    assert!(has(BROKER_SA, "create", "tokenreviews", Scope::Cluster));
+    assert!(has(BROKER_SA, "get", "serviceaccounts", Scope::Any));
+    assert!(has(BROKER_SA, "get", "pods", Scope::Any));
+    assert!(has(BROKER_SA, "get", "namespaces", Scope::Cluster));
+    assert!(has(BROKER_SA, "create", "secrets", Scope::Own));
+    assert!(has(BROKER_SA, "update", "configmaps", Scope::Own));
     assert!(has(
+        BROKER_SA,
         "update",
         "mutatingwebhookconfigurations",
         Scope::Cluster
     ));
-    assert!(has("update", "leases", Scope::Own));
-    assert!(has("patch", "serviceaccounts", Scope::Any));
-    assert!(has("watch", "secrets", Scope::Any));
+    assert!(has(CONTROLLER_SA, "update", "leases", Scope::Own));
+    assert!(has(CONTROLLER_SA, "patch", "serviceaccounts", Scope::Any));
+    assert!(has(CONTROLLER_SA, "watch", "secrets", Scope::Any));
+    assert!(has(CONTROLLER_SA, "get", "secrets", Scope::Own));
+    // The broker (webhook, certificate API, CA) touches Secrets only in its
+    // own namespace, and no Lease: the ECR controller is another identity.
+    for c in calls_of(&calls, BROKER_SA) {
+        assert!(
+            !(c.resource == "secrets" && c.scope != Scope::Own),
+            "the broker has no Secret access outside its namespace: {c:?}"
+        );
+        assert_ne!(c.resource, "leases", "{c:?}");
+    }
 }
 
 #[test]
@@ -346,34 +389,84 @@ fn rbac_grants_every_listed_call_and_nothing_more() {
     let docs = render("deploy/kubernetes");
     let calls = calls();
     let d = defaults();
-    let deployment = find(&docs, "Deployment", "attache-broker");
-    let own = deployment["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default();
-    assert_eq!(
-        own, d.namespace,
-        "installed in the broker's default namespace"
-    );
-    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        !sa.is_empty(),
-        "the broker runs with its own ServiceAccount"
-    );
-    find(&docs, "ServiceAccount", sa);
-    let problems = rbac_violations(&docs, &calls, own, sa);
-    assert!(
-        problems.is_empty(),
-        "RBAC problems:\n{}",
-        problems.join("\n")
-    );
+    let c = controller_defaults();
+    for (deployment, identity, namespace) in [
+        ("attache-broker", BROKER_SA, &d.namespace),
+        ("attache-ecr-controller", CONTROLLER_SA, &c.namespace),
+    ] {
+        let deployment = find(&docs, "Deployment", deployment);
+        let own = deployment["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(own, namespace, "installed in the default namespace");
+        let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            sa, identity,
+            "each Deployment runs as its own ServiceAccount"
+        );
+        find(&docs, "ServiceAccount", sa);
+        let problems = rbac_violations(&docs, &calls_of(&calls, sa), own, sa);
+        assert!(
+            problems.is_empty(),
+            "RBAC problems of {sa}:\n{}",
+            problems.join("\n")
+        );
+    }
+    // Nothing is bound to any other ServiceAccount of attache's namespace.
+    for b in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+    {
+        for s in b["subjects"].as_array().into_iter().flatten() {
+            if s["namespace"] == d.namespace.as_str() {
+                assert!(
+                    s["name"] == BROKER_SA || s["name"] == CONTROLLER_SA,
+                    "{} binds {}",
+                    b["metadata"]["name"],
+                    s["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_broker_is_refused_the_controllers_calls_and_the_other_way_round() {
+    let docs = render("deploy/kubernetes");
+    let calls = calls();
+    let own = "attache-system";
+    let broker_with_controller_calls =
+        rbac_violations(&docs, &calls_of(&calls, CONTROLLER_SA), own, BROKER_SA);
+    for needle in ["leases", "secrets"] {
+        assert!(
+            broker_with_controller_calls
+                .iter()
+                .any(|m| m.starts_with("not granted") && m.contains(needle)),
+            "the broker may not {needle}: {broker_with_controller_calls:?}"
+        );
+    }
+    let controller_with_broker_calls =
+        rbac_violations(&docs, &calls_of(&calls, BROKER_SA), own, CONTROLLER_SA);
+    for needle in [
+        "tokenreviews",
+        "mutatingwebhookconfigurations",
+        "configmaps",
+    ] {
+        assert!(
+            controller_with_broker_calls
+                .iter()
+                .any(|m| m.starts_with("not granted") && m.contains(needle)),
+            "the controller may not use {needle}: {controller_with_broker_calls:?}"
+        );
+    }
 }
 
 #[test]
 fn the_check_catches_missing_and_excess_grants() {
     let mut docs = render("deploy/kubernetes");
-    let calls = calls();
+    let calls = calls_of(&calls(), BROKER_SA);
     let own = "attache-system";
     let sa = "attache-broker";
     assert!(rbac_violations(&docs, &calls, own, sa).is_empty());
@@ -381,6 +474,7 @@ fn the_check_catches_missing_and_excess_grants() {
     // A call nobody granted.
     let mut more = calls.clone();
     more.push(Call {
+        service_account: BROKER_SA.into(),
         component: "test".into(),
         verb: "delete".into(),
         group: "".into(),
@@ -609,4 +703,63 @@ fn cloudformation_trust_policies_match_aws_policy() {
         2
     );
     assert!(text.contains("SourceType: CERTIFICATE_BUNDLE"));
+}
+
+#[test]
+fn the_ecr_controller_runs_as_its_own_deployment_and_identity() {
+    let docs = render("deploy/kubernetes");
+    let c = controller_defaults();
+    let deployment = find(&docs, "Deployment", "attache-ecr-controller");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], CONTROLLER_SA);
+    let container = &pod["containers"][0];
+    assert_eq!(container["command"], serde_json::json!(["/attache-broker"]));
+    assert_eq!(container["args"], serde_json::json!(["ecr-controller"]));
+    let port = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == container["readinessProbe"]["httpGet"]["port"])
+        .and_then(|p| p["containerPort"].as_u64());
+    assert_eq!(
+        port,
+        Some(u64::from(c.admin_listen.port())),
+        "probes use the admin port"
+    );
+    let env = container["env"].as_array().cloned().unwrap_or_default();
+    let ns_env = env
+        .iter()
+        .find(|e| e["name"] == "ATTACHE_NAMESPACE")
+        .expect("ATTACHE_NAMESPACE is set");
+    assert_eq!(
+        ns_env["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    // The broker no longer runs the controller: no Lease identity there.
+    let broker = find(&docs, "Deployment", "attache-broker");
+    let broker_env = broker["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!broker_env.iter().any(|e| e["name"] == "ATTACHE_POD_NAME"));
+
+    // The policies confining both identities' writes, each bound with Deny.
+    for name in [
+        "attache-ecr-controller-secrets",
+        "attache-ecr-controller-serviceaccounts",
+        "attache-broker-writes",
+    ] {
+        let policy = find(&docs, "ValidatingAdmissionPolicy", name);
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail", "{name}");
+        let binding = find(&docs, "ValidatingAdmissionPolicyBinding", name);
+        assert_eq!(binding["spec"]["policyName"], name);
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
+    }
 }

@@ -16,7 +16,8 @@ use crate::metrics::Metrics;
 /// When to refresh and how to back off.
 #[derive(Clone, Debug)]
 pub struct RefreshPolicy {
-    /// Refresh once this fraction of the lifetime has passed (default 0.5).
+    /// Refresh once this fraction of the lifetime has passed (default 0.5;
+    /// read as at most 0.95, and as 0.5 when not a number).
     pub fraction: f64,
     /// ...and never later than this long before expiry (default 15 min).
     pub min_before_expiry: Duration,
@@ -48,8 +49,19 @@ impl RefreshPolicy {
         expiration: OffsetDateTime,
     ) -> OffsetDateTime {
         let lifetime = expiration - issued_at;
-        let by_fraction = issued_at + lifetime * self.fraction.clamp(0.0, 1.0);
-        let by_margin = expiration - self.min_before_expiry;
+        // Any settings are safe: a fraction of 1 would refresh only at expiry,
+        // and a margin longer than the calendar (`--refresh-before 20000y`)
+        // overflowed the date.
+        let fraction = if self.fraction.is_finite() {
+            self.fraction.clamp(0.0, 0.95)
+        } else {
+            RefreshPolicy::default().fraction
+        };
+        let by_fraction = issued_at + lifetime * fraction;
+        let by_margin = time::Duration::try_from(self.min_before_expiry)
+            .ok()
+            .and_then(|m| expiration.checked_sub(m))
+            .unwrap_or(issued_at);
         let floor = issued_at + lifetime / 4;
         by_fraction.min(by_margin).max(floor)
     }
@@ -305,6 +317,45 @@ mod tests {
             late.refresh_at(t0, t0 + time::Duration::minutes(15)),
             t0 + time::Duration::seconds(225)
         );
+    }
+
+    /// Found writing the refresh-schedule property (tests/properties.rs): a
+    /// `--refresh-before` past the calendar's end panicked (date overflow), a
+    /// fraction of 1 scheduled the refresh at expiry, a NaN one panicked.
+    #[test]
+    fn extreme_settings_still_refresh_between_a_quarter_of_the_lifetime_and_expiry() {
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let exp = t0 + time::Duration::hours(1);
+        for policy in [
+            RefreshPolicy {
+                min_before_expiry: Duration::from_secs(20_000 * 366 * 24 * 3600),
+                ..RefreshPolicy::default()
+            },
+            RefreshPolicy {
+                min_before_expiry: Duration::MAX,
+                ..RefreshPolicy::default()
+            },
+            RefreshPolicy {
+                fraction: 1.0,
+                min_before_expiry: Duration::ZERO,
+                ..RefreshPolicy::default()
+            },
+            RefreshPolicy {
+                fraction: f64::NAN,
+                ..RefreshPolicy::default()
+            },
+            RefreshPolicy {
+                fraction: f64::INFINITY,
+                min_before_expiry: Duration::ZERO,
+                ..RefreshPolicy::default()
+            },
+        ] {
+            let at = policy.refresh_at(t0, exp);
+            assert!(
+                at >= t0 + time::Duration::minutes(15) && at < exp,
+                "{policy:?}: {at}"
+            );
+        }
     }
 
     #[test]

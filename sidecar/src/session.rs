@@ -301,30 +301,61 @@ impl SessionClient {
                 message,
             });
         }
-        let reply: CreateSessionReply = serde_json::from_slice(&bytes)
-            .map_err(|e| SessionError::BadReply(format!("not a credentialSet: {e}")))?;
-        let entry = reply
-            .credential_set
-            .into_iter()
-            .next()
-            .ok_or_else(|| SessionError::BadReply("empty credentialSet".into()))?;
-        let expiration = OffsetDateTime::parse(&entry.credentials.expiration, &Rfc3339)
-            .map_err(|e| SessionError::BadReply(format!("expiration: {e}")))?;
-        if expiration <= now {
+        credentials_from_reply(&bytes, now, c)
+    }
+}
+
+/// The longest clock difference with AWS tolerated when believing an expiry.
+const MAX_CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// The credentials of a successful CreateSession reply `bytes` to a request
+/// signed at `now`. What AWS never sends is refused (an empty or non-ASCII
+/// key, control characters or spaces that would break a credentials file
+/// line, an expiry in the past); an expiry later than the session asked for
+/// (plus clock skew) is cut to that, so a reply from a broken proxy can
+/// never stop the refreshes.
+fn credentials_from_reply(
+    bytes: &[u8],
+    now: OffsetDateTime,
+    c: &SessionConfig,
+) -> Result<Credentials, SessionError> {
+    let reply: CreateSessionReply = serde_json::from_slice(bytes)
+        .map_err(|e| SessionError::BadReply(format!("not a credentialSet: {e}")))?;
+    let entry = reply
+        .credential_set
+        .into_iter()
+        .next()
+        .ok_or_else(|| SessionError::BadReply("empty credentialSet".into()))?;
+    let creds = &entry.credentials;
+    for (field, value) in [
+        ("accessKeyId", creds.access_key_id.as_str()),
+        ("secretAccessKey", creds.secret_access_key.as_str()),
+        ("sessionToken", creds.session_token.as_str()),
+    ] {
+        // The value itself is never shown: it may be a secret.
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(SessionError::BadReply(format!(
-                "credentials already expired at {}",
-                entry.credentials.expiration
+                "{field} is empty or holds characters AWS never sends (spaces, control or non-ASCII characters)"
             )));
         }
-        Ok(Credentials {
-            access_key_id: entry.credentials.access_key_id,
-            secret_access_key: entry.credentials.secret_access_key,
-            session_token: entry.credentials.session_token,
-            expiration,
-            issued_at: now,
-            role_arn: entry.role_arn.unwrap_or_else(|| c.role_arn.clone()),
-        })
     }
+    let expiration = OffsetDateTime::parse(&creds.expiration, &Rfc3339)
+        .map_err(|e| SessionError::BadReply(format!("expiration: {e}")))?;
+    if expiration <= now {
+        return Err(SessionError::BadReply(format!(
+            "credentials already expired at {}",
+            creds.expiration
+        )));
+    }
+    let latest = now + time::Duration::seconds(i64::from(c.duration_seconds)) + MAX_CLOCK_SKEW;
+    Ok(Credentials {
+        access_key_id: entry.credentials.access_key_id,
+        secret_access_key: entry.credentials.secret_access_key,
+        session_token: entry.credentials.session_token,
+        expiration: expiration.min(latest),
+        issued_at: now,
+        role_arn: entry.role_arn.unwrap_or_else(|| c.role_arn.clone()),
+    })
 }
 
 /// An error and its causes on one line (reqwest hides the root cause otherwise).
@@ -358,6 +389,65 @@ mod tests {
         assert_eq!(aws(403, "AccessDeniedException").kind(), "denied");
         assert!(!aws(400, "ValidationException").is_retryable());
         assert_eq!(aws(400, "ValidationException").kind(), "invalid");
+    }
+
+    /// Found writing the aws_replies fuzz target's checks: a reply (from a
+    /// broken or hostile proxy) with a line break in a key was accepted, and
+    /// `update` wrote it into the credentials file as extra lines (another
+    /// profile, a `credential_process`); an expiry years away was believed,
+    /// so the sidecar never refreshed.
+    #[test]
+    fn replies_with_unsafe_keys_or_endless_sessions_are_not_believed() {
+        let c = SessionConfig {
+            region: "us-east-1".into(),
+            endpoint: None,
+            profile_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p".into(),
+            role_arn: "arn:aws:iam::123456789012:role/r".into(),
+            trust_anchor_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/t".into(),
+            duration_seconds: 3600,
+            role_session_name: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            extra_roots_pem: None,
+        };
+        let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let reply = |key: &str, secret: &str, expiration: &str| {
+            serde_json::json!({"credentialSet": [{"credentials": {
+                "accessKeyId": key, "secretAccessKey": secret,
+                "sessionToken": "IQoJtoken/+=", "expiration": expiration}}]})
+            .to_string()
+        };
+        let ok = credentials_from_reply(
+            reply("ASIAX", "abc/+=", "2026-01-01T01:00:00Z").as_bytes(),
+            now,
+            &c,
+        )
+        .unwrap();
+        assert_eq!(ok.expiration, now + time::Duration::hours(1));
+        assert_eq!(ok.role_arn, c.role_arn);
+        for (key, secret) in [
+            ("ASIAX", "s\n[default]\ncredential_process = /bin/evil"),
+            ("ASIA X", "s"),
+            ("", "s"),
+            ("ASIAX", "s\u{e9}"),
+        ] {
+            let err = credentials_from_reply(
+                reply(key, secret, "2026-01-01T01:00:00Z").as_bytes(),
+                now,
+                &c,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("characters AWS never sends"), "{err}");
+            assert!(!err.contains("evil"), "the value is not shown: {err}");
+        }
+        let far = credentials_from_reply(
+            reply("ASIAX", "s", "9999-12-31T23:59:59Z").as_bytes(),
+            now,
+            &c,
+        )
+        .unwrap();
+        assert_eq!(far.expiration, now + time::Duration::minutes(65));
     }
 
     #[test]

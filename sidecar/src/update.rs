@@ -8,24 +8,38 @@ use zeroize::Zeroizing;
 use crate::credentials::Credentials;
 
 /// Returns `existing` with profile `profile` set to `creds` (its other keys,
-/// other sections and comments untouched; the section is added if missing).
+/// other sections and comments untouched, byte for byte, line endings
+/// included; the section is added if missing). Editing twice equals editing
+/// once.
 pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroizing<String> {
     let keys = [
         ("aws_access_key_id", creds.access_key_id.as_str()),
         ("aws_secret_access_key", creds.secret_access_key.as_str()),
         ("aws_session_token", creds.session_token.as_str()),
     ];
+    // Lines attache writes end like the file's first line (CRLF files stay CRLF).
+    let eol = match existing.split_once('\n') {
+        Some((first, _)) if first.ends_with('\r') => "\r\n",
+        _ => "\n",
+    };
     let mut out = Zeroizing::new(String::with_capacity(existing.len() + 1024));
     let mut in_section = false;
     let mut found = false;
     let mut written = false;
     let write_keys = |out: &mut String| {
         for (k, v) in keys {
-            out.push_str(&format!("{k} = {v}\n"));
+            out.push_str(&format!("{k} = {v}{eol}"));
         }
     };
-    for line in existing.lines() {
-        let trimmed = line.trim();
+    // Each line is copied with its own ending, so stray `\r`s survive as they are.
+    let keep = |out: &mut String, raw: &str| {
+        out.push_str(raw);
+        if !raw.ends_with('\n') {
+            out.push_str(eol);
+        }
+    };
+    for raw in existing.split_inclusive('\n') {
+        let trimmed = raw.trim();
         if trimmed.starts_with('[') && trimmed.ends_with(']') {
             if in_section && !written {
                 write_keys(&mut out);
@@ -33,8 +47,7 @@ pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroiz
             }
             in_section = trimmed[1..trimmed.len() - 1].trim() == profile;
             found |= in_section;
-            out.push_str(line);
-            out.push('\n');
+            keep(&mut out, raw);
             continue;
         }
         if in_section {
@@ -43,17 +56,16 @@ pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroiz
                 continue;
             }
         }
-        out.push_str(line);
-        out.push('\n');
+        keep(&mut out, raw);
     }
     if in_section && !written {
         write_keys(&mut out);
     }
     if !found {
-        if !out.is_empty() && !out.ends_with("\n\n") {
-            out.push('\n');
+        if !out.is_empty() && !out.ends_with(&format!("{eol}{eol}")) {
+            out.push_str(eol);
         }
-        out.push_str(&format!("[{profile}]\n"));
+        out.push_str(&format!("[{profile}]{eol}"));
         write_keys(&mut out);
     }
     out
@@ -95,5 +107,29 @@ mod tests {
         assert!(added.contains("[attache]\naws_access_key_id = ASIAEXAMPLE"));
         assert!(added.contains("[other]\naws_access_key_id = KEEP"));
         assert_eq!(set_profile("", "p", &creds).lines().next(), Some("[p]"));
+    }
+
+    /// Found by fuzzing (credentials_file target): a line ending in `\r\r\n`
+    /// lost one `\r` per edit, so editing twice differed from editing once.
+    /// Lines are now copied with their own endings, and CRLF files stay CRLF.
+    #[test]
+    fn odd_line_endings_are_kept_and_editing_is_idempotent() {
+        let creds =
+            crate::credentials::sample(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+        for before in [
+            "[other]\r\nk = v\r\r\n\r\n[default]\r\naws_access_key_id = OLD\r\n",
+            "[a]\nx = 1\r\r\n[b]\ny = 2\r",
+            "no newline at the end",
+        ] {
+            let once = set_profile(before, "default", &creds);
+            assert_eq!(*set_profile(&once, "default", &creds), *once, "{before:?}");
+            for line in before.split_inclusive('\n') {
+                if !line.contains("aws_access_key_id") && line.ends_with('\n') {
+                    assert!(once.contains(line), "{line:?} not kept in {once:?}");
+                }
+            }
+        }
+        let crlf = set_profile("[default]\r\nregion = x\r\n", "default", &creds);
+        assert!(!crlf.replace("\r\n", "").contains('\n'), "{crlf:?}");
     }
 }

@@ -1,7 +1,9 @@
 //! Reconciling ServiceAccounts into pull Secrets: watches feed the reduced
 //! [`World`], workers reconcile one ServiceAccount at a time, a scheduler
 //! refreshes shared tokens on the (injectable) clock and re-queues the
-//! ServiceAccounts that use them, and another retries failed keys with backoff.
+//! ServiceAccounts that use them, another retries failed keys with backoff,
+//! and a third keeps the tokens' state Secret (in the controller's own
+//! namespace) up to date. Tokens are adopted from that Secret only.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,10 +17,12 @@ use kube::runtime::watcher;
 use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
+use super::credentials::{Sessions, Target, Verdict};
 use super::mirror::{Handlers, follow};
 use super::registry::{parse_registries, regions};
-use super::secret::{self, Desired, foreign_reason, recorded_tokens, secret_name};
-use super::tokens::{Pair, Tokens};
+use super::secret::{self, Desired, foreign_reason, secret_name};
+use super::state::TokenStore;
+use super::tokens::{Pair, TokenFailure, Tokens};
 use super::world::{Deps, Key, NsInfo, Queue, SaInfo, SecretInfo, World};
 
 mod reconcile;
@@ -33,6 +37,12 @@ const CONFLICT_TRIES: usize = 8;
 pub struct ControllerConfig {
     /// Role used when a ServiceAccount names none.
     pub default_role: Option<String>,
+    /// Roles Anywhere profile used when a ServiceAccount names none.
+    pub default_profile: String,
+    /// Trust anchor used when a ServiceAccount names none.
+    pub default_trust_anchor: String,
+    /// Which profile / trust anchor overrides ServiceAccounts may make.
+    pub overrides: crate::policy::ArnOverrides,
     /// Enforce `attache.dev/allowed-roles`.
     pub restrictions: bool,
     /// Concurrent reconciles.
@@ -43,6 +53,17 @@ pub struct ControllerConfig {
     pub backoff: RefreshPolicy,
 }
 
+/// Where tokens come from and are kept: the shared cache, the
+/// per-ServiceAccount sessions, and the state Secret.
+pub struct TokenSources {
+    /// The shared token cache.
+    pub tokens: Arc<Tokens>,
+    /// Per-ServiceAccount sessions and AWS's verdicts.
+    pub sessions: Arc<Sessions>,
+    /// The state Secret in the controller's namespace.
+    pub store: Arc<TokenStore>,
+}
+
 /// State shared by the tasks of one leadership term.
 pub struct Controller {
     client: kube::Client,
@@ -51,6 +72,8 @@ pub struct Controller {
     metrics: Metrics,
     recorder: Recorder,
     tokens: Arc<Tokens>,
+    sessions: Arc<Sessions>,
+    store: Arc<TokenStore>,
     /// The reduced cluster state.
     pub world: Mutex<World>,
     /// Keys to reconcile.
@@ -102,7 +125,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         recorder: Recorder,
-        tokens: Arc<Tokens>,
+        sources: TokenSources,
     ) -> Self {
         Controller {
             client,
@@ -110,7 +133,9 @@ impl Controller {
             clock,
             metrics,
             recorder,
-            tokens,
+            tokens: sources.tokens,
+            sessions: sources.sessions,
+            store: sources.store,
             world: Mutex::default(),
             queue: Queue::default(),
             deps: Mutex::default(),
@@ -125,14 +150,27 @@ impl Controller {
 
     /// Runs the term: watches, then workers and schedulers, until aborted.
     pub async fn run(self: Arc<Self>) {
+        // Tokens from the state Secret only attache writes (its own
+        // namespace), so a new leader neither rewrites nor refetches them.
+        match self.store.load().await {
+            Ok(stored) => {
+                let n = stored
+                    .into_iter()
+                    .filter(|(pair, token)| self.tokens.adopt(pair, token.clone()))
+                    .count();
+                tracing::info!(adopted = n, "ECR token state loaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the ECR token state Secret; tokens will be fetched anew")
+            }
+        }
         let mut tasks = JoinSet::new();
         let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(0u32);
         let ready_tx = Arc::new(ready_tx);
         tasks.spawn(self.clone().watch_service_accounts(ready_tx.clone()));
         tasks.spawn(self.clone().watch_namespaces(ready_tx.clone()));
         tasks.spawn(self.clone().watch_secrets(ready_tx));
-        // Work starts once all three lists are in, so tokens in existing
-        // Secrets are adopted before anything would fetch new ones.
+        // Work starts once all three lists are in.
         let _ = ready_rx.wait_for(|n| *n >= 3).await;
         let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
         tracing::info!(
@@ -147,6 +185,7 @@ impl Controller {
         }
         tasks.spawn(self.clone().refresh_tokens());
         tasks.spawn(self.clone().retry_delayed());
+        tasks.spawn(self.clone().persist_tokens());
         while tasks.join_next().await.is_some() {}
     }
 
@@ -250,7 +289,6 @@ impl Controller {
             id: |s: &Secret| key_of(&s.metadata),
             apply: |s: Secret, synced| {
                 let key = key_of(&s.metadata);
-                self.adopt_tokens(&s);
                 let info = SecretInfo::from(&s);
                 let changed = lock(&self.world).secrets.insert(key.clone(), info.clone())
                     != Some(info.clone());
@@ -287,21 +325,54 @@ impl Controller {
         follow(api, config, "Secret", handlers, &ready).await;
     }
 
-    /// Tokens in a valid Secret attache wrote become the shared tokens
-    /// (when newer than what is held), so a new leader does not rewrite them.
-    fn adopt_tokens(&self, s: &Secret) {
-        let Some(role) = s
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(secret::ANN_ROLE))
-            .cloned()
-        else {
-            return;
-        };
-        for (region, token) in recorded_tokens(s) {
-            self.tokens.adopt(&(role.clone(), region), token);
+    /// Writes the held tokens to the state Secret whenever new ones arrive.
+    async fn persist_tokens(self: Arc<Self>) {
+        loop {
+            self.tokens.fetched.notified().await;
+            let mut attempt = 0;
+            while let Err(e) = self.store.save(&self.tokens.snapshot()).await {
+                let delay = self.config.backoff.backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot write the ECR token state Secret");
+                tokio::time::sleep(delay).await;
+            }
         }
+    }
+
+    /// Where `key`'s session for `pair` is created (its trust anchor override, else the default).
+    fn target_for(&self, key: &Key, pair: &Pair) -> Option<Target> {
+        let anchor = lock(&self.world).sas.get(key).map(|s| {
+            s.trust_anchor
+                .clone()
+                .unwrap_or_else(|| self.config.default_trust_anchor.clone())
+        })?;
+        Some(
+            self.sessions
+                .settings()
+                .target(&pair.0, &pair.2, &anchor, &pair.1),
+        )
+    }
+
+    /// Credentials to refresh `pair`'s token: the latest accepted session's,
+    /// else a new session as one of the ServiceAccounts using the token.
+    async fn pair_credentials(
+        &self,
+        pair: &Pair,
+    ) -> Result<Arc<attache_sidecar::credentials::Credentials>, TokenFailure> {
+        let mut last = TokenFailure {
+            kind: "unavailable".into(),
+            message: "no ServiceAccount uses this token".into(),
+        };
+        for key in self.dependents(pair).iter().take(3) {
+            let Some(target) = self.target_for(key, pair) else {
+                continue;
+            };
+            match self.sessions.credentials(key, &target).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     async fn work(self: Arc<Self>) {
@@ -378,7 +449,10 @@ impl Controller {
                 let this = self.clone();
                 let in_flight = in_flight.clone();
                 tokio::spawn(async move {
-                    let ok = this.tokens.refresh(&pair).await;
+                    let ok = this
+                        .tokens
+                        .refresh(&pair, || this.pair_credentials(&pair))
+                        .await;
                     lock(&in_flight).remove(&pair);
                     let keys = this.dependents(&pair);
                     if ok {

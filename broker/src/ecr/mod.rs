@@ -5,8 +5,7 @@
 //!
 //! - [`registry`]: registry hosts and regional endpoints.
 //! - [`token`]: the `GetAuthorizationToken` client (SigV4 via `aws-sigv4`).
-//! - [`credentials`]: the broker's own certificate and per-role Roles Anywhere sessions.
-//! - [`tokens`]: one shared token per (role, region), refresh schedule, backoff.
+//! - [`tokens`]: one shared token per (role, region, profile), refresh schedule, backoff.
 //! - [`secret`]: the Secret's name, content, annotations and ownership rule.
 //! - [`world`]: the reduced watch state, the work queue, token dependencies.
 //! - [`controller`]: watches, reconcile, schedulers.
@@ -20,15 +19,24 @@
 //! `app.kubernetes.io/managed-by: attache` label, or owned by another
 //! ServiceAccount) is never modified; a Warning Event on the SA says so.
 //!
-//! The roles' trust policies must allow the broker's own identity,
-//! `spiffe://<trust-domain>/ns/<broker namespace>/sa/<broker service account>`.
+//! Identity: each ServiceAccount's ECR session uses a certificate for that
+//! ServiceAccount (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`, minted by the
+//! controller from the workload CA), so the ECR role's trust policy must allow
+//! the ServiceAccounts that pull with it, exactly as for pods
+//! (`attache-broker aws-policy --service-account <ns>/<sa>,...`). The controller runs as its own
+//! Deployment and ServiceAccount (`attache-broker ecr-controller`, [`cli`]).
+//!
+//! - [`credentials`]: per-ServiceAccount certificates, sessions and AWS's verdicts.
+//! - [`state`]: the tokens' state, in a Secret of the controller's own namespace.
 
+pub mod cli;
 pub mod controller;
 pub mod credentials;
 pub mod leader;
 mod mirror;
 pub mod registry;
 pub mod secret;
+pub mod state;
 pub mod token;
 pub mod tokens;
 pub mod world;
@@ -40,7 +48,7 @@ use anyhow::{Context as _, Result};
 use attache_pki::CertificateAuthority;
 use attache_sidecar::cache::RefreshPolicy;
 use attache_sidecar::clock::Clock;
-use clap::{ArgAction, Args};
+use clap::Args;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -50,13 +58,10 @@ fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 6h, 90m, 15s)"))
 }
 
-/// Flags of the ECR controller (flattened into `attache-broker run`); each
-/// also settable by its `ATTACHE_*` variable.
+/// Flags of the ECR controller's work (flattened into `attache-broker
+/// ecr-controller`); each also settable by its `ATTACHE_*` variable.
 #[derive(Debug, Args, Clone)]
 pub struct EcrArgs {
-    /// Run the ECR pull-secret controller (needs --profile-arn and --trust-anchor-arn).
-    #[arg(long, env = "ATTACHE_ECR_ENABLED", default_value_t = true, action = ArgAction::Set)]
-    pub ecr_enabled: bool,
     /// Default IAM role for ECR tokens (a ServiceAccount may name another with attache.dev/ecr-role-arn).
     #[arg(long, env = "ATTACHE_ECR_ROLE_ARN")]
     pub ecr_role_arn: Option<String>,
@@ -73,13 +78,16 @@ pub struct EcrArgs {
     /// REGION=URL pairs (a region listed gets its own session there, e.g. one emulator per region).
     #[arg(long, env = "ATTACHE_ROLESANYWHERE_ENDPOINT")]
     pub rolesanywhere_endpoint: Option<String>,
-    /// Roles Anywhere session duration for ECR roles, seconds (900..43200).
+    /// Roles Anywhere session duration for ECR roles, seconds (900..43200); AWS's acceptance of a ServiceAccount is reused this long.
     #[arg(long, env = "ATTACHE_ECR_SESSION_DURATION", default_value_t = 3600)]
     pub ecr_session_duration: u32,
+    /// CreateSession calls per second at most, one per ServiceAccount and ECR role (0: unlimited; Roles Anywhere allows 10/s per account and region by default, shared with pods).
+    #[arg(long, env = "ATTACHE_ECR_SESSION_RATE", default_value_t = 5.0)]
+    pub ecr_session_rate: f64,
     /// ServiceAccounts reconciled at once.
     #[arg(long, env = "ATTACHE_ECR_WORKERS", default_value_t = 16)]
     pub ecr_workers: usize,
-    /// Lease electing the one active controller (in the broker's namespace).
+    /// Lease electing the one active controller (in the controller's namespace).
     #[arg(
         long,
         env = "ATTACHE_ECR_LEASE_NAME",
@@ -121,6 +129,10 @@ impl EcrArgs {
                 && self.ecr_lease_retry_period < self.ecr_lease_renew_deadline,
             "need --ecr-lease-retry-period < --ecr-lease-renew-deadline < --ecr-lease-duration"
         );
+        anyhow::ensure!(
+            self.ecr_session_rate.is_finite() && self.ecr_session_rate >= 0.0,
+            "--ecr-session-rate must be a number >= 0"
+        );
         if let Some(role) = &self.ecr_role_arn {
             attache_sidecar::arn::validate_role_arn(role).context("--ecr-role-arn")?;
         }
@@ -132,34 +144,36 @@ impl EcrArgs {
     }
 }
 
-/// What the broker already has that the controller needs.
+/// What the controller runs with besides its flags.
 #[derive(Clone)]
 pub struct EcrContext {
-    /// Kubernetes client.
+    /// Kubernetes client (the controller's own ServiceAccount).
     pub client: kube::Client,
-    /// The cluster CA (the broker issues its own certificate from it).
+    /// The workload CA: the controller mints each ServiceAccount's ECR certificate from it.
     pub ca: Arc<CertificateAuthority>,
-    /// The broker's namespace (holds the Lease).
+    /// The controller's namespace (holds the Lease and the token state Secret).
     pub namespace: String,
-    /// The broker's ServiceAccount (its identity at Roles Anywhere), e.g. `attache-broker`.
-    pub service_account: String,
     /// Trust domain of certificates.
     pub trust_domain: String,
     /// Default AWS region (used when the trust anchor ARN names none).
     pub region: String,
-    /// Default Roles Anywhere profile ARN.
+    /// Default Roles Anywhere profile ARN (required).
     pub profile_arn: Option<String>,
-    /// Default trust anchor ARN.
+    /// Default trust anchor ARN (required).
     pub trust_anchor_arn: Option<String>,
+    /// Allowed profile / trust anchor overrides (`--allowed-profile-arns`, `--allowed-trust-anchor-arns`).
+    pub allowed_profile_arns: Vec<String>,
+    /// See `allowed_profile_arns`.
+    pub allowed_trust_anchor_arns: Vec<String>,
     /// Enforce `attache.dev/allowed-roles`.
     pub namespace_restrictions: bool,
-    /// Broker metrics.
+    /// Metrics.
     pub metrics: Metrics,
     /// The clock schedules run on (tests inject a manual one).
     pub clock: Arc<dyn Clock>,
 }
 
-/// The running controller (or a disabled placeholder).
+/// The running controller.
 pub struct EcrHandle {
     leading: watch::Receiver<bool>,
     elector: Option<leader::Elector>,
@@ -176,15 +190,6 @@ impl Drop for EcrHandle {
 }
 
 impl EcrHandle {
-    fn disabled() -> Self {
-        EcrHandle {
-            leading: watch::channel(false).1,
-            elector: None,
-            supervisor: None,
-            stop: None,
-        }
-    }
-
     /// Whether this replica is the active controller now.
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
@@ -215,7 +220,7 @@ fn identity(args: &EcrArgs) -> String {
         .clone()
         .or_else(|| std::env::var("POD_NAME").ok())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "attache-broker".into());
+        .unwrap_or_else(|| "attache-ecr-controller".into());
     if args.ecr_identity.is_some() {
         return base;
     }
@@ -225,25 +230,19 @@ fn identity(args: &EcrArgs) -> String {
 }
 
 /// Starts campaigning for the Lease; while leading, runs the controller.
-/// Returns at once. Disabled (with a log line saying why) when
-/// `--ecr-enabled=false` or no profile / trust anchor is configured.
+/// Returns at once; an error names the missing or bad setting.
 pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
-    if !args.ecr_enabled {
-        tracing::info!("ECR pull-secret controller disabled (--ecr-enabled=false)");
-        return Ok(EcrHandle::disabled());
-    }
     args.validate()?;
     let (Some(profile_arn), Some(trust_anchor_arn)) =
         (ctx.profile_arn.clone(), ctx.trust_anchor_arn.clone())
     else {
-        tracing::warn!(
-            "ECR pull-secret controller disabled: it needs --profile-arn and --trust-anchor-arn"
-        );
-        return Ok(EcrHandle::disabled());
+        anyhow::bail!("the ECR controller needs --profile-arn and --trust-anchor-arn");
     };
-    let region = trust_anchor_arn
-        .split(':')
-        .nth(3)
+    attache_sidecar::arn::validate_rolesanywhere_arn(&profile_arn, "profile")
+        .context("--profile-arn")?;
+    attache_sidecar::arn::validate_rolesanywhere_arn(&trust_anchor_arn, "trust-anchor")
+        .context("--trust-anchor-arn")?;
+    let region = attache_sidecar::arn::arn_region(&trust_anchor_arn)
         .filter(|r| !r.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| ctx.region.clone());
@@ -251,28 +250,17 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
         !region.is_empty(),
         "no region for the ECR controller's Roles Anywhere sessions: set --region"
     );
-    let cert = Arc::new(
-        credentials::BrokerCert::new(
-            ctx.ca.clone(),
-            &ctx.trust_domain,
-            &ctx.namespace,
-            &ctx.service_account,
-            ctx.clock.clone(),
-        )
-        .context("the broker's own identity")?,
-    );
     let settings = credentials::SessionSettings {
         region,
-        profile_arn,
-        trust_anchor_arn,
         endpoints: token::Endpoints::parse(args.rolesanywhere_endpoint.as_deref())
             .map_err(anyhow::Error::msg)?,
         duration_seconds: args.ecr_session_duration,
+        rate_per_second: args.ecr_session_rate,
     };
     let ecr_endpoints =
         token::Endpoints::parse(args.ecr_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
     let identity = identity(args);
-    tracing::info!(spiffe_id = %cert.spiffe_uri(), identity = %identity, "ECR pull-secret controller campaigning for its Lease");
+    tracing::info!(identity = %identity, trust_domain = %ctx.trust_domain, "ECR pull-secret controller campaigning for its Lease");
     let elector = leader::Elector::spawn(
         ctx.client.clone(),
         leader::LeaseConfig {
@@ -288,13 +276,15 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
     let mut leading = elector.leading();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let args = args.clone();
+    let defaults = (profile_arn, trust_anchor_arn);
     let supervisor = tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = leading.wait_for(|l| *l) => if r.is_err() { return },
                 _ = &mut stop_rx => return,
             }
-            let term = match new_term(&args, &ctx, &cert, &settings, &ecr_endpoints, &identity) {
+            let term = match new_term(&args, &ctx, &defaults, &settings, &ecr_endpoints, &identity)
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot start the ECR controller");
@@ -330,22 +320,22 @@ impl Drop for AbortOnDrop {
 fn new_term(
     args: &EcrArgs,
     ctx: &EcrContext,
-    cert: &Arc<credentials::BrokerCert>,
+    defaults: &(String, String),
     settings: &credentials::SessionSettings,
     ecr_endpoints: &token::Endpoints,
     identity: &str,
 ) -> Result<Arc<controller::Controller>> {
-    let creds = credentials::RoleCredentials::new(
+    let backoff = RefreshPolicy::default();
+    let sessions = Arc::new(credentials::Sessions::new(
         settings.clone(),
-        cert.clone(),
+        credentials::Issuer::new(ctx.ca.clone(), &ctx.trust_domain),
         ctx.clock.clone(),
         ctx.metrics.clone(),
-    );
+        backoff.clone(),
+    ));
     let client = token::TokenClient::new(ecr_endpoints.clone(), Duration::from_secs(15))?;
-    let backoff = RefreshPolicy::default();
     let tokens = Arc::new(tokens::Tokens::new(
         client,
-        creds,
         ctx.clock.clone(),
         tokens::TokenPolicy {
             refresh_interval: args.ecr_refresh_interval,
@@ -366,6 +356,14 @@ fn new_term(
         ctx.client.clone(),
         controller::ControllerConfig {
             default_role: args.ecr_role_arn.clone(),
+            default_profile: defaults.0.clone(),
+            default_trust_anchor: defaults.1.clone(),
+            overrides: crate::policy::ArnOverrides {
+                default_profile: Some(defaults.0.clone()),
+                default_trust_anchor: Some(defaults.1.clone()),
+                allowed_profiles: ctx.allowed_profile_arns.clone(),
+                allowed_trust_anchors: ctx.allowed_trust_anchor_arns.clone(),
+            },
             restrictions: ctx.namespace_restrictions,
             workers: args.ecr_workers,
             foreign_recheck: args.ecr_refresh_interval,
@@ -374,6 +372,10 @@ fn new_term(
         ctx.clock.clone(),
         ctx.metrics.clone(),
         recorder,
-        tokens,
+        controller::TokenSources {
+            tokens,
+            sessions,
+            store: Arc::new(state::TokenStore::new(ctx.client.clone(), &ctx.namespace)),
+        },
     )))
 }

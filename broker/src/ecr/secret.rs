@@ -13,7 +13,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -38,10 +37,11 @@ pub const ANN_EXPIRES_AT: &str = "attache.dev/ecr-expires-at";
 pub const ANN_REGISTRIES: &str = crate::names::ANN_ECR_REGISTRIES;
 /// Annotation: the role whose tokens these are.
 pub const ANN_ROLE: &str = crate::names::ANN_ECR_ROLE_ARN;
-/// Annotation: SHA-256 of the data attache wrote (hex); differs from the data when someone else edited it.
+/// Annotation: SHA-256 of the data attache wrote (hex); differs from the data
+/// when someone else edited it. Only tells attache to rewrite the Secret:
+/// nothing in a pull Secret is ever read back as a token (tenants can write
+/// there; the tokens' state lives in [`super::state`]).
 pub const ANN_DATA_HASH: &str = "attache.dev/ecr-data-hash";
-/// Annotation: per-region token times (JSON), so a new leader can reuse the tokens.
-pub const ANN_TOKENS: &str = "attache.dev/ecr-tokens";
 /// Longest object name.
 const MAX_NAME: usize = 253;
 
@@ -61,24 +61,8 @@ pub fn secret_name(sa: &str) -> String {
     format!("{NAME_PREFIX}{cut}-{}", hash.get(..10).unwrap_or(&hash))
 }
 
-/// Per-region token times recorded on the Secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenTimes {
-    /// Region.
-    pub region: String,
-    /// When the token was obtained (RFC 3339).
-    pub obtained_at: String,
-    /// When it expires (RFC 3339).
-    pub expires_at: String,
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     attache_sidecar::credentials::rfc3339(t)
-}
-
-fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The `.dockerconfigjson` for `registries` with the tokens by region.
@@ -149,14 +133,6 @@ pub fn desired(
     let json = docker_config_json(registries, tokens);
     let data = BTreeMap::from([(DATA_KEY.to_string(), ByteString(json.to_vec()))]);
     let hash = data_hash(&data);
-    let times: Vec<TokenTimes> = tokens
-        .iter()
-        .map(|(region, t)| TokenTimes {
-            region: region.clone(),
-            obtained_at: rfc3339(t.obtained_at),
-            expires_at: rfc3339(t.expires_at),
-        })
-        .collect();
     let soonest = tokens.values().map(|t| t.expires_at).min();
     let mut annotations = BTreeMap::from([
         (
@@ -169,10 +145,6 @@ pub fn desired(
         ),
         (ANN_ROLE.to_string(), role.to_string()),
         (ANN_DATA_HASH.to_string(), hash.clone()),
-        (
-            ANN_TOKENS.to_string(),
-            serde_json::to_string(&times).unwrap_or_default(),
-        ),
     ]);
     if let Some(s) = soonest {
         annotations.insert(ANN_EXPIRES_AT.to_string(), rfc3339(s));
@@ -243,59 +215,6 @@ pub fn foreign_reason(secret: &Secret, sa: &str) -> Option<String> {
     None
 }
 
-/// Tokens recorded in a Secret attache wrote, by region, if its data is
-/// still what attache wrote. Used to resume after a restart or hand-over.
-pub fn recorded_tokens(secret: &Secret) -> Vec<(String, Token)> {
-    let ann = secret.metadata.annotations.clone().unwrap_or_default();
-    let data = secret.data.clone().unwrap_or_default();
-    if ann.get(ANN_DATA_HASH) != Some(&data_hash(&data)) {
-        return vec![];
-    }
-    let Some(times) = ann
-        .get(ANN_TOKENS)
-        .and_then(|t| serde_json::from_str::<Vec<TokenTimes>>(t).ok())
-    else {
-        return vec![];
-    };
-    let Some(config) = data
-        .get(DATA_KEY)
-        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.0).ok())
-    else {
-        return vec![];
-    };
-    let hosts: Vec<Registry> = ann
-        .get(ANN_REGISTRIES)
-        .map(|r| {
-            r.split(',')
-                .filter_map(|h| super::registry::parse_registry(h).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut out = vec![];
-    for t in times {
-        let (Some(obtained_at), Some(expires_at)) =
-            (parse_time(&t.obtained_at), parse_time(&t.expires_at))
-        else {
-            continue;
-        };
-        let password = hosts
-            .iter()
-            .filter(|h| h.region == t.region)
-            .find_map(|h| config["auths"][&h.host]["password"].as_str());
-        if let Some(p) = password.filter(|p| !p.is_empty()) {
-            out.push((
-                t.region,
-                Token {
-                    password: std::sync::Arc::new(Zeroizing::new(p.to_string())),
-                    obtained_at,
-                    expires_at,
-                },
-            ));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,17 +262,15 @@ mod tests {
         let s = build("ns", "app", "uid-1", &d, None);
         assert!(foreign_reason(&s, "app").is_none());
         assert!(foreign_reason(&s, "other").is_some());
-        let mut rec = recorded_tokens(&s);
-        rec.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(rec.len(), 2);
-        assert_eq!(rec[1].1.password.as_str(), "pw-east");
-        // An edit makes the recorded tokens untrustworthy.
-        let mut edited = s.clone();
-        edited.data = Some(BTreeMap::from([(
-            DATA_KEY.to_string(),
-            ByteString(b"{}".to_vec()),
-        )]));
-        assert!(recorded_tokens(&edited).is_empty());
+        // Nothing a tenant could use to forge a token is read from it: no token times.
+        assert!(
+            !s.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .keys()
+                .any(|k| k.contains("tokens"))
+        );
         let mut unlabelled = s;
         unlabelled.metadata.labels = None;
         assert!(

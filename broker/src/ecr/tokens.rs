@@ -1,26 +1,31 @@
-//! The shared registry-password cache: one ECR token per (role, region),
-//! used by every ServiceAccount that needs it, refreshed on a jittered
-//! schedule (or adopted from a valid Secret after a restart or hand-over),
-//! with per-pair backoff so failures never multiply AWS calls.
+//! The shared registry-password cache: one ECR token per (role, region,
+//! profile), used by every ServiceAccount that needs it and that AWS accepted
+//! for the role (see [`super::credentials`]), refreshed on a jittered schedule,
+//! with per-pair backoff so failures never multiply AWS calls. Tokens are
+//! adopted only from attache's own state Secret ([`super::state`]), never from
+//! objects tenants can write.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attache_sidecar::cache::RefreshPolicy;
 use attache_sidecar::clock::Clock;
+use attache_sidecar::credentials::Credentials;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::credentials::RoleCredentials;
 use super::token::TokenClient;
 use crate::metrics::Metrics;
 
-/// How long a reconcile waits for a role's first AWS credentials.
-pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(5);
+/// ECR's token lifetime: nothing adopted is believed to last longer.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// A (role ARN, region) pair: the unit of sharing.
-pub type Pair = (String, String);
+/// A (role ARN, ECR region, Roles Anywhere profile ARN) triple: the unit of
+/// sharing (a profile may restrict the session with session policies, so
+/// tokens obtained through different profiles are never mixed).
+pub type Pair = (String, String, String);
 
 /// A registry password and its times on the controller's clock. `Debug`
 /// never shows the password.
@@ -79,13 +84,14 @@ pub struct TokenPolicy {
 /// The per-(role, region) token cache.
 pub struct Tokens {
     client: TokenClient,
-    credentials: RoleCredentials,
     clock: Arc<dyn Clock>,
     policy: TokenPolicy,
     metrics: Metrics,
     pairs: Mutex<HashMap<Pair, PairState>>,
     /// Woken whenever a schedule changes.
     pub changed: tokio::sync::Notify,
+    /// Woken whenever a new token was obtained from AWS (to persist it).
+    pub fetched: tokio::sync::Notify,
 }
 
 fn random_unit() -> f64 {
@@ -100,19 +106,18 @@ impl Tokens {
     /// An empty cache.
     pub fn new(
         client: TokenClient,
-        credentials: RoleCredentials,
         clock: Arc<dyn Clock>,
         policy: TokenPolicy,
         metrics: Metrics,
     ) -> Self {
         Tokens {
             client,
-            credentials,
             clock,
             policy,
             metrics,
             pairs: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
+            fetched: tokio::sync::Notify::new(),
         }
     }
 
@@ -131,11 +136,18 @@ impl Tokens {
         by_interval.min(by_remaining).max(floor)
     }
 
-    /// Offers a token found in a valid Secret (after a restart or a
-    /// leader hand-over); kept if it is newer than what is held and still
-    /// has more than `min_remaining` left.
-    pub fn adopt(&self, pair: &Pair, token: Token) -> bool {
-        if token.expires_at - self.clock.now() <= self.policy.min_remaining {
+    /// Offers a token from attache's own state Secret (after a restart or a
+    /// leader hand-over); its times are clamped first (`obtained_at <= now`,
+    /// `expires_at <= now + 12 h` and `<= obtained_at + 12 h`); kept if it is
+    /// newer than what is held and still has more than `min_remaining` left.
+    pub fn adopt(&self, pair: &Pair, mut token: Token) -> bool {
+        let now = self.clock.now();
+        token.obtained_at = token.obtained_at.min(now);
+        token.expires_at = token
+            .expires_at
+            .min(now + MAX_TOKEN_LIFETIME)
+            .min(token.obtained_at + MAX_TOKEN_LIFETIME);
+        if token.password.is_empty() || token.expires_at - now <= self.policy.min_remaining {
             return false;
         }
         let mut pairs = self.lock();
@@ -154,11 +166,29 @@ impl Tokens {
         true
     }
 
+    /// Every held token (for the state Secret).
+    pub fn snapshot(&self) -> Vec<(Pair, Token)> {
+        self.lock()
+            .iter()
+            .filter_map(|(p, st)| st.token.clone().map(|t| (p.clone(), t)))
+            .collect()
+    }
+
+    /// The held token while it has more than `min_remaining` left.
+    pub fn held(&self, pair: &Pair) -> Option<Token> {
+        self.lock().get(pair).and_then(|st| self.usable(st))
+    }
+
     /// The token to write for `pair`: the held one while it has more than
-    /// `min_remaining` left, else a fresh one (one request at a time per
-    /// pair; callers waiting share the result). While AWS fails, a held
-    /// token that is still valid is returned.
-    pub async fn get(&self, pair: &Pair) -> Result<Token, TokenFailure> {
+    /// `min_remaining` left, else a fresh one fetched with the credentials
+    /// `credentials` gives (one request at a time per pair; callers waiting
+    /// share the result). While AWS fails, a held token that is still valid
+    /// is returned.
+    pub async fn get<F, Fut>(&self, pair: &Pair, credentials: F) -> Result<Token, TokenFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Credentials>, TokenFailure>>,
+    {
         let lock = {
             let mut pairs = self.lock();
             let st = pairs.entry(pair.clone()).or_default();
@@ -181,7 +211,7 @@ impl Tokens {
                 }
             }
         }
-        self.fetch_locked(pair).await
+        self.fetch_locked(pair, credentials).await
     }
 
     fn usable(&self, st: &PairState) -> Option<Token> {
@@ -201,7 +231,11 @@ impl Tokens {
 
     /// Fetches now for a pair whose refresh is due (the scheduler calls this).
     /// Returns whether a new token was stored.
-    pub async fn refresh(&self, pair: &Pair) -> bool {
+    pub async fn refresh<F, Fut>(&self, pair: &Pair, credentials: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Credentials>, TokenFailure>>,
+    {
         let lock = self.lock().entry(pair.clone()).or_default().lock.clone();
         let _guard = lock.lock().await;
         {
@@ -214,18 +248,19 @@ impl Tokens {
             }
         }
         // A failure may still hand back the held token: success means a new one.
-        let _ = self.fetch_locked(pair).await;
+        let _ = self.fetch_locked(pair, credentials).await;
         self.failing(pair).is_none()
     }
 
-    async fn fetch_locked(&self, pair: &Pair) -> Result<Token, TokenFailure> {
-        let (role, region) = pair;
+    async fn fetch_locked<F, Fut>(&self, pair: &Pair, credentials: F) -> Result<Token, TokenFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Credentials>, TokenFailure>>,
+    {
+        let (role, region, _) = pair;
         let started = self.clock.now();
-        let result = match self.credentials.get(role, region, CREDENTIALS_WAIT).await {
-            Err(e) => Err(TokenFailure {
-                kind: format!("credentials_{}", e.kind),
-                message: e.message,
-            }),
+        let result = match credentials().await {
+            Err(e) => Err(e),
             Ok(creds) => self
                 .client
                 .get_authorization_token(&creds, region)
@@ -285,6 +320,9 @@ impl Tokens {
         drop(pairs);
         self.update_gauge();
         self.changed.notify_one();
+        if out.is_ok() && self.failing(pair).is_none() {
+            self.fetched.notify_one();
+        }
         out
     }
 
@@ -333,5 +371,64 @@ impl Tokens {
                 .ecr_token_expiry_seconds
                 .set((exp - now).whole_seconds());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attache_sidecar::clock::ManualClock;
+
+    fn tokens(clock: &ManualClock) -> Tokens {
+        Tokens::new(
+            TokenClient::new(Default::default(), Duration::from_secs(1)).unwrap(),
+            Arc::new(clock.clone()),
+            TokenPolicy {
+                refresh_interval: Duration::from_secs(6 * 3600),
+                min_remaining: Duration::from_secs(4 * 3600),
+                jitter: 0.0,
+                backoff: RefreshPolicy::default(),
+            },
+            Metrics::default(),
+        )
+    }
+
+    fn pair() -> Pair {
+        (
+            "arn:aws:iam::1:role/r".into(),
+            "us-east-1".into(),
+            "arn:aws:rolesanywhere:us-east-1:1:profile/p".into(),
+        )
+    }
+
+    #[test]
+    fn adopted_times_are_clamped_to_now_and_twelve_hours() {
+        let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let clock = ManualClock::new(now);
+        let t = tokens(&clock);
+        let far = Token {
+            password: Arc::new(Zeroizing::new("pw".into())),
+            obtained_at: now + time::Duration::hours(1),
+            expires_at: now + time::Duration::days(3650),
+        };
+        assert!(t.adopt(&pair(), far));
+        let held = t.held(&pair()).unwrap();
+        assert_eq!(held.obtained_at, now);
+        assert_eq!(held.expires_at, now + time::Duration::hours(12));
+        // Too little left after clamping, or no password: not adopted.
+        let t = tokens(&clock);
+        let old = Token {
+            password: Arc::new(Zeroizing::new("pw".into())),
+            obtained_at: now - time::Duration::hours(10),
+            expires_at: now + time::Duration::days(1),
+        };
+        assert!(!t.adopt(&pair(), old), "obtained 10 h ago: 2 h left");
+        let empty = Token {
+            password: Arc::new(Zeroizing::new(String::new())),
+            obtained_at: now,
+            expires_at: now + time::Duration::hours(12),
+        };
+        assert!(!t.adopt(&pair(), empty));
+        assert!(t.held(&pair()).is_none());
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 
 use super::secret::{ANN_DATA_HASH, data_hash};
-use crate::names::{ANN_ALLOWED_ROLES, ANN_ECR_REGISTRIES, ANN_ECR_ROLE_ARN, MANAGED_BY};
+use crate::names::{
+    ANN_ALLOWED_ROLES, ANN_ECR_REGISTRIES, ANN_ECR_ROLE_ARN, ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN,
+    MANAGED_BY,
+};
 
 /// (namespace, name).
 pub type Key = (String, String);
@@ -25,6 +28,10 @@ pub struct SaInfo {
     pub registries: Option<String>,
     /// `attache.dev/ecr-role-arn`, if set.
     pub role: Option<String>,
+    /// `attache.dev/profile-arn`, if set (checked against the allow-list).
+    pub profile: Option<String>,
+    /// `attache.dev/trust-anchor-arn`, if set (checked against the allow-list).
+    pub trust_anchor: Option<String>,
     /// Names in `imagePullSecrets`, in order.
     pub pull_secrets: Vec<String>,
 }
@@ -33,14 +40,18 @@ impl SaInfo {
     /// Reduces a ServiceAccount.
     pub fn from(sa: &ServiceAccount) -> SaInfo {
         let ann = sa.metadata.annotations.as_ref();
+        let trimmed = |k: &str| {
+            ann.and_then(|a| a.get(k))
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+        };
         SaInfo {
             uid: sa.metadata.uid.clone().unwrap_or_default(),
             resource_version: sa.metadata.resource_version.clone().unwrap_or_default(),
             registries: ann.and_then(|a| a.get(ANN_ECR_REGISTRIES)).cloned(),
-            role: ann
-                .and_then(|a| a.get(ANN_ECR_ROLE_ARN))
-                .map(|r| r.trim().to_string())
-                .filter(|r| !r.is_empty()),
+            role: trimmed(ANN_ECR_ROLE_ARN),
+            profile: trimmed(ANN_PROFILE_ARN),
+            trust_anchor: trimmed(ANN_TRUST_ANCHOR_ARN),
             pull_secrets: sa
                 .image_pull_secrets
                 .iter()
@@ -48,6 +59,19 @@ impl SaInfo {
                 .map(|r| r.name.clone())
                 .collect(),
         }
+    }
+}
+
+impl SaInfo {
+    /// The override annotations the allow-list checks look at.
+    pub fn override_annotations(&self) -> BTreeMap<String, String> {
+        [
+            (ANN_PROFILE_ARN, &self.profile),
+            (ANN_TRUST_ANCHOR_ARN, &self.trust_anchor),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+        .collect()
     }
 }
 
@@ -299,7 +323,11 @@ mod tests {
     fn deps_track_pairs_both_ways() {
         let mut d = Deps::default();
         let k = ("ns".to_string(), "a".to_string());
-        let p = ("role".to_string(), "us-east-1".to_string());
+        let p = (
+            "role".to_string(),
+            "us-east-1".to_string(),
+            "profile".to_string(),
+        );
         d.set(&k, vec![p.clone()]);
         assert_eq!(d.dependents(&p), vec![k.clone()]);
         d.remove(&k);

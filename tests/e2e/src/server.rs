@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -37,6 +37,8 @@ pub struct ApiServer {
     options: ApiServerOptions,
     etcd: Mutex<Option<Child>>,
     apiserver: Mutex<Option<Child>>,
+    /// When kube-apiserver was started and when it first answered ready, each time.
+    starts: Mutex<Vec<(SystemTime, SystemTime)>>,
     admin_kubeconfig: PathBuf,
 }
 
@@ -96,6 +98,7 @@ impl ApiServer {
             options,
             etcd: Mutex::new(None),
             apiserver: Mutex::new(None),
+            starts: Mutex::new(Vec::new()),
             certs,
             dir,
         };
@@ -194,6 +197,7 @@ impl ApiServer {
         ]);
         cmd.args(&self.options.extra_args);
         let log = dir.join("kube-apiserver.log");
+        let spawned = SystemTime::now();
         let child = spawn_logged(cmd, &log)?;
         *self.apiserver.lock().map_err(poisoned)? = Some(child);
         let http = reqwest::Client::builder()
@@ -212,7 +216,19 @@ impl ApiServer {
                     .is_ok_and(|r| r.status().is_success())
             }
         })
-        .await
+        .await?;
+        self.starts
+            .lock()
+            .map_err(poisoned)?
+            .push((spawned, SystemTime::now()));
+        Ok(())
+    }
+
+    /// Each time kube-apiserver was (re)started: from its start until it
+    /// answered `/readyz`. It serves requests meanwhile, and until its RBAC
+    /// caches are filled it refuses them (403), whoever asks.
+    pub fn starting_windows(&self) -> Vec<(SystemTime, SystemTime)> {
+        self.starts.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     fn write_audit_policy(&self) -> Result<PathBuf> {

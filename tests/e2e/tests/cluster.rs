@@ -538,9 +538,12 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
     );
     let vault = server.token(&ns, "app", spec(&["vault"])).await.unwrap();
     assert_eq!(post(Some(vault), csr()).await.0, 401, "wrong audience");
+    // One signature character changed, away from the end: the last one
+    // carries padding bits a decoder may ignore.
     let mut forged = good.clone();
-    forged.pop();
-    forged.push('A');
+    let at = forged.len() - 8;
+    let flipped = if &forged[at..=at] == "A" { "B" } else { "A" };
+    forged.replace_range(at..=at, flipped);
     assert_eq!(post(Some(forged), csr()).await.0, 401, "bad signature");
 
     let weak = tokio::task::block_in_place(|| {
@@ -581,6 +584,30 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
             .as_str()
             .unwrap()
             .contains("attache.dev/allowed-roles")
+    );
+    // A profile override the broker was not told to allow (--allowed-profile-arns).
+    service_account(
+        &admin,
+        &ns,
+        "elsewhere",
+        json!({
+            "attache.dev/role-arn": ROLE,
+            "attache.dev/profile-arn": "arn:aws:rolesanywhere:us-east-1:123456789012:profile/elsewhere",
+        }),
+    )
+    .await;
+    let elsewhere = server
+        .token(&ns, "elsewhere", spec(&["attache-broker"]))
+        .await
+        .unwrap();
+    let (status, body) = post(Some(elsewhere), csr()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allowed-profile-arns"),
+        "{body}"
     );
     // One identity gets at most --max-certificates-per-minute (10) a minute.
     service_account(&admin, &ns, "burst", json!({"attache.dev/role-arn": ROLE})).await;
@@ -684,7 +711,7 @@ async fn two_replicas_starting_together_share_one_ca() {
     let server = ApiServer::start(Default::default()).await.unwrap();
     apply_deploy(&server);
     let client = server.client_with_token(&broker_token(&server).await).await;
-    let args = || broker_args(&["--ecr-enabled", "false"]);
+    let args = || broker_args(&[]);
     let (a, b) = tokio::join!(
         attache_broker::run::start(args(), client.clone()),
         attache_broker::run::start(args(), client.clone()),
@@ -773,12 +800,9 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     // A broker of its own (same CA Secret), so its metrics count only this
     // test's requests; it leaves the webhook configuration alone.
     let client = server.client_with_token(&broker_token(server).await).await;
-    let running = attache_broker::run::start(
-        broker_args(&["--ecr-enabled", "false", "--webhook-config", ""]),
-        client,
-    )
-    .await
-    .unwrap();
+    let running = attache_broker::run::start(broker_args(&["--webhook-config", ""]), client)
+        .await
+        .unwrap();
     let ca_pem = running.serving_ca_pem.clone();
 
     // 1,100 slow-body connections from one pod's address to the certificate

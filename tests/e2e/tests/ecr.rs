@@ -1,5 +1,5 @@
-//! The ECR pull-secret controller against the real kube-apiserver, as the
-//! broker's ServiceAccount (real RBAC): Secrets, `imagePullSecrets` and
+//! The ECR pull-secret controller against the real kube-apiserver, as its own
+//! ServiceAccount (real RBAC and ValidatingAdmissionPolicies): Secrets, `imagePullSecrets` and
 //! ownerReferences as the server stores them; two controllers contending for
 //! the real Lease; and kube-apiserver stopped and restarted mid-run.
 
@@ -54,11 +54,13 @@ async fn world(server: &'static ApiServer) -> World {
     emulator.add_role(Role {
         arn: ECR_ROLE.into(),
         conditions: vec![Condition {
-            operator: Operator::StringEquals,
+            operator: Operator::StringLike,
             key: "aws:PrincipalTag/x509SAN/URI".into(),
-            values: vec![format!(
-                "spiffe://cluster.local/ns/{BROKER_NS}/sa/{BROKER_SA}"
-            )],
+            // Per-ServiceAccount sessions: the pulling ServiceAccounts (the tests' `app`, `worker`).
+            values: vec![
+                "spiffe://cluster.local/ns/*/sa/app".into(),
+                "spiffe://cluster.local/ns/*/sa/worker".into(),
+            ],
         }],
     });
     World {
@@ -69,11 +71,11 @@ async fn world(server: &'static ApiServer) -> World {
 }
 
 impl World {
-    /// A controller as the broker's ServiceAccount, with a short Lease.
+    /// A controller as its own ServiceAccount, with a short Lease.
     async fn controller(&self, identity: &str) -> EcrHandle {
         let client = self
             .server
-            .client_with_token(&broker_token(self.server).await)
+            .client_with_token(&controller_token(self.server).await)
             .await;
         let url = self.emulator.url();
         let args = Flags::parse_from([
@@ -98,11 +100,12 @@ impl World {
             client,
             ca: self.ca.clone(),
             namespace: BROKER_NS.into(),
-            service_account: BROKER_SA.into(),
             trust_domain: "cluster.local".into(),
             region: "us-east-1".into(),
             profile_arn: Some(ECR_PROFILE.into()),
             trust_anchor_arn: Some(ANCHOR.into()),
+            allowed_profile_arns: vec![],
+            allowed_trust_anchor_arns: vec![],
             namespace_restrictions: true,
             metrics: Metrics::default(),
             clock: Arc::new(attache_sidecar::clock::SystemClock),
@@ -226,7 +229,7 @@ async fn pull_secrets_through_real_rbac_and_a_real_lease_hand_over() {
     let (_, restored) = converged(&admin, &ns).await;
     assert_ne!(restored.metadata.uid, secret.metadata.uid, "written again");
     b.shutdown().await;
-    assert_broker_calls_allowed_and_listed(w.server, BROKER_USER, BROKER_NS);
+    assert_broker_calls_allowed_and_listed(w.server, CONTROLLER_USER, BROKER_NS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,5 +298,92 @@ async fn watches_resume_after_the_api_server_restarts() {
         .collect();
     assert_eq!(names, ["attache-ecr-worker"]);
     c.shutdown().await;
-    assert_broker_calls_allowed_and_listed(server, BROKER_USER, BROKER_NS);
+    assert_broker_calls_allowed_and_listed(server, CONTROLLER_USER, BROKER_NS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ecr_controller_command_waits_for_the_ca_secret_then_serves_pull_secrets() {
+    // A dedicated API server: the controller campaigns for the one Lease.
+    let server: &'static ApiServer = Box::leak(Box::new(
+        ApiServer::start(Default::default()).await.unwrap(),
+    ));
+    apply_deploy(server);
+    let w = world(server).await;
+    let (admin, ns) = w.pull_secret_team().await;
+    let client = server
+        .client_with_token(&controller_token(server).await)
+        .await;
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        c: attache_broker::ecr::cli::EcrControllerArgs,
+    }
+    let url = w.emulator.url();
+    let args = Cmd::parse_from([
+        "attache-broker",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--profile-arn",
+        ECR_PROFILE,
+        "--trust-anchor-arn",
+        ANCHOR,
+        "--ecr-role-arn",
+        ECR_ROLE,
+        "--ecr-endpoint",
+        &url,
+        "--rolesanywhere-endpoint",
+        &url,
+        "--ecr-identity",
+        "command",
+        "--log-format",
+        "text",
+    ])
+    .c;
+    let running = attache_broker::ecr::cli::start(args, client).await.unwrap();
+    let readyz = format!("http://{}/readyz", running.admin_addr);
+    let status = || async { reqwest::get(&readyz).await.unwrap().status().as_u16() };
+    // No CA Secret yet (the broker creates it): alive, not ready, nothing written.
+    assert_eq!(
+        reqwest::get(format!("http://{}/healthz", running.admin_addr))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(status().await, 503);
+    // The broker's CA appears; the controller reads it (get by name) and works.
+    let ca = json!({
+        "metadata": {"name": "attache-ca", "labels": {"app.kubernetes.io/managed-by": "attache"}},
+        "type": "Opaque",
+        "data": {
+            "ca.pem": base64(w.ca.trust_anchor_pem().as_bytes()),
+            "ca-key.pem": base64(w.ca.private_key_pem().as_bytes()),
+        },
+    });
+    Api::<Secret>::namespaced(admin.clone(), BROKER_NS)
+        .create(&Default::default(), &serde_json::from_value(ca).unwrap())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "ready", || async {
+        (status().await == 200).then_some(())
+    })
+    .await;
+    let (_, secret) = converged(&admin, &ns).await;
+    assert_eq!(
+        w.emulator.ecr_password_valid(&password(&secret)).as_deref(),
+        Some(ECR_ROLE)
+    );
+    assert!(running.is_ready());
+    let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("attache_ecr_secrets_written_total 1"),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap();
+    assert_broker_calls_allowed_and_listed(server, CONTROLLER_USER, BROKER_NS);
 }

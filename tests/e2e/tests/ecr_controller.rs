@@ -1,9 +1,12 @@
-//! The ECR pull-secret controller against the real kube-apiserver, as the
-//! broker's ServiceAccount (real RBAC), and the AWS emulator, on a manual
-//! clock: Secrets appear with passwords the emulator accepts, tokens are
-//! shared, refreshed before expiry, restored after edits, foreign Secrets are
-//! left alone, removal cleans up, conflicts, server errors and throttling are
-//! survived, and a Lease hands the work from one replica to another.
+//! The ECR pull-secret controller against the real kube-apiserver, as its own
+//! ServiceAccount (real RBAC and ValidatingAdmissionPolicies), and the AWS
+//! emulator, on a manual clock: Secrets appear with passwords the emulator
+//! accepts, tokens are shared, refreshed before expiry, restored after edits,
+//! foreign Secrets are left alone, removal cleans up, conflicts, server errors
+//! and throttling are survived, a Lease hands the work from one replica to
+//! another; a forged "attache" Secret in one namespace changes nothing written
+//! to any other; each ServiceAccount's own identity must be trusted by the ECR
+//! role; profile and trust anchor overrides are checked.
 //!
 //! Each test has an API server of its own (see `ecr_common`); the objects the
 //! server stores are validated by it. Faults the server cannot produce on cue
@@ -18,14 +21,14 @@ use attache_broker::ecr::secret::secret_name;
 use attache_broker::metrics::Metrics;
 use attache_emulator::Operation;
 use base64::Engine as _;
-use common::{BROKER_NS, BROKER_USER, assert_broker_calls_allowed_and_listed};
+use common::{BROKER_NS, CONTROLLER_USER, assert_broker_calls_allowed_and_listed};
 use ecr_common::*;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn done(w: &World) {
-    assert_broker_calls_allowed_and_listed(&w.server, BROKER_USER, BROKER_NS);
+    assert_broker_calls_allowed_and_listed(&w.server, CONTROLLER_USER, BROKER_NS);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +282,7 @@ async fn a_foreign_secret_with_the_same_name_is_never_touched() {
     assert_eq!(now["data"], foreign["data"]);
     assert!(w.pull_secrets(&ns, "app").await.is_empty());
     assert_eq!(
-        w.broker_calls("update", "secrets") + w.broker_calls("delete", "secrets"),
+        w.app_calls("update", "secrets") + w.app_calls("delete", "secrets"),
         0,
         "no write to the foreign Secret"
     );
@@ -304,7 +307,8 @@ async fn conflicts_on_service_account_updates_and_server_errors_converge() {
         409,
     );
     proxy.fail_next(2, &["PUT"], |p| p.contains("/leases/"), 409);
-    proxy.fail_next(1, &["POST"], |p| p.contains("/secrets"), 500);
+    let pull_secrets = format!("/api/v1/namespaces/{ns}/secrets");
+    proxy.fail_next(1, &["POST"], move |p| p.starts_with(&pull_secrets), 500);
     let metrics = Metrics::default();
     let c = w.controller("a", &metrics).await;
     let name = secret_name("app");
@@ -465,13 +469,19 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
     w.tick(Duration::from_secs(6), Duration::from_secs(2)).await;
     assert!(a.is_leader() && !b.is_leader(), "one leader while A renews");
     assert_eq!(w.lease().await["spec"]["holderIdentity"], "replica-a");
-    // Secret writes by the broker's ServiceAccount, from the audit log.
-    let writes =
-        |w: &World| w.broker_calls("create", "secrets") + w.broker_calls("update", "secrets");
+    // Pull Secret writes by the controller's ServiceAccount, from the audit log.
+    let writes = |w: &World| w.app_calls("create", "secrets") + w.app_calls("update", "secrets");
     let before = writes(&w);
     assert_eq!(before, names.len(), "one write per Secret so far");
     let first = w.password(&names[0], &name, &host).await.unwrap();
 
+    // A kept the tokens' state where only attache writes.
+    eventually(30, "the token state Secret", async || {
+        w.secret(BROKER_NS, attache_broker::ecr::state::STATE_SECRET)
+            .await
+            .is_some()
+    })
+    .await;
     // A stalls (its process is gone without releasing): B takes over after the lease expires.
     drop(a);
     let mut leading = b.leading();
@@ -486,7 +496,7 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         .unwrap()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // B adopted the tokens in A's Secrets: no rewrite, no AWS call.
+    // B adopted the tokens from the state Secret: no rewrite, no AWS call.
     assert_eq!(writes(&w), before, "no double writes on hand-over");
     assert_eq!(
         w.emulator().request_count(Operation::GetAuthorizationToken),
@@ -558,6 +568,271 @@ async fn a_role_the_namespace_stops_allowing_loses_its_pull_secret() {
             .iter()
             .any(|(r, n)| r == "EcrRoleNotAllowed" && n.contains("attache.dev/allowed-roles")),
         "{events:?}"
+    );
+    done(&w);
+}
+
+/// A Secret a tenant of `ns` could write: every mark of an attache pull
+/// Secret (labels, role, registries, token times, a matching data hash),
+/// owned by a ServiceAccount there, holding a bogus password that claims to
+/// be another team's role's token, obtained "later" and valid for 10 years.
+fn forged_pull_secret(name: &str, owner: &Value, host: &str, role: &str) -> Value {
+    use attache_broker::ecr::secret::{DATA_KEY, data_hash};
+    use k8s_openapi::ByteString;
+    let now = time::OffsetDateTime::now_utc();
+    let rfc = |t: time::OffsetDateTime| attache_sidecar::credentials::rfc3339(t);
+    let config = json!({"auths": {host: {
+        "username": "AWS",
+        "password": "forged-password",
+        "auth": base64::engine::general_purpose::STANDARD.encode("AWS:forged-password"),
+    }}});
+    let data = std::collections::BTreeMap::from([(
+        DATA_KEY.to_string(),
+        ByteString(serde_json::to_vec(&config).unwrap()),
+    )]);
+    let times = json!([{
+        "region": "us-east-1",
+        "obtainedAt": rfc(now + time::Duration::hours(1)),
+        "expiresAt": rfc(now + time::Duration::days(3650)),
+    }]);
+    json!({
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/managed-by": "attache",
+                "app.kubernetes.io/component": "ecr-pull-secret",
+            },
+            "annotations": {
+                "attache.dev/ecr-role-arn": role,
+                "attache.dev/ecr-registries": host,
+                "attache.dev/ecr-data-hash": data_hash(&data),
+                "attache.dev/ecr-tokens": times.to_string(),
+                "attache.dev/ecr-expires-at": rfc(now + time::Duration::days(3650)),
+            },
+            "ownerReferences": [{
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"],
+                "controller": true,
+            }],
+        },
+        "data": {DATA_KEY: base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&config).unwrap())},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any_other() {
+    let w = World::new(&["us-east-1"]).await;
+    let host = registry("us-east-1");
+    // The tenant of `evil` writes what it may write in its own namespace:
+    // a ServiceAccount, a pull Secret forged for team-a's role, and a Secret
+    // shaped like attache's token state.
+    let evil = w.namespace("evil", &[]).await;
+    let owner = w.service_account(&evil, "x", &[], &[]).await;
+    let forged = w
+        .create_secret(
+            &evil,
+            forged_pull_secret("attache-ecr-forged", &owner, &host, ROLE),
+        )
+        .await;
+    let state = json!([{
+        "role": ROLE, "region": "us-east-1", "profile": PROFILE,
+        "password": "forged-password",
+        "obtainedAt": attache_sidecar::credentials::rfc3339(time::OffsetDateTime::now_utc()),
+        "expiresAt": "2099-01-01T00:00:00Z",
+    }]);
+    let forged_state = w
+        .create_secret(
+            &evil,
+            json!({
+                "type": "Opaque",
+                "metadata": {"name": attache_broker::ecr::state::STATE_SECRET, "labels": {"app.kubernetes.io/managed-by": "attache"}},
+                "data": {attache_broker::ecr::state::STATE_KEY: base64::engine::general_purpose::STANDARD.encode(state.to_string())},
+            }),
+        )
+        .await;
+    let team_a = w.namespace("team-a", &[]).await;
+    w.service_account(&team_a, "app", &[(ANN, &host)], &[])
+        .await;
+    let metrics = Metrics::default();
+    let _c = w.controller("a", &metrics).await;
+    let name = secret_name("app");
+    eventually(30, "team-a's pull secret", async || {
+        w.password(&team_a, &name, &host).await.is_some()
+    })
+    .await;
+    let password = w.password(&team_a, &name, &host).await.unwrap();
+    assert_ne!(password, "forged-password");
+    assert_eq!(
+        w.emulator().ecr_password_valid(&password).as_deref(),
+        Some(ROLE),
+        "a token ECR issued for the role"
+    );
+
+    // Forged again while the controller runs, and team-a's Secret must be
+    // rewritten (deleted) and a new namespace appears: still the real token.
+    let later = w.namespace("evil2", &[]).await;
+    let owner2 = w.service_account(&later, "y", &[], &[]).await;
+    w.create_secret(
+        &later,
+        forged_pull_secret("attache-ecr-forged", &owner2, &host, ROLE),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Api::<Secret>::namespaced(w.admin.clone(), &team_a)
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    let team_c = w.namespace("team-c", &[]).await;
+    w.service_account(&team_c, "app", &[(ANN, &host)], &[])
+        .await;
+    eventually(
+        30,
+        "team-a's Secret restored, team-c's written",
+        async || {
+            w.password(&team_a, &name, &host).await.is_some()
+                && w.password(&team_c, &name, &host).await.is_some()
+        },
+    )
+    .await;
+    for ns in [&team_a, &team_c] {
+        let p = w.password(ns, &name, &host).await.unwrap();
+        assert_eq!(p, password, "{ns}: the one real token");
+        let s = w.secret(ns, &name).await.unwrap();
+        let expires = s["metadata"]["annotations"]["attache.dev/ecr-expires-at"]
+            .as_str()
+            .unwrap();
+        let expires =
+            time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        assert!(
+            expires - attache_sidecar::clock::Clock::now(&w.clock) <= time::Duration::hours(12),
+            "{ns}: no adopted far-future expiry"
+        );
+    }
+    // The forged objects themselves are left alone.
+    for (ns, obj) in [(&evil, &forged), (&evil, &forged_state)] {
+        let now = w
+            .secret(ns, obj["metadata"]["name"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            now["metadata"]["resourceVersion"],
+            obj["metadata"]["resourceVersion"]
+        );
+    }
+    assert_eq!(
+        w.emulator().request_count(Operation::GetAuthorizationToken),
+        1
+    );
+    done(&w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_account_needs_the_ecr_roles_trust_for_its_own_identity() {
+    let w = World::new(&["us-east-1"]).await;
+    let host = registry("us-east-1");
+    let ns = w.namespace("team", &[]).await;
+    let spiffe = |sa: &str| format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+    // ROLE_C's trust policy names `trusted` only.
+    w.trust_only(&[spiffe("trusted")]);
+    let ann = [(ANN, host.as_str()), ("attache.dev/ecr-role-arn", ROLE_C)];
+    w.service_account(&ns, "trusted", &ann, &[]).await;
+    w.service_account(&ns, "other", &ann, &["keep-me"]).await;
+    // A profile override nobody allowed.
+    let rogue = [
+        (ANN, host.as_str()),
+        (
+            "attache.dev/profile-arn",
+            "arn:aws:rolesanywhere:us-east-1:123456789012:profile/elsewhere",
+        ),
+    ];
+    w.service_account(&ns, "rogue", &rogue, &[]).await;
+    let metrics = Metrics::default();
+    let _c = w.controller("a", &metrics).await;
+
+    eventually(30, "trusted's pull secret", async || {
+        w.pull_secrets(&ns, "trusted")
+            .await
+            .contains(&secret_name("trusted"))
+    })
+    .await;
+    let password = w
+        .password(&ns, &secret_name("trusted"), &host)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.emulator().ecr_password_valid(&password).as_deref(),
+        Some(ROLE_C)
+    );
+    // `other` shares the role but not the trust: no pull secret, an Event
+    // naming its identity, even though a token for the role is at hand.
+    eventually(30, "EcrRoleNotTrusted for other", async || {
+        w.events_for(&ns, "other").await.iter().any(|(r, n)| {
+            r == "EcrRoleNotTrusted" && n.contains(&spiffe("other")) && n.contains(ROLE_C)
+        })
+    })
+    .await;
+    eventually(30, "EcrProfileNotAllowed for rogue", async || {
+        w.events_for(&ns, "rogue")
+            .await
+            .iter()
+            .any(|(r, n)| r == "EcrProfileNotAllowed" && n.contains("attache.dev/profile-arn"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.secret(&ns, &secret_name("other")).await.is_none());
+    assert_eq!(
+        w.pull_secrets(&ns, "other").await,
+        vec!["keep-me".to_string()]
+    );
+    assert!(w.secret(&ns, &secret_name("rogue")).await.is_none());
+    // Every session was made with the ServiceAccount's own certificate.
+    let sessions = w.emulator().sessions();
+    assert!(
+        sessions.iter().all(|s| s.san_uri.as_deref()
+            != Some("spiffe://cluster.local/ns/attache-system/sa/attache-ecr-controller")),
+        "never the controller's own identity"
+    );
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.role_arn == ROLE_C
+                && s.san_uri.as_deref() == Some(spiffe("trusted").as_str()))
+    );
+
+    // The role's trust policy is widened to `other`: it gets the same shared
+    // token once AWS accepted its own session (retried after 10 minutes).
+    w.trust_only(&[spiffe("trusted"), spiffe("other")]);
+    for _ in 0..60 {
+        if w.secret(&ns, &secret_name("other")).await.is_some() {
+            break;
+        }
+        w.tick(Duration::from_secs(60), Duration::from_secs(20))
+            .await;
+    }
+    eventually(30, "other's pull secret", async || {
+        w.pull_secrets(&ns, "other").await == vec!["keep-me".to_string(), secret_name("other")]
+    })
+    .await;
+    assert_eq!(
+        w.password(&ns, &secret_name("other"), &host)
+            .await
+            .as_deref(),
+        Some(password.as_str())
+    );
+    assert_eq!(
+        w.emulator().request_count(Operation::GetAuthorizationToken),
+        1,
+        "one token for the role, shared after each ServiceAccount's own verdict"
+    );
+    assert!(
+        w.emulator()
+            .sessions()
+            .iter()
+            .any(|s| s.role_arn == ROLE_C && s.san_uri.as_deref() == Some(spiffe("other").as_str()))
     );
     done(&w);
 }

@@ -41,7 +41,11 @@ async fn create_session_is_throttled_past_the_quota() {
         a.assert_error(429, "ThrottlingException", "Rate exceeded");
     }
     assert_eq!(emu.throttled_sessions(), throttled.len() as u64);
-    assert_eq!(emu.sessions().len(), granted, "throttled requests create no session");
+    assert_eq!(
+        emu.sessions().len(),
+        granted,
+        "throttled requests create no session"
+    );
 }
 
 #[tokio::test]

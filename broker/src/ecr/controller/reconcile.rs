@@ -22,6 +22,7 @@ impl Controller {
         };
         let Some(sa) = sa else {
             // Deleted: its Secret goes with it (owner reference).
+            self.sessions.forget(key);
             lock(&self.deps).remove(key);
             lock(&self.warned).remove(key);
             lock(&self.foreign).remove(key);
@@ -33,6 +34,7 @@ impl Controller {
             (None, None) => (String::new(), ""),
         };
         if value.trim().is_empty() {
+            self.sessions.forget(key);
             return self.clean_up(key, &sa, existing).await;
         }
         let registries = match parse_registries(&value) {
@@ -79,18 +81,65 @@ impl Controller {
             .await;
             return self.clean_up(key, &sa, existing).await;
         }
+        // Profile and trust anchor overrides: only those the operator allows
+        // (checked exactly as the webhook and the certificate API check them).
+        if let Err(e) = self
+            .config
+            .overrides
+            .check(&key.0, &key.1, &sa.override_annotations())
+        {
+            self.warn(
+                key,
+                &sa.uid,
+                "EcrProfileNotAllowed",
+                format!("ECR pull secret removed: {e}"),
+            )
+            .await;
+            return self.clean_up(key, &sa, existing).await;
+        }
+        let profile = sa
+            .profile
+            .clone()
+            .unwrap_or_else(|| self.config.default_profile.clone());
+        let anchor = sa
+            .trust_anchor
+            .clone()
+            .unwrap_or_else(|| self.config.default_trust_anchor.clone());
+        for (what, arn, kind) in [
+            (crate::names::ANN_PROFILE_ARN, &profile, "profile"),
+            (crate::names::ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
+        ] {
+            if let Err(e) = attache_sidecar::arn::validate_rolesanywhere_arn(arn, kind) {
+                self.warn(key, &sa.uid, "InvalidEcrProfile", format!("{what}: {e}"))
+                    .await;
+                return Ok(());
+            }
+        }
         let pairs: Vec<Pair> = regions(&registries)
             .into_iter()
-            .map(|r| (role.clone(), r))
+            .map(|r| (role.clone(), r, profile.clone()))
+            .collect();
+        let targets: Vec<Target> = pairs
+            .iter()
+            .map(|p| self.sessions.settings().target(&p.0, &p.2, &anchor, &p.1))
             .collect();
         lock(&self.deps).set(key, pairs.clone());
         let recheck = lock(&self.foreign).get(key).copied();
         if existing.is_none() && recheck.is_some_and(|t| self.clock.now() < t) {
             return Ok(());
         }
+        // Nothing is fetched for a ServiceAccount AWS has not accepted for the role.
+        let need_aws = pairs.iter().any(|p| self.tokens.held(p).is_none());
+        if need_aws && !self.admit(key, &sa, &targets, &existing).await? {
+            return Ok(());
+        }
         let mut tokens = BTreeMap::new();
-        for pair in &pairs {
-            match self.tokens.get(pair).await {
+        for (pair, target) in pairs.iter().zip(&targets) {
+            let result = self
+                .tokens
+                .get(pair, || self.sessions.credentials(key, target))
+                .await;
+            match result {
                 Ok(t) => {
                     tokens.insert(pair.1.clone(), t);
                 }
@@ -106,12 +155,61 @@ impl Controller {
             }
         }
         let desired = secret::desired(&key.1, &role, &registries, &tokens);
+        let current = existing
+            .as_ref()
+            .is_some_and(|info| up_to_date(info, &key.1, &sa, &desired));
+        // Nothing new is written for a ServiceAccount AWS has not accepted for the role.
+        if !current && !self.admit(key, &sa, &targets, &existing).await? {
+            return Ok(());
+        }
         if !self.ensure_secret(key, &sa, existing, &desired).await? {
             return Ok(());
         }
         self.ensure_listed(key, &sa, &desired.name, true).await?;
         self.clear_warning(key);
         Ok(())
+    }
+
+    /// Whether AWS accepts `key`'s own identity for every target (a recorded
+    /// verdict while it holds, else a CreateSession with its certificate).
+    /// Refused: the pull secret is removed (fail closed) and a Warning Event
+    /// says why; no answer: everything is kept and the key retried later.
+    async fn admit(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        targets: &[Target],
+        existing: &Option<SecretInfo>,
+    ) -> Result<bool, ReconcileError> {
+        for target in targets {
+            match self.sessions.verdict(key, target).await {
+                Verdict::Accepted { .. } => {}
+                Verdict::Denied { message, until } => {
+                    self.clean_up(key, sa, existing.clone()).await?;
+                    let note = format!(
+                        "ECR pull secret removed: Roles Anywhere refused {} for ECR role {}: {message}. The role's trust policy must allow this ServiceAccount (attache-broker aws-policy --service-account {}/{} prints one that does)",
+                        self.sessions.spiffe_uri(key),
+                        target.role,
+                        key.0,
+                        key.1
+                    );
+                    self.warn(key, &sa.uid, "EcrRoleNotTrusted", note).await;
+                    self.retry_at(key.clone(), until);
+                    return Ok(false);
+                }
+                Verdict::Failed { message, until, .. } => {
+                    let note = format!(
+                        "cannot check with AWS that {} may use ECR role {}: {message}; any existing pull secret is kept and the check retried",
+                        self.sessions.spiffe_uri(key),
+                        target.role
+                    );
+                    self.warn(key, &sa.uid, "EcrSessionFailed", note).await;
+                    self.retry_at(key.clone(), until);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Creates or updates the Secret; false when a foreign Secret holds the name.
@@ -130,12 +228,7 @@ impl Controller {
         let mut current = existing;
         for _ in 0..CONFLICT_TRIES {
             match &current {
-                Some(info)
-                    if info.owned_by(&key.1)
-                        && info.data_hash == desired.hash
-                        && info.annotated_hash.as_deref() == Some(desired.hash.as_str())
-                        && info.owners.iter().any(|(_, uid)| *uid == sa.uid) =>
-                {
+                Some(info) if up_to_date(info, &key.1, sa, desired) => {
                     lock(&self.foreign).remove(key);
                     return Ok(true);
                 }
@@ -307,4 +400,12 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// Whether the Secret already holds exactly what attache would write for `sa`.
+fn up_to_date(info: &SecretInfo, sa_name: &str, sa: &SaInfo, desired: &Desired) -> bool {
+    info.owned_by(sa_name)
+        && info.data_hash == desired.hash
+        && info.annotated_hash.as_deref() == Some(desired.hash.as_str())
+        && info.owners.iter().any(|(_, uid)| *uid == sa.uid)
 }

@@ -1,9 +1,11 @@
 //! A world for the ECR controller tests (`ecr_controller`) and the broker's
 //! ECR benchmark (which includes this file and `common/mod.rs` by path): a
-//! dedicated etcd + kube-apiserver with `deploy/kubernetes` applied, AWS
-//! emulators (one per region) trusting a cluster CA, ECR roles whose trust
-//! policy pins the broker's own ServiceAccount, and controllers that run as
-//! that ServiceAccount (real RBAC) on a manual clock.
+//! dedicated etcd + kube-apiserver with `deploy/kubernetes` applied (RBAC and
+//! ValidatingAdmissionPolicies), AWS emulators (one per region) trusting a
+//! cluster CA, ECR roles whose trust policies admit ServiceAccounts' own
+//! SPIFFE IDs (the controller's sessions are per ServiceAccount), and
+//! controllers that run as the controller's own ServiceAccount
+//! (`attache-ecr-controller`, real RBAC) on a manual clock.
 //!
 //! Why a dedicated API server per world: the controller watches every
 //! namespace and campaigns for the one Lease its RBAC allows
@@ -27,12 +29,16 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::common::{ANCHOR, BROKER_NS, BROKER_SA, BROKER_USER};
+use crate::common::{ANCHOR, BROKER_NS, CONTROLLER_USER};
 
 pub const ACCOUNT: &str = "123456789012";
 pub const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/ecr";
 pub const ROLE: &str = "arn:aws:iam::123456789012:role/ecr-pull";
 pub const ROLE_B: &str = "arn:aws:iam::123456789012:role/ecr-pull-b";
+/// In the profile, trusting nobody until a test says whom (`trust_only`).
+pub const ROLE_C: &str = "arn:aws:iam::123456789012:role/ecr-pull-c";
+/// Every ServiceAccount of the cluster (ROLE and ROLE_B trust it).
+pub const ANY_SA: &str = "spiffe://cluster.local/ns/*/sa/*";
 pub const ANN: &str = "attache.dev/ecr-registries";
 
 /// The registry host of `region` in the test account.
@@ -50,7 +56,7 @@ pub struct World {
     pub server: ApiServer,
     /// cluster-admin, to seed and read objects.
     pub admin: kube::Client,
-    /// The broker's ServiceAccount (through the proxy when there is one):
+    /// The controller's ServiceAccount (through the proxy when there is one):
     /// what the controllers run as.
     pub client: kube::Client,
     /// The fault proxy between the controllers and the API server, if asked for.
@@ -78,7 +84,7 @@ impl World {
             .unwrap_or_else(|e| panic!("starting etcd + kube-apiserver: {e:#}"));
         crate::common::apply_deploy(&server);
         let admin = server.admin().await;
-        let token = crate::common::broker_token(&server).await;
+        let token = crate::common::controller_token(&server).await;
         let (client, proxy) = if proxied {
             let proxy = FaultProxy::start(&server.url, server.ca_pem())
                 .await
@@ -105,7 +111,7 @@ impl World {
             emu.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
             emu.add_profile(Profile {
                 arn: PROFILE.into(),
-                role_arns: vec![ROLE.into(), ROLE_B.into()],
+                role_arns: vec![ROLE.into(), ROLE_B.into(), ROLE_C.into()],
                 duration_seconds: None,
                 accept_role_session_name: false,
                 enabled: true,
@@ -114,14 +120,20 @@ impl World {
                 emu.add_role(Role {
                     arn: role.into(),
                     conditions: vec![Condition {
-                        operator: Operator::StringEquals,
+                        operator: Operator::StringLike,
                         key: "aws:PrincipalTag/x509SAN/URI".into(),
-                        values: vec![format!(
-                            "spiffe://cluster.local/ns/{BROKER_NS}/sa/{BROKER_SA}"
-                        )],
+                        values: vec![ANY_SA.into()],
                     }],
                 });
             }
+            emu.add_role(Role {
+                arn: ROLE_C.into(),
+                conditions: vec![Condition {
+                    operator: Operator::StringEquals,
+                    key: "aws:PrincipalTag/x509SAN/URI".into(),
+                    values: vec!["spiffe://nobody".into()],
+                }],
+            });
             emulators.insert(region.to_string(), emu);
         }
         World {
@@ -132,6 +144,20 @@ impl World {
             ca,
             emulators,
             clock: ManualClock::new(OffsetDateTime::now_utc()),
+        }
+    }
+
+    /// ROLE_C's trust policy (in every emulator) admits exactly these SPIFFE IDs.
+    pub fn trust_only(&self, spiffe_ids: &[String]) {
+        for emu in self.emulators.values() {
+            emu.add_role(Role {
+                arn: ROLE_C.into(),
+                conditions: vec![Condition {
+                    operator: Operator::StringEquals,
+                    key: "aws:PrincipalTag/x509SAN/URI".into(),
+                    values: spiffe_ids.to_vec(),
+                }],
+            });
         }
     }
 
@@ -153,7 +179,7 @@ impl World {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         ann.entry("attache.dev/allowed-roles".into())
-            .or_insert_with(|| format!("[\"{ROLE}\", \"{ROLE_B}\"]"));
+            .or_insert_with(|| format!("[\"{ROLE}\", \"{ROLE_B}\", \"{ROLE_C}\"]"));
         self.server
             .namespace(prefix, serde_json::to_value(ann).unwrap(), json!({}))
             .await
@@ -208,6 +234,10 @@ impl World {
             // the manual clock: 12 h sessions stay valid across the time travel.
             "--ecr-session-duration",
             "43200",
+            // The emulators' CreateSession quota (AWS's default, 10/s) is
+            // shared by every ServiceAccount's session.
+            "--ecr-session-rate",
+            "8",
         ];
         argv.extend_from_slice(extra);
         Flags::parse_from(argv).ecr
@@ -218,11 +248,12 @@ impl World {
             client: self.client.clone(),
             ca: self.ca.clone(),
             namespace: BROKER_NS.into(),
-            service_account: BROKER_SA.into(),
             trust_domain: "cluster.local".into(),
             region: "us-east-1".into(),
             profile_arn: Some(PROFILE.into()),
             trust_anchor_arn: Some(ANCHOR.into()),
+            allowed_profile_arns: vec![],
+            allowed_trust_anchor_arns: vec![],
             namespace_restrictions: true,
             metrics: metrics.clone(),
             clock: Arc::new(self.clock.clone()) as Arc<dyn Clock>,
@@ -308,13 +339,29 @@ impl World {
         serde_json::to_value(lease).unwrap()
     }
 
-    /// How many `verb` calls on `resource` the broker's ServiceAccount made
+    /// How many `verb` calls on `resource` the controller's ServiceAccount made
     /// (from the audit log; refused ones included).
     pub fn broker_calls(&self, verb: &str, resource: &str) -> usize {
         broker_call_counts(&self.server)
             .get(&(verb.to_string(), resource.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Like [`World::broker_calls`], for app namespaces only (not the
+    /// controller's own, where it keeps its Lease and token state).
+    pub fn app_calls(&self, verb: &str, resource: &str) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        crate::common::audit_calls(&self.server, CONTROLLER_USER)
+            .into_iter()
+            .filter(|e| seen.insert(e["auditID"].as_str().unwrap_or_default().to_string()))
+            .filter(|e| {
+                e["verb"] == verb
+                    && e["objectRef"]["resource"] == resource
+                    && e["objectRef"]["subresource"].is_null()
+                    && e["objectRef"]["namespace"] != BROKER_NS
+            })
+            .count()
     }
 
     /// Moves the clock forward in steps, letting tasks run between them.
@@ -352,12 +399,12 @@ pub fn pull_secret_names(sa: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-/// The broker ServiceAccount's API calls so far by (verb, resource[/subresource]),
+/// The controller ServiceAccount's API calls so far by (verb, resource[/subresource]),
 /// each request counted once (a watch is logged when it starts and when it ends).
 pub fn broker_call_counts(server: &ApiServer) -> BTreeMap<(String, String), usize> {
     let mut seen = std::collections::HashSet::new();
     let mut counts = BTreeMap::new();
-    for e in crate::common::audit_calls(server, BROKER_USER) {
+    for e in crate::common::audit_calls(server, CONTROLLER_USER) {
         if !seen.insert(e["auditID"].as_str().unwrap_or_default().to_string()) {
             continue;
         }

@@ -1,0 +1,119 @@
+//! AdmissionReview JSON -> the webhook's parse, decision and patch.
+//! The first byte picks the broker settings and the ServiceAccount's and
+//! namespace's annotations; the rest is the `POST /mutate` body.
+//! Promise: no panic; a patch always applies (json-patch) to the pod the
+//! webhook saw, keeps it a Pod, keeps every env var and volume the pod set,
+//! and admitting the patched pod again changes nothing.
+#![no_main]
+
+use std::collections::BTreeMap;
+
+use attache_broker::inject::{Context, Decision, InjectConfig, decide};
+use attache_broker::names::*;
+use attache_broker::webhook::{parse_review, patch_response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::AdmissionResponse;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/app";
+
+fn config(native: bool, restrictions: bool) -> InjectConfig {
+    InjectConfig {
+        image: "ghcr.io/attache-dev/attache:fuzz".into(),
+        image_pull_policy: "IfNotPresent".into(),
+        cpu_request: "10m".into(),
+        memory_request: "16Mi".into(),
+        memory_limit: "64Mi".into(),
+        region: "us-east-1".into(),
+        profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
+        trust_anchor_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into()),
+        broker_url: "https://attache-broker.attache-system.svc:8443".into(),
+        ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+        native_sidecar: native,
+        restrictions,
+        sa_token_seconds: 3600,
+        sidecar_uid: 19911,
+        overrides: attache_broker::policy::ArnOverrides {
+            default_profile: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
+            default_trust_anchor: Some(
+                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
+            ),
+            ..Default::default()
+        },
+    }
+}
+
+/// (name, value-or-source) pairs of every env var and names of every volume.
+fn user_state(pod: &Value) -> (Vec<Value>, Vec<Value>) {
+    let mut env = Vec::new();
+    for kind in ["containers", "initContainers"] {
+        for c in pod["spec"][kind].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                env.push(serde_json::json!([c["name"], e]));
+            }
+        }
+    }
+    let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    (env, volumes)
+}
+
+fn contains_all(after: &[Value], before: &[Value]) -> bool {
+    before.iter().all(|b| after.contains(b))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let Ok(req) = parse_review(body) else {
+        return;
+    };
+    let Some(object) = &req.object else {
+        return;
+    };
+    let pod = serde_json::to_value(object).expect("a DynamicObject serializes");
+    let cfg = config(selector & 1 == 0, selector & 2 == 0);
+    let mut sa = BTreeMap::new();
+    if selector & 4 == 0 {
+        sa.insert(ANN_ROLE_ARN.to_string(), ROLE.to_string());
+    }
+    if selector & 8 != 0 {
+        sa.insert(ANN_SESSION_DURATION.to_string(), "7200".to_string());
+    }
+    let ns = BTreeMap::from([(
+        ANN_ALLOWED_ROLES.to_string(),
+        r#"["arn:aws:iam::123456789012:role/**"]"#.to_string(),
+    )]);
+    let ctx = Context {
+        namespace: "team-a",
+        namespace_annotations: &ns,
+        service_account: "app",
+        sa_annotations: &sa,
+    };
+    let Decision::Patch { ops, warnings, .. } = decide(&pod, &ctx, &cfg) else {
+        return;
+    };
+    let resp = patch_response(AdmissionResponse::from(&req), ops.clone(), warnings)
+        .expect("the webhook's operations form a patch");
+    // What the API server receives: the review JSON with a base64 patch.
+    let review = serde_json::to_value(resp.into_review()).expect("review serializes");
+    assert_eq!(review["response"]["patchType"], "JSONPatch");
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops)).expect("operations are a patch");
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch)
+        .unwrap_or_else(|e| panic!("patch does not apply: {e}\npod: {pod}\npatch: {patch:?}"));
+    if serde_json::from_value::<Pod>(pod.clone()).is_ok() {
+        serde_json::from_value::<Pod>(patched.clone())
+            .unwrap_or_else(|e| panic!("patched pod is no Pod: {e}\n{patched}"));
+    }
+    let (env, volumes) = user_state(&pod);
+    let (env_after, volumes_after) = user_state(&patched);
+    assert!(contains_all(&env_after, &env), "an env var was overridden or removed");
+    assert!(contains_all(&volumes_after, &volumes), "a volume was overridden or removed");
+    assert!(
+        matches!(decide(&patched, &ctx, &cfg), Decision::Skip(_)),
+        "admitting the patched pod again changes it"
+    );
+});

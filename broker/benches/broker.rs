@@ -88,9 +88,12 @@ async fn bench() {
     let args = common::broker_args(&["--webhook-config", "", "--max-connections-per-peer", "1024"]);
     let broker = attache_broker::run::start(args, client).await.unwrap();
     let p = broker.addr.port();
-    let ca_pem = broker.serving_ca_pem.clone();
+    // The broker's serving CA, and the workload CA that signs the baseline's certificate.
     let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .tls_certs_only(
+            [&broker.serving_ca_pem, &broker.ca.trust_anchor_pem()]
+                .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()),
+        )
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();

@@ -671,20 +671,25 @@ async fn malformed_admission_reviews_get_a_400_with_a_reason() {
 }
 
 /// Sends `request` over TLS to the broker and returns the start of the reply.
-async fn raw_tls_exchange(addr: std::net::SocketAddr, ca_pem: &str, request: &[u8]) -> String {
+/// A TLS client configuration trusting only `ca_pem`.
+fn tls_client_config(ca_pem: &str) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_no_client_auth()
+}
+
+async fn raw_tls_exchange(addr: std::net::SocketAddr, ca_pem: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = tls_client_config(ca_pem);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
@@ -755,19 +760,8 @@ async fn slow_body(
     ca_pem: &str,
     path: &str,
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls_pki_types::pem::PemObject as _;
     use tokio::io::AsyncWriteExt as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = tls_client_config(ca_pem);
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))

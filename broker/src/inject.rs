@@ -169,6 +169,16 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
             "no spec with a list of containers (the API server's validation refuses the pod)",
         );
     }
+    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array);
+    if let Some(taken) = [TOKEN_VOLUME, SA_TOKEN_VOLUME]
+        .into_iter()
+        .find(|name| volumes.is_some_and(|vs| vs.iter().any(|v| v["name"] == *name)))
+    {
+        return Decision::Deny(format!(
+            "the pod already has a volume named {taken:?}, a name attache's sidecar needs: rename that volume (pod in namespace {:?} with role {role:?})",
+            ctx.namespace
+        ));
+    }
     let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
     if let Err(e) = cfg
         .overrides
@@ -796,6 +806,22 @@ pub(crate) mod tests {
                     "{broken}"
                 );
             }
+        }
+    }
+
+    /// Found by the patch property test (tests/inject_properties.rs): a pod
+    /// with its own volume named like attache's got a second one, a
+    /// duplicate the API server refuses without naming attache.
+    #[test]
+    fn a_pod_volume_with_attaches_name_is_refused_by_name() {
+        for name in [TOKEN_VOLUME, SA_TOKEN_VOLUME] {
+            let mut p = pod();
+            p["spec"]["volumes"] =
+                json!([{"name": "data", "emptyDir": {}}, {"name": name, "emptyDir": {}}]);
+            let Decision::Deny(m) = run(&p, &allowed(), &sa(), &cfg()) else {
+                panic!("{name}: not refused")
+            };
+            assert!(m.contains(name) && m.contains("rename"), "{m}");
         }
     }
 

@@ -1,8 +1,9 @@
 //! Properties of the webhook's patch for arbitrary pods (containers, init
 //! containers, env, volumes, annotations whose keys hold `~` and `/`): the
-//! patch applies with json-patch, the result is still a Pod, the pod's own
-//! env vars, mounts, volumes and annotations are never overridden or
-//! removed, and admitting the patched pod again changes nothing.
+//! patch applies with json-patch, the result is still a Pod (no duplicate
+//! volume names either), the pod's own env vars, mounts, volumes and
+//! annotations are never overridden or removed, and admitting the patched pod
+//! again changes nothing.
 
 use std::collections::BTreeMap;
 
@@ -115,7 +116,12 @@ fn pod() -> impl Strategy<Value = Value> {
         containers("app", 1),
         prop::option::of(containers("init", 0)),
         prop::option::of(prop::collection::vec(
-            "[a-z]{1,8}".prop_map(|n| json!({"name": n, "emptyDir": {}})),
+            prop_oneof![
+                4 => "[a-z]{1,8}",
+                1 => Just(TOKEN_VOLUME.to_string()),
+                1 => Just(SA_TOKEN_VOLUME.to_string()),
+            ]
+            .prop_map(|n| json!({"name": n, "emptyDir": {}})),
             0..3,
         )),
         annotations(),
@@ -190,9 +196,16 @@ fn check(pod: &Value, native: bool) -> Result<(), TestCaseError> {
     let cfg = config(native);
     let ops = match decide(pod, &ctx, &cfg) {
         Decision::Patch { ops, .. } => ops,
-        // Only a pod-level role that is not an ARN may refuse these pods.
+        // Only a pod-level role that is not an ARN, or a volume named like
+        // attache's, may refuse these pods; by name.
         Decision::Deny(m) => {
-            prop_assert!(m.contains(ANN_ROLE_ARN), "{m}");
+            let taken = list(pod, "/spec/volumes")
+                .iter()
+                .any(|v| v["name"] == TOKEN_VOLUME || v["name"] == SA_TOKEN_VOLUME);
+            prop_assert!(
+                m.contains(ANN_ROLE_ARN) || (taken && m.contains("volume")),
+                "{m}"
+            );
             return Ok(());
         }
         Decision::Skip(_) => return Ok(()),

@@ -2,8 +2,9 @@
 //! The first byte picks the broker settings and the ServiceAccount's and
 //! namespace's annotations; the rest is the `POST /mutate` body.
 //! Promise: no panic; a patch always applies (json-patch) to the pod the
-//! webhook saw, keeps it a Pod, keeps every env var and volume the pod set,
-//! and admitting the patched pod again changes nothing.
+//! webhook saw, keeps it a Pod (volume names stay unique), keeps every env
+//! var and volume the pod set, and admitting the patched pod again changes
+//! nothing.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -27,7 +28,9 @@ fn config(native: bool, restrictions: bool) -> InjectConfig {
         memory_limit: "64Mi".into(),
         region: "us-east-1".into(),
         profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-        trust_anchor_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into()),
+        trust_anchor_arn: Some(
+            "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
+        ),
         broker_url: "https://attache-broker.attache-system.svc:8443".into(),
         ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
         native_sidecar: native,
@@ -54,7 +57,10 @@ fn user_state(pod: &Value) -> (Vec<Value>, Vec<Value>) {
             }
         }
     }
-    let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     (env, volumes)
 }
 
@@ -108,10 +114,29 @@ fuzz_target!(|data: &[u8]| {
         serde_json::from_value::<Pod>(patched.clone())
             .unwrap_or_else(|e| panic!("patched pod is no Pod: {e}\n{patched}"));
     }
+    let names = |p: &Value| {
+        let mut n: Vec<String> = p["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v["name"].to_string())
+            .collect();
+        n.sort();
+        let all = n.len();
+        n.dedup();
+        all == n.len()
+    };
+    assert!(!names(&pod) || names(&patched), "duplicate volume names");
     let (env, volumes) = user_state(&pod);
     let (env_after, volumes_after) = user_state(&patched);
-    assert!(contains_all(&env_after, &env), "an env var was overridden or removed");
-    assert!(contains_all(&volumes_after, &volumes), "a volume was overridden or removed");
+    assert!(
+        contains_all(&env_after, &env),
+        "an env var was overridden or removed"
+    );
+    assert!(
+        contains_all(&volumes_after, &volumes),
+        "a volume was overridden or removed"
+    );
     assert!(
         matches!(decide(&patched, &ctx, &cfg), Decision::Skip(_)),
         "admitting the patched pod again changes it"

@@ -39,7 +39,11 @@ fn globs(value: &str, role: &str) {
         if glob_match(p, role) && !p.contains("**") {
             // A single `*` never matches `:` or `/`: the text has exactly
             // the pattern's separators.
-            assert_eq!(count(p, &[':', '/']), count(role, &[':', '/']), "{p:?} vs {role:?}");
+            assert_eq!(
+                count(p, &[':', '/']),
+                count(role, &[':', '/']),
+                "{p:?} vs {role:?}"
+            );
         }
     }
     // The role itself, quoted as a JSON list, allows exactly it.
@@ -101,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             if let Ok(id) = WorkloadIdentity::from_spiffe_uri(text) {
-                assert_eq!(WorkloadIdentity::from_spiffe_uri(&id.spiffe_uri()), Ok(id.clone()));
+                assert_eq!(
+                    WorkloadIdentity::from_spiffe_uri(&id.spiffe_uri()),
+                    Ok(id.clone())
+                );
                 assert_eq!(id.to_string(), text);
             }
         }

@@ -39,8 +39,7 @@ fn fixture() -> &'static Fixture {
             endpoint: Some(server.url.clone()),
             profile_arn: "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into(),
             role_arn: attache_fuzz::ROLE_ARN.into(),
-            trust_anchor_arn: "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t"
-                .into(),
+            trust_anchor_arn: "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
             duration_seconds: 3600,
             role_session_name: None,
             connect_timeout: Duration::from_secs(2),
@@ -113,7 +112,11 @@ fuzz_target!(|data: &[u8]| {
             c.expiration <= time::OffsetDateTime::now_utc() + time::Duration::minutes(65),
             "an expiry beyond the session's length was believed"
         );
-        assert!(ini_safe(&c.access_key_id), "access key id {:?}", c.access_key_id);
+        assert!(
+            ini_safe(&c.access_key_id),
+            "access key id {:?}",
+            c.access_key_id
+        );
         assert!(ini_safe(&c.secret_access_key), "unsafe secret access key");
         assert!(ini_safe(&c.session_token), "unsafe session token");
     }

@@ -24,7 +24,10 @@ fn split<'a>(text: &'a str, profile: &str) -> (Vec<&'a str>, Vec<&'a str>) {
     let (mut other, mut keys) = (Vec::new(), Vec::new());
     let mut inside = false;
     // Lines without their `\n` (a `\r` before it is content the editor keeps).
-    for line in text.split_inclusive('\n').map(|l| l.strip_suffix('\n').unwrap_or(l)) {
+    for line in text
+        .split_inclusive('\n')
+        .map(|l| l.strip_suffix('\n').unwrap_or(l))
+    {
         if let Some(name) = header(line) {
             inside = name == profile;
             if !inside {
@@ -46,12 +49,22 @@ fuzz_target!(|data: &[u8]| {
     let Ok(existing) = std::str::from_utf8(data) else {
         return;
     };
+    // The editor ends an unterminated last line like the file's first line.
+    let eol = match existing.split_once('\n') {
+        Some((first, _)) if first.ends_with('\r') => "\r\n",
+        _ => "\n",
+    };
+    let terminated = if existing.is_empty() || existing.ends_with('\n') {
+        existing.to_string()
+    } else {
+        format!("{existing}{eol}")
+    };
     let creds = attache_fuzz::credentials();
     for profile in ["default", "attache"] {
         let out = set_profile(existing, profile, &creds);
         let again = set_profile(&out, profile, &creds);
         assert_eq!(*again, *out, "editing twice differs from once");
-        let (other_before, _) = split(existing, profile);
+        let (other_before, _) = split(&terminated, profile);
         let (other_after, keys) = split(&out, profile);
         let kept: Vec<&str> = other_after
             .iter()
@@ -66,9 +79,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(kept, before, "lines outside the profile changed");
         let want = [
             format!("aws_access_key_id = {}", creds.access_key_id),
-            format!("aws_secret_access_key = {}", creds.secret_access_key.as_str()),
+            format!(
+                "aws_secret_access_key = {}",
+                creds.secret_access_key.as_str()
+            ),
             format!("aws_session_token = {}", creds.session_token.as_str()),
         ];
-        assert_eq!(keys, want, "the profile's keys are not exactly the new ones");
+        assert_eq!(
+            keys, want,
+            "the profile's keys are not exactly the new ones"
+        );
     }
 });

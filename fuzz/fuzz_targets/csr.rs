@@ -28,6 +28,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(info.organizational_units, vec!["team-a".to_string()]);
     assert_eq!(info.organizations, vec!["cluster.local".to_string()]);
     assert!(!info.is_ca);
-    verify_chain(&leaf.der, &[], &[ca_der().to_vec()], now() + time::Duration::minutes(1))
-        .expect("issued certificate chains to the CA");
+    verify_chain(
+        &leaf.der,
+        &[],
+        &[ca_der().to_vec()],
+        now() + time::Duration::minutes(1),
+    )
+    .expect("issued certificate chains to the CA");
 });

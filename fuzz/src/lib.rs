@@ -67,10 +67,9 @@ pub fn ca_der() -> &'static [u8] {
 /// A workload certificate and its key, as the sidecar signs CreateSession with.
 pub fn signer() -> X509Signer {
     let key = PrivateKey::generate(KeyType::EcdsaP256).expect("key");
-    let csr = attache_pki::VerifiedCsr::parse(
-        key.certificate_signing_request().expect("CSR").as_bytes(),
-    )
-    .expect("own CSR");
+    let csr =
+        attache_pki::VerifiedCsr::parse(key.certificate_signing_request().expect("CSR").as_bytes())
+            .expect("own CSR");
     let id = attache_pki::WorkloadIdentity::new("cluster.local", "ns", "sa").expect("identity");
     let leaf = ca()
         .issue_workload(&csr, &id, std::time::Duration::from_secs(3600), now())

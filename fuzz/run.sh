@@ -9,6 +9,9 @@
 #   fuzz/run.sh 600          # long run: 10 minutes per target
 #   fuzz/run.sh 600 pem      # one target
 #   fuzz/smoke.sh            # CI: a few seconds per target
+#
+# FUZZ_SEED=<n> fixes libFuzzer's seed (the smoke does, so a CI run can be
+# repeated); unset, each run explores differently.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:-600}
@@ -36,6 +39,7 @@ for target in "${targets[@]}"; do
   # whenever the tree changes under a long run).
   if "$bin/$target" -artifact_prefix="artifacts/$target/" \
     -max_total_time="$seconds" -rss_limit_mb=256 -timeout=1 -print_final_stats=1 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
     "$scratch/$target" "corpus/$target" >"$log" 2>&1; then
     status=ok
   else

@@ -49,13 +49,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(existing) = std::str::from_utf8(data) else {
         return;
     };
-    // The editor ends an unterminated last line like the file's first line.
-    let eol = match existing.split_once('\n') {
-        Some((first, _)) if first.ends_with('\r') => "\r\n",
-        _ => "\n",
-    };
+    // The editor ends an unterminated last line: a `\r` it ends with becomes
+    // a CRLF, otherwise it gets the first line's ending.
+    let first = existing.split('\n').next().unwrap_or("");
+    let eol = if first.ends_with('\r') { "\r\n" } else { "\n" };
     let terminated = if existing.is_empty() || existing.ends_with('\n') {
         existing.to_string()
+    } else if existing.ends_with('\r') {
+        format!("{existing}\n")
     } else {
         format!("{existing}{eol}")
     };

@@ -17,11 +17,10 @@ pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroiz
         ("aws_secret_access_key", creds.secret_access_key.as_str()),
         ("aws_session_token", creds.session_token.as_str()),
     ];
-    // Lines attache writes end like the file's first line (CRLF files stay CRLF).
-    let eol = match existing.split_once('\n') {
-        Some((first, _)) if first.ends_with('\r') => "\r\n",
-        _ => "\n",
-    };
+    // Lines attache writes end like the file's first line (CRLF files stay
+    // CRLF), also when that line is the file's last and lacks its `\n`.
+    let first = existing.split('\n').next().unwrap_or("");
+    let eol = if first.ends_with('\r') { "\r\n" } else { "\n" };
     let mut out = Zeroizing::new(String::with_capacity(existing.len() + 1024));
     let mut in_section = false;
     let mut found = false;
@@ -31,10 +30,14 @@ pub fn set_profile(existing: &str, profile: &str, creds: &Credentials) -> Zeroiz
             out.push_str(&format!("{k} = {v}{eol}"));
         }
     };
-    // Each line is copied with its own ending, so stray `\r`s survive as they are.
+    // Each line is copied with its own ending, so stray `\r`s survive as they
+    // are; an unterminated last line is ended (a `\r` it ends with already
+    // begins a CRLF, so editing twice gives what editing once gave).
     let keep = |out: &mut String, raw: &str| {
         out.push_str(raw);
-        if !raw.ends_with('\n') {
+        if raw.ends_with('\r') && !raw.ends_with('\n') {
+            out.push('\n');
+        } else if !raw.ends_with('\n') {
             out.push_str(eol);
         }
     };
@@ -120,6 +123,10 @@ mod tests {
             "[other]\r\nk = v\r\r\n\r\n[default]\r\naws_access_key_id = OLD\r\n",
             "[a]\nx = 1\r\r\n[b]\ny = 2\r",
             "no newline at the end",
+            // Found by fuzzing too: a one-line file ending in a lone `\r`
+            // became CRLF on the first edit and LF-plus-CRLF on the second.
+            "[\0t\0eep mlt];\0comm\r",
+            "# keep;  me\r\n[dcomefaum",
         ] {
             let once = set_profile(before, "default", &creds);
             assert_eq!(*set_profile(&once, "default", &creds), *once, "{before:?}");

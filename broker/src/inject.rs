@@ -399,10 +399,13 @@ fn sidecar_container(
             {"name": SA_TOKEN_VOLUME, "mountPath": SA_TOKEN_DIR, "readOnly": true},
         ],
         // The endpoint listens on loopback only, so probes exec the binary.
+        // Up to 5 minutes for the first credentials: a rollout larger than
+        // Roles Anywhere's quota (10 sessions/s by default) waits its turn
+        // (docs/sizing.md), and the app containers wait with it.
         "startupProbe": {
             "exec": {"command": ["/attache-sidecar", "probe"]},
             "periodSeconds": 1,
-            "failureThreshold": 120,
+            "failureThreshold": 300,
         },
         "readinessProbe": {
             "exec": {"command": ["/attache-sidecar", "probe"]},

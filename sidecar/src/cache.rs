@@ -25,6 +25,18 @@ pub struct RefreshPolicy {
     pub backoff_initial: Duration,
     /// Longest retry delay (default 5 min).
     pub backoff_max: Duration,
+    /// Longest retry delay after Roles Anywhere throttled the request
+    /// (default 10 s): the quota frees up every second, so waiting minutes
+    /// would only delay the pod; full jitter keeps retries from lining up.
+    pub throttled_backoff_max: Duration,
+    /// Share of the lifetime over which refreshes are spread at random,
+    /// centred on the refresh time (default 0.5, read as 0..=1), so sidecars
+    /// started together do not refresh together. Never before a quarter of
+    /// the lifetime, never past `min_before_expiry` before expiry (or past
+    /// `fraction` of the lifetime when that is later): a 1-hour session is
+    /// refreshed between 15 and 45 minutes, a 12-hour one between 3 and 9
+    /// hours.
+    pub spread: f64,
 }
 
 impl Default for RefreshPolicy {
@@ -34,6 +46,8 @@ impl Default for RefreshPolicy {
             min_before_expiry: Duration::from_secs(15 * 60),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(5 * 60),
+            throttled_backoff_max: Duration::from_secs(10),
+            spread: 0.5,
         }
     }
 }
@@ -66,20 +80,78 @@ impl RefreshPolicy {
         by_fraction.min(by_margin).max(floor)
     }
 
+    /// The refresh time of a set, spread by `unit` (0..1, drawn at random
+    /// per refresh) across the window `spread` describes. Like
+    /// [`RefreshPolicy::refresh_at`], it lies after a quarter of the
+    /// lifetime and before expiry.
+    pub fn spread_refresh_at(
+        &self,
+        issued_at: OffsetDateTime,
+        expiration: OffsetDateTime,
+        unit: f64,
+    ) -> OffsetDateTime {
+        let at = self.refresh_at(issued_at, expiration);
+        let lifetime = expiration - issued_at;
+        let spread = if self.spread.is_finite() {
+            self.spread.clamp(0.0, 1.0)
+        } else {
+            RefreshPolicy::default().spread
+        };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 0.999)
+        } else {
+            0.0
+        };
+        let fraction = if self.fraction.is_finite() {
+            self.fraction.clamp(0.0, 0.95)
+        } else {
+            RefreshPolicy::default().fraction
+        };
+        // Never past the margin before expiry, or past the fraction's point
+        // when the margin leaves no room (short sessions): both leave time
+        // to retry. Never before a quarter of the lifetime.
+        let by_margin = time::Duration::try_from(self.min_before_expiry)
+            .ok()
+            .and_then(|m| expiration.checked_sub(m))
+            .unwrap_or(issued_at);
+        let latest = by_margin.max(issued_at + lifetime * fraction);
+        let floor: OffsetDateTime = issued_at + lifetime / 4;
+        let half = lifetime * (spread / 2.0);
+        let lo = (at - half).max(floor);
+        let hi = (at + half).min(latest);
+        if hi <= lo {
+            return at;
+        }
+        lo + (hi - lo) * unit
+    }
+
     /// The delay before retry number `attempt` (0-based): exponential from
-    /// `backoff_initial` up to `backoff_max`, with "equal jitter" (a random
-    /// point in the upper half) so many sidecars do not retry in step.
+    /// `backoff_initial` up to `backoff_max`, with full jitter (a random
+    /// point of the whole interval, never below a quarter of
+    /// `backoff_initial`) so many sidecars do not retry in step.
     pub fn backoff(&self, attempt: u32) -> Duration {
+        self.capped_backoff(attempt, self.backoff_max, random_unit())
+    }
+
+    /// The delay before retry number `attempt` after a throttling error:
+    /// as [`RefreshPolicy::backoff`], capped at `throttled_backoff_max`.
+    pub fn throttled_backoff(&self, attempt: u32) -> Duration {
+        let cap = self.throttled_backoff_max.min(self.backoff_max);
+        self.capped_backoff(attempt, cap, random_unit())
+    }
+
+    fn capped_backoff(&self, attempt: u32, cap: Duration, unit: f64) -> Duration {
         let base = self
             .backoff_initial
             .saturating_mul(1u32 << attempt.min(20))
-            .min(self.backoff_max);
-        let half = base / 2;
-        half + half.mul_f64(random_unit())
+            .min(cap);
+        let floor = (self.backoff_initial / 4).min(base);
+        floor + (base - floor).mul_f64(unit.clamp(0.0, 1.0))
     }
 }
 
-fn random_unit() -> f64 {
+/// A uniform random number in `0..1` (0.5 if the system RNG fails).
+pub fn random_unit() -> f64 {
     let mut b = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         return 0.5;
@@ -236,7 +308,8 @@ async fn refresh_loop<S: CredentialSource>(
             Ok(creds) => {
                 failures = 0;
                 metrics.refreshes.inc();
-                let next = policy.refresh_at(creds.issued_at, creds.expiration);
+                let next =
+                    policy.spread_refresh_at(creds.issued_at, creds.expiration, random_unit());
                 tracing::info!(
                     role_arn = %creds.role_arn,
                     access_key_id = %creds.access_key_id,
@@ -254,7 +327,9 @@ async fn refresh_loop<S: CredentialSource>(
                         kind: e.kind.to_string(),
                     })
                     .inc();
-                let delay = if e.retryable {
+                let delay = if e.kind == "throttled" {
+                    policy.throttled_backoff(failures)
+                } else if e.retryable {
                     policy.backoff(failures)
                 } else {
                     // Needs a configuration change: retry slowly, loudly.
@@ -359,17 +434,61 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
+    fn backoff_grows_with_full_jitter_and_is_capped() {
         let p = RefreshPolicy::default();
         for attempt in 0..12 {
-            let d = p.backoff(attempt);
             let base = (Duration::from_secs(1) * (1 << attempt)).min(p.backoff_max);
+            for (unit, want) in [(0.0, Duration::from_millis(250)), (1.0, base)] {
+                assert_eq!(p.capped_backoff(attempt, p.backoff_max, unit), want);
+            }
+            let d = p.backoff(attempt);
             assert!(
-                d >= base / 2 && d <= base,
+                d >= Duration::from_millis(250) && d <= base,
                 "attempt {attempt}: {d:?} vs {base:?}"
+            );
+            let t = p.throttled_backoff(attempt);
+            assert!(
+                t >= Duration::from_millis(250) && t <= base.min(Duration::from_secs(10)),
+                "throttled attempt {attempt}: {t:?}"
             );
         }
         let samples: std::collections::HashSet<_> = (0..20).map(|_| p.backoff(5)).collect();
         assert!(samples.len() > 1, "jitter varies the delay");
+        // Spread over the whole interval, not its upper half.
+        let low = (0..400)
+            .filter(|_| p.backoff(5) < Duration::from_secs(16))
+            .count();
+        assert!(low > 100, "{low} of 400 delays in the lower half");
+    }
+
+    #[test]
+    fn refreshes_spread_around_half_life_within_the_allowed_window() {
+        let p = RefreshPolicy::default();
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        let at = |end: OffsetDateTime, unit: f64| p.spread_refresh_at(t0, end, unit) - t0;
+        let close = |got: time::Duration, want: time::Duration| {
+            (got - want).abs() <= time::Duration::seconds(45)
+        };
+        // 1 h session: 15 min (a quarter) to 45 min (15 min margin).
+        let hour = t0 + time::Duration::hours(1);
+        assert_eq!(at(hour, 0.0), time::Duration::minutes(15));
+        assert_eq!(at(hour, 0.5), time::Duration::minutes(30));
+        assert!(close(at(hour, 0.999), time::Duration::minutes(45)));
+        assert!(at(hour, 0.999) < time::Duration::minutes(45));
+        // 12 h session: 3 h to 9 h (half the lifetime around half-life).
+        let long = t0 + time::Duration::hours(12);
+        assert_eq!(at(long, 0.0), time::Duration::hours(3));
+        assert!(close(at(long, 0.999), time::Duration::hours(9)));
+        // 15 min session: the margin is the whole lifetime, so from a
+        // quarter (3:45) up to half of it (7:30).
+        let short = t0 + time::Duration::minutes(15);
+        assert_eq!(at(short, 0.0), time::Duration::seconds(225));
+        assert!(close(at(short, 0.999), time::Duration::seconds(450)));
+        // No spread: the plain refresh time.
+        let none = RefreshPolicy { spread: 0.0, ..p };
+        assert_eq!(
+            none.spread_refresh_at(t0, hour, 0.7),
+            t0 + time::Duration::minutes(30)
+        );
     }
 }

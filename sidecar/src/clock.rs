@@ -84,3 +84,118 @@ impl Clock for ManualClock {
         })
     }
 }
+
+/// A clock that runs `factor` times faster than real time from a starting
+/// point, for benchmarks that run the real refresh code over hours of
+/// simulated time. The factor can change on the way (a slow phase while
+/// much happens, a fast one while little does); sleepers follow.
+#[derive(Clone, Debug)]
+pub struct ScaledClock(Arc<ScaledInner>);
+
+#[derive(Debug)]
+struct ScaledInner {
+    /// (real instant, simulated time at it, factor) of the last re-basing.
+    base: Mutex<(std::time::Instant, OffsetDateTime, f64)>,
+    changed: Notify,
+}
+
+impl ScaledClock {
+    /// A clock showing `start` now and running `factor` (> 0) times faster
+    /// than real time.
+    pub fn new(start: OffsetDateTime, factor: f64) -> Self {
+        ScaledClock(Arc::new(ScaledInner {
+            base: Mutex::new((
+                std::time::Instant::now(),
+                start,
+                factor.max(f64::MIN_POSITIVE),
+            )),
+            changed: Notify::new(),
+        }))
+    }
+
+    /// Runs `factor` (> 0) times faster than real time from now on.
+    pub fn set_factor(&self, factor: f64) {
+        {
+            let mut base = self.0.base.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Self::at(&base, std::time::Instant::now());
+            *base = (
+                std::time::Instant::now(),
+                now,
+                factor.max(f64::MIN_POSITIVE),
+            );
+        }
+        self.0.changed.notify_waiters();
+    }
+
+    fn at(
+        base: &(std::time::Instant, OffsetDateTime, f64),
+        real: std::time::Instant,
+    ) -> OffsetDateTime {
+        let elapsed = real.saturating_duration_since(base.0).mul_f64(base.2);
+        base.1 + elapsed
+    }
+
+    fn factor(&self) -> f64 {
+        self.0.base.lock().unwrap_or_else(|e| e.into_inner()).2
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now(&self) -> OffsetDateTime {
+        let base = self.0.base.lock().unwrap_or_else(|e| e.into_inner());
+        Self::at(&base, std::time::Instant::now())
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: OffsetDateTime,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let changed = self.0.changed.notified();
+                let left = deadline - self.now();
+                if !left.is_positive() {
+                    return;
+                }
+                let real = Duration::try_from(left)
+                    .unwrap_or(Duration::MAX)
+                    .div_f64(self.factor())
+                    .min(Duration::from_secs(24 * 3600));
+                tokio::select! {
+                    () = tokio::time::sleep(real) => {}
+                    () = changed => {}
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scaled_clock_runs_faster_and_sleepers_follow_a_new_factor() {
+        let start = OffsetDateTime::now_utc();
+        let clock = ScaledClock::new(start, 1000.0);
+        let t = std::time::Instant::now();
+        clock.sleep_until(start + time::Duration::seconds(20)).await;
+        let took = t.elapsed();
+        assert!(clock.now() >= start + time::Duration::seconds(20));
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // Slowed to real time, a sleeper for 1 simulated hour would wait an
+        // hour; sped up again, it wakes promptly.
+        clock.set_factor(1.0);
+        let c2 = clock.clone();
+        let sleeper = tokio::spawn(async move {
+            let at = c2.now() + time::Duration::hours(1);
+            c2.sleep_until(at).await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        clock.set_factor(1e6);
+        tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .expect("the sleeper follows the new factor")
+            .unwrap();
+    }
+}

@@ -78,7 +78,7 @@ async fn settle() {
 const HOUR: time::Duration = time::Duration::hours(1);
 
 #[tokio::test]
-async fn refreshes_at_half_life_not_before() {
+async fn refreshes_between_a_quarter_of_the_lifetime_and_the_margin() {
     let (src, clock) = start(vec![Ok(HOUR), Ok(HOUR), Ok(HOUR)]);
     let (mut cache, task) = cache::spawn(
         src.clone(),
@@ -88,14 +88,15 @@ async fn refreshes_at_half_life_not_before() {
     );
     cache.wait_ready().await;
     assert_eq!(cache.current().unwrap().access_key_id, "ASIA0");
-    clock.advance(time::Duration::minutes(29));
+    clock.advance(time::Duration::minutes(14));
     settle().await;
     assert_eq!(
         src.calls.load(Ordering::SeqCst),
         1,
-        "no refresh before half-life"
+        "no refresh before a quarter of the lifetime"
     );
-    clock.advance(time::Duration::minutes(1));
+    // Spread over 15..45 min (a quarter of the lifetime up to 15 min before expiry).
+    clock.advance(time::Duration::minutes(31));
     settle().await;
     assert_eq!(src.calls.load(Ordering::SeqCst), 2);
     assert_eq!(cache.current().unwrap().access_key_id, "ASIA1");
@@ -105,6 +106,57 @@ async fn refreshes_at_half_life_not_before() {
         "never two refreshes at once"
     );
     task.abort();
+}
+
+/// Sidecars started together (a rollout) do not refresh together: their
+/// refreshes spread over the 30 minutes around half-life.
+#[tokio::test]
+async fn sidecars_started_together_refresh_at_different_times() {
+    let clock = ManualClock::new(OffsetDateTime::now_utc());
+    let mut pods = Vec::new();
+    for _ in 0..20 {
+        let src = Arc::new(Scripted {
+            clock: clock.clone(),
+            script: Mutex::new(vec![Ok(HOUR), Ok(HOUR)]),
+            calls: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let (mut cache, task) = cache::spawn(
+            src.clone(),
+            RefreshPolicy::default(),
+            Arc::new(clock.clone()),
+            Metrics::default(),
+        );
+        cache.wait_ready().await;
+        pods.push((src, task));
+    }
+    clock.advance(time::Duration::minutes(15));
+    let mut refreshed_in_minute = Vec::new();
+    for _ in 0..=30 {
+        settle().await;
+        let refreshed = pods
+            .iter()
+            .filter(|(s, _)| s.calls.load(Ordering::SeqCst) >= 2)
+            .count();
+        refreshed_in_minute.push(refreshed);
+        clock.advance(time::Duration::minutes(1));
+    }
+    assert_eq!(
+        refreshed_in_minute.last(),
+        Some(&20),
+        "{refreshed_in_minute:?}"
+    );
+    let busiest = refreshed_in_minute
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain([refreshed_in_minute[0]])
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 8, "refreshes bunched: {refreshed_in_minute:?}");
+    for (_, task) in pods {
+        task.abort();
+    }
 }
 
 #[tokio::test]
@@ -152,7 +204,7 @@ async fn serves_the_cached_set_through_an_outage_then_reports_none_after_expiry(
 
 #[tokio::test]
 async fn backoff_delays_grow_between_failures() {
-    let mut script: Vec<_> = std::iter::repeat_n(Err("throttled"), 6).collect();
+    let mut script: Vec<_> = std::iter::repeat_n(Err("server"), 6).collect();
     script.push(Ok(HOUR));
     let (src, clock) = start(script);
     let policy = RefreshPolicy {
@@ -167,20 +219,53 @@ async fn backoff_delays_grow_between_failures() {
     );
     settle().await;
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
-    // First retry comes within 5..10 s, not before 5 s.
-    clock.advance(time::Duration::seconds(4));
+    // Full jitter: the first retry comes within 2.5..10 s, never at once.
+    clock.advance(time::Duration::seconds(2));
     settle().await;
     assert_eq!(src.calls.load(Ordering::SeqCst), 1);
-    clock.advance(time::Duration::seconds(6));
+    clock.advance(time::Duration::seconds(8));
     settle().await;
     assert_eq!(src.calls.load(Ordering::SeqCst), 2);
-    // Eventually succeeds and is ready (delays 5-10, 10-20, ... up to 300 s: at most 610 s).
+    // Eventually succeeds and is ready (delays up to 20, 40, ... 300 s: at most 610 s).
     for _ in 0..62 {
         clock.advance(time::Duration::seconds(10));
         settle().await;
     }
     assert!(cache.is_ready());
     assert_eq!(src.calls.load(Ordering::SeqCst), 7);
+    task.abort();
+}
+
+/// Throttling backs off too, but never longer than 10 s: the quota frees up
+/// every second, so a throttled pod is ready soon after its turn comes.
+#[tokio::test]
+async fn throttled_retries_back_off_up_to_ten_seconds() {
+    let mut script: Vec<_> = std::iter::repeat_n(Err("throttled"), 12).collect();
+    script.push(Ok(HOUR));
+    let (src, clock) = start(script);
+    let metrics = Metrics::default();
+    let (cache, task) = cache::spawn(
+        src.clone(),
+        RefreshPolicy::default(),
+        Arc::new(clock.clone()),
+        metrics.clone(),
+    );
+    settle().await;
+    // Delays up to 1, 2, 4, 8, then 10 s: at most 95 s for 12 throttles.
+    let mut seconds = 0;
+    while !cache.is_ready() && seconds < 200 {
+        clock.advance(time::Duration::seconds(1));
+        settle().await;
+        seconds += 1;
+    }
+    assert!(cache.is_ready() && seconds <= 96, "ready after {seconds} s");
+    assert!(seconds >= 12 / 4, "not a hot loop: {seconds} s");
+    assert_eq!(src.calls.load(Ordering::SeqCst), 13);
+    let text = metrics.encode();
+    assert!(
+        text.contains("attache_sidecar_credential_refresh_failures_total{kind=\"throttled\"} 12"),
+        "{text}"
+    );
     task.abort();
 }
 

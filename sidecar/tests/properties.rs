@@ -1,7 +1,7 @@
 //! Properties of the sidecar's parsers and refresh schedule: durations and
 //! ARNs round-trip through their display form, and the refresh time of any
-//! credentials under any settings lies after a quarter of their lifetime and
-//! before they expire.
+//! credentials under any settings, spread at random or not, lies after a
+//! quarter of their lifetime and before they expire.
 
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ proptest! {
         fraction in prop_oneof![0.0..=1.0f64, any::<f64>()],
         before_secs in prop_oneof![0u64..100_000, any::<u64>()],
         before_nanos in 0u32..1_000_000_000,
+        spread in prop_oneof![0.0..=0.5f64, any::<f64>()],
+        unit in prop_oneof![0.0..1.0f64, any::<f64>()],
     ) {
         let issued_at = OffsetDateTime::from_unix_timestamp(issued).unwrap()
             + time::Duration::nanoseconds(i64::from(issued_nanos));
@@ -113,10 +115,15 @@ proptest! {
         let policy = RefreshPolicy {
             fraction,
             min_before_expiry: Duration::new(before_secs, before_nanos),
+            spread,
             ..RefreshPolicy::default()
         };
         let at = policy.refresh_at(issued_at, expiration);
         prop_assert!(at >= issued_at + lifetime / 4, "{at} is before a quarter of the lifetime");
         prop_assert!(at < expiration, "{at} is not before expiry {expiration}");
+        // Spread at random (what the refresh task does), the same holds.
+        let spread_at = policy.spread_refresh_at(issued_at, expiration, unit);
+        prop_assert!(spread_at >= issued_at + lifetime / 4, "spread {spread_at} is before a quarter of the lifetime");
+        prop_assert!(spread_at < expiration, "spread {spread_at} is not before expiry {expiration}");
     }
 }

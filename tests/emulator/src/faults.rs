@@ -11,8 +11,19 @@ use time::OffsetDateTime;
 #[derive(Clone, Debug, Default)]
 pub struct Faults(Arc<Mutex<FaultState>>);
 
+/// A replacement for the real clock.
+#[derive(Clone)]
+struct ClockFn(Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+
+impl std::fmt::Debug for ClockFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockFn")
+    }
+}
+
 #[derive(Debug, Default)]
 struct FaultState {
+    clock: Option<ClockFn>,
     latency: Duration,
     fail_next: u32,
     fail_status: u16,
@@ -91,14 +102,31 @@ impl Faults {
         self.lock().throttle_rate = rate.clamp(0.0, 1.0);
     }
 
-    /// Removes every fault, including clock skew.
+    /// Removes every fault, including clock skew (a clock set with
+    /// [`Faults::set_clock`] stays).
     pub fn clear(&self) {
-        *self.lock() = FaultState::default();
+        let mut s = self.lock();
+        let clock = s.clock.take();
+        *s = FaultState::default();
+        s.clock = clock;
     }
 
-    /// The emulator's clock: real UTC time plus the configured skew.
+    /// Runs the emulator on `clock` instead of the real time: what it
+    /// checks (signing time, certificate validity, credential expiry, the
+    /// CreateSession quota) follows that clock. The scale benchmark runs the
+    /// emulator and many refresh engines on one faster clock.
+    pub fn set_clock(&self, clock: Arc<dyn Fn() -> OffsetDateTime + Send + Sync>) {
+        self.lock().clock = Some(ClockFn(clock));
+    }
+
+    /// The emulator's clock: real UTC time (or the clock set with
+    /// [`Faults::set_clock`]) plus the configured skew.
     pub fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc() + self.lock().skew
+        let (clock, skew) = {
+            let s = self.lock();
+            (s.clock.clone(), s.skew)
+        };
+        clock.map_or_else(OffsetDateTime::now_utc, |c| (c.0)()) + skew
     }
 
     pub(crate) fn latency(&self) -> Duration {

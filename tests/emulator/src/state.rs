@@ -110,9 +110,31 @@ pub(crate) struct Registry {
     pub ecr_passwords: HashMap<String, (String, OffsetDateTime)>,
 }
 
+/// The emulator's clock as the quota's time source.
+#[derive(Clone, Debug)]
+pub(crate) struct QuotaClock(Faults);
+
+impl governor::clock::Clock for QuotaClock {
+    type Instant = std::time::Duration;
+
+    fn now(&self) -> std::time::Duration {
+        (self.0.now() - OffsetDateTime::UNIX_EPOCH)
+            .try_into()
+            .unwrap_or_default()
+    }
+}
+
+type QuotaLimiter = governor::RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    QuotaClock,
+    governor::middleware::NoOpMiddleware<std::time::Duration>,
+>;
+
 /// Roles Anywhere's CreateSession quota for this account and region
-/// (requests per second, bursts up to that many); `None`: no quota.
-pub(crate) struct SessionQuota(Mutex<Option<governor::DefaultDirectRateLimiter>>);
+/// (requests per second, bursts up to that many, by the emulator's clock);
+/// `None`: no quota.
+pub(crate) struct SessionQuota(Mutex<Option<QuotaLimiter>>);
 
 impl std::fmt::Debug for SessionQuota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,9 +143,13 @@ impl std::fmt::Debug for SessionQuota {
 }
 
 impl SessionQuota {
-    pub fn new(per_second: u32) -> Self {
-        let limiter = std::num::NonZeroU32::new(per_second)
-            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+    pub fn new(per_second: u32, clock: &Faults) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_second).map(|n| {
+            governor::RateLimiter::direct_with_clock(
+                governor::Quota::per_second(n),
+                QuotaClock(clock.clone()),
+            )
+        });
         SessionQuota(Mutex::new(limiter))
     }
 }
@@ -147,13 +173,14 @@ impl Shared {
         registry: Registry,
         sessions_per_second: u32,
     ) -> Self {
+        let faults = Faults::default();
         Shared {
             region,
             account,
-            faults: Faults::default(),
+            quota: SessionQuota::new(sessions_per_second, &faults),
+            faults,
             registry: Mutex::new(registry),
             counters: Default::default(),
-            quota: SessionQuota::new(sessions_per_second),
             throttled: AtomicU64::new(0),
         }
     }
@@ -171,10 +198,11 @@ impl Shared {
 
     /// Replaces the CreateSession quota (0: none).
     pub fn set_session_quota(&self, per_second: u32) {
-        *self.quota.0.lock().unwrap_or_else(|e| e.into_inner()) = SessionQuota::new(per_second)
-            .0
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner());
+        *self.quota.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            SessionQuota::new(per_second, &self.faults)
+                .0
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
     }
 
     /// CreateSession requests refused by the quota.

@@ -10,6 +10,7 @@
 #   fuzz/run.sh 600 pem      # one target
 #   fuzz/smoke.sh            # CI: a few seconds per target
 #
+# FUZZ_PROFILE=dev builds without optimisation (the smoke does).
 # FUZZ_SEED=<n> fixes libFuzzer's seed (the smoke does, so a CI run can be
 # repeated); unset, each run explores differently.
 set -euo pipefail
@@ -20,9 +21,16 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # libFuzzer needs nightly-only rustc flags; allow them on stable for this crate only.
 export RUSTC_BOOTSTRAP=1
 t0=$SECONDS
-cargo fuzz build -s none
-echo "== fuzz build: $((SECONDS - t0))s"
-bin=target/$(rustc -vV | sed -n 's/^host: //p')/release
+# FUZZ_PROFILE=dev (the smoke) builds unoptimised: minutes less to compile,
+# slower to run, which a few seconds per target do not mind.
+profile=${FUZZ_PROFILE:-release}
+case $profile in
+  release) cargo fuzz build -s none; dir=release ;;
+  dev) cargo fuzz build -s none --dev; dir=debug ;;
+  *) echo "FUZZ_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
+echo "== fuzz build ($profile): $((SECONDS - t0))s"
+bin=target/$(rustc -vV | sed -n 's/^host: //p')/$dir
 targets=("$@")
 ((${#targets[@]})) || mapfile -t targets < <(cargo fuzz list)
 scratch=$(mktemp -d)

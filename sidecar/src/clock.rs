@@ -95,8 +95,26 @@ pub struct ScaledClock(Arc<ScaledInner>);
 #[derive(Debug)]
 struct ScaledInner {
     /// (real instant, simulated time at it, factor) of the last re-basing.
-    base: Mutex<(std::time::Instant, OffsetDateTime, f64)>,
+    base: Mutex<Scaled>,
     changed: Notify,
+}
+
+#[derive(Debug)]
+struct Scaled {
+    real: std::time::Instant,
+    simulated: OffsetDateTime,
+    factor: f64,
+    /// The latest time shown: the clock never goes back.
+    shown: OffsetDateTime,
+}
+
+impl Scaled {
+    fn at(&self, real: std::time::Instant) -> OffsetDateTime {
+        self.simulated
+            + real
+                .saturating_duration_since(self.real)
+                .mul_f64(self.factor)
+    }
 }
 
 impl ScaledClock {
@@ -104,46 +122,53 @@ impl ScaledClock {
     /// than real time.
     pub fn new(start: OffsetDateTime, factor: f64) -> Self {
         ScaledClock(Arc::new(ScaledInner {
-            base: Mutex::new((
-                std::time::Instant::now(),
-                start,
-                factor.max(f64::MIN_POSITIVE),
-            )),
+            base: Mutex::new(Scaled {
+                real: std::time::Instant::now(),
+                simulated: start,
+                factor: factor.max(f64::MIN_POSITIVE),
+                shown: start,
+            }),
             changed: Notify::new(),
         }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Scaled> {
+        self.0.base.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `factor` (> 0) times faster than real time from now on.
     pub fn set_factor(&self, factor: f64) {
         {
-            let mut base = self.0.base.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Self::at(&base, std::time::Instant::now());
-            *base = (
-                std::time::Instant::now(),
-                now,
-                factor.max(f64::MIN_POSITIVE),
-            );
+            let mut s = self.lock();
+            let real = std::time::Instant::now();
+            s.simulated = s.at(real).max(s.shown);
+            s.real = real;
+            s.factor = factor.max(f64::MIN_POSITIVE);
         }
         self.0.changed.notify_waiters();
     }
 
-    fn at(
-        base: &(std::time::Instant, OffsetDateTime, f64),
-        real: std::time::Instant,
-    ) -> OffsetDateTime {
-        let elapsed = real.saturating_duration_since(base.0).mul_f64(base.2);
-        base.1 + elapsed
+    /// Takes `stall` of real time that just passed out of the simulation (the
+    /// machine stalled: simulated work would otherwise seem to take
+    /// `factor` times longer). The clock stands still for it, never going
+    /// back past a time it has shown.
+    pub fn hold(&self, stall: Duration) {
+        let mut s = self.lock();
+        let now = std::time::Instant::now();
+        s.real = (s.real + stall).min(now);
     }
 
     fn factor(&self) -> f64 {
-        self.0.base.lock().unwrap_or_else(|e| e.into_inner()).2
+        self.lock().factor
     }
 }
 
 impl Clock for ScaledClock {
     fn now(&self) -> OffsetDateTime {
-        let base = self.0.base.lock().unwrap_or_else(|e| e.into_inner());
-        Self::at(&base, std::time::Instant::now())
+        let mut s = self.lock();
+        let now = s.at(std::time::Instant::now()).max(s.shown);
+        s.shown = now;
+        now
     }
 
     fn sleep_until(
@@ -197,5 +222,15 @@ mod tests {
             .await
             .expect("the sleeper follows the new factor")
             .unwrap();
+        // A held stall is taken out, and the clock never goes back.
+        clock.set_factor(1.0);
+        let before = clock.now();
+        std::thread::sleep(Duration::from_millis(30));
+        clock.hold(Duration::from_secs(10));
+        let after = clock.now();
+        assert!(
+            after >= before && after - before < time::Duration::milliseconds(20),
+            "{before} {after}"
+        );
     }
 }

@@ -6,6 +6,9 @@
 //! - `cargo xtask test [-- ARGS]`: provision all of that, then run every test
 //!   of the workspace with `ATTACHE_TOOLS_DIR` set. It fails when any test was
 //!   ignored or filtered out: nothing is skipped and counted as passed.
+//! - `cargo xtask bench NAME`: one benchmark in a release build (scale,
+//!   endpoint, vs-signing-helper, broker, ecr), tools provisioned first when
+//!   it needs them.
 //!
 //! Depends on no attache crate.
 
@@ -41,7 +44,28 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Run one benchmark (release build), provisioning the tools it needs:
+    /// scale, endpoint, vs-signing-helper, broker, ecr.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(BENCHES.iter().map(|b| b.0)))]
+        name: String,
+    },
 }
+
+/// (name, package, bench target, needs the pinned tools).
+const BENCHES: &[(&str, &str, &str, bool)] = &[
+    ("scale", "attache-sidecar", "scale", false),
+    ("endpoint", "attache-sidecar", "endpoint", false),
+    (
+        "vs-signing-helper",
+        "attache-sidecar",
+        "vs_signing_helper",
+        true,
+    ),
+    ("broker", "attache-broker", "broker", true),
+    ("ecr", "attache-broker", "ecr", true),
+];
 
 /// Where things are.
 pub struct Paths {
@@ -93,7 +117,28 @@ fn main() -> Result<()> {
         }
         Task::Tools { names } => tools::provision(&paths, tools::Selection::Named(&names)),
         Task::Test { cargo_args } => test(&paths, &cargo_args),
+        Task::Bench { name } => bench(&paths, &name),
     }
+}
+
+fn bench(paths: &Paths, name: &str) -> Result<()> {
+    let (_, package, target, needs_tools) = BENCHES
+        .iter()
+        .find(|b| b.0 == name)
+        .with_context(|| format!("no benchmark named {name:?}"))?;
+    if *needs_tools {
+        tools::provision(paths, tools::Selection::ForTests)?;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&paths.root)
+        .args(["bench", "-p", package, "--bench", target])
+        .env("ATTACHE_TOOLS_DIR", &paths.tools)
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot start cargo bench")?;
+    ensure!(status.success(), "cargo bench {package} {target}: {status}");
+    Ok(())
 }
 
 fn test(paths: &Paths, cargo_args: &[String]) -> Result<()> {

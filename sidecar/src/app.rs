@@ -10,6 +10,7 @@ use crate::cli::{Cli, Command, SourceArgs, init_logging, system_clock};
 use crate::metrics::Metrics;
 use crate::server::{EndpointState, ImdsTokens, service};
 use crate::source::RolesAnywhereSource;
+use crate::startup::Breakdown;
 use crate::{serve, token, update};
 
 fn fail(problems: &[String]) -> ExitCode {
@@ -20,7 +21,17 @@ fn fail(problems: &[String]) -> ExitCode {
 }
 
 fn source(args: &SourceArgs, metrics: &Metrics) -> Result<RolesAnywhereSource, Vec<String>> {
+    source_timed(args, metrics, &mut Breakdown::default())
+}
+
+fn source_timed(
+    args: &SourceArgs,
+    metrics: &Metrics,
+    marks: &mut Breakdown,
+) -> Result<RolesAnywhereSource, Vec<String>> {
     let setup = args.build(metrics)?;
+    marks.tls_client = setup.client_took;
+    marks.certificate = setup.certificate_took;
     Ok(RolesAnywhereSource {
         certs: setup.certs,
         client: setup.client,
@@ -108,13 +119,17 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> ExitCod
             }
         }
         Command::Serve(args) => {
+            let mut marks = Breakdown::new();
+            let t = std::time::Instant::now();
             init_logging(args.source.log_format);
+            marks.logging = t.elapsed();
+            let t = std::time::Instant::now();
             let mut problems = Vec::new();
             let policy = args.policy().map_err(|e| problems.push(e)).ok();
             let token = token::load_or_create(&args.token_file)
                 .map_err(|e| problems.push(e.to_string()))
                 .ok();
-            let src = source(&args.source, &metrics)
+            let src = source_timed(&args.source, &metrics, &mut marks)
                 .map_err(|p| problems.extend(p))
                 .ok();
             let (Some(policy), Some(token), Some(src)) = (policy, token, src) else {
@@ -125,6 +140,16 @@ pub async fn run(cli: Cli, shutdown: impl Future<Output = ()> + Send) -> ExitCod
                 Err(e) => return fail(&[e.to_string()]),
             };
             let (cache, task) = cache::spawn(src, policy, system_clock(), metrics.clone());
+            marks.other = t
+                .elapsed()
+                .saturating_sub(marks.tls_client + marks.certificate);
+            marks.listening_at = crate::startup::since_start();
+            let mut first = cache.clone();
+            let spawned = std::time::Instant::now();
+            tokio::spawn(async move {
+                first.wait_ready().await;
+                marks.log_ready(spawned.elapsed());
+            });
             let state = EndpointState {
                 cache,
                 token: Arc::new(token),

@@ -211,6 +211,10 @@ pub struct Setup {
     pub client: SessionClient,
     /// Certificate source.
     pub certs: CertSource,
+    /// How long building the client took (TLS configuration, root store).
+    pub client_took: std::time::Duration,
+    /// How long reading and checking the certificate took.
+    pub certificate_took: std::time::Duration,
 }
 
 impl SourceArgs {
@@ -261,6 +265,7 @@ impl SourceArgs {
                 .filter_map(Result::err)
                 .map(|e| e.to_string()),
         );
+        let t = std::time::Instant::now();
         let client = if problems.is_empty() {
             SessionClient::new(config)
                 .map_err(|e| problems.push(e.to_string()))
@@ -268,6 +273,8 @@ impl SourceArgs {
         } else {
             None
         };
+        let client_took = t.elapsed();
+        let t = std::time::Instant::now();
         let certs = match (&self.certificate, &self.private_key, &self.broker_url) {
             (Some(cert), Some(key), _) => {
                 let files = FileSource::new(
@@ -308,8 +315,14 @@ impl SourceArgs {
                 None
             }
         };
+        let certificate_took = t.elapsed();
         match (client, certs) {
-            (Some(client), Some(certs)) if problems.is_empty() => Ok(Setup { client, certs }),
+            (Some(client), Some(certs)) if problems.is_empty() => Ok(Setup {
+                client,
+                certs,
+                client_took,
+                certificate_took,
+            }),
             _ => Err(problems),
         }
     }

@@ -10,6 +10,7 @@
 //! - [`serve`]: the listener loop shared with the broker (timeouts, TLS, graceful shutdown).
 //! - [`cli`]: flags and environment, validated into the pieces above.
 //! - [`app`]: the commands themselves (`serve`, `credential-process`, `update`, `probe`).
+//! - [`startup`]: where start-up time goes, logged when first ready.
 
 pub mod app;
 pub mod arn;
@@ -24,5 +25,6 @@ pub mod serve;
 pub mod server;
 pub mod session;
 pub mod source;
+pub mod startup;
 pub mod token;
 pub mod update;

@@ -7,6 +7,7 @@ use attache_sidecar::cli::Cli;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    attache_sidecar::startup::process_started();
     // Not dumpable: no core dumps, and /proc/<pid>/{mem,environ,root} and
     // ptrace are closed to other processes of the same UID (an app container
     // sharing the pod's process namespace), so the private key and the
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    attache_sidecar::startup::runtime_built();
     runtime.block_on(attache_sidecar::app::run(
         cli,
         attache_sidecar::serve::shutdown_signal(),

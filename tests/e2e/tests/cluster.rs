@@ -906,3 +906,111 @@ fn running_http(ca_pem: &str) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// A rollout (issue 16): 1,000 pods of one ServiceAccount, each from its own
+/// address, send their CSRs within 10 s, as their sidecars start. Every one
+/// gets a certificate: TokenReviews are bounded
+/// (`--max-concurrent-token-reviews`) and wait their turn instead of failing,
+/// the rate limit is per pod, and nothing waits past the broker's
+/// `--request-timeout` (which would answer an error, failing this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_of_1000_pods_gets_every_certificate() {
+    use futures::StreamExt as _;
+    const PODS: usize = 1000;
+    let server = deployed().await;
+    broker().await;
+    let (admin, ns) = team(server).await;
+    // A broker of its own, so its metrics count only this test's requests.
+    let client = server.client_with_token(&broker_token(server).await).await;
+    let running = attache_broker::run::start(broker_args(&["--webhook-config", ""]), client)
+        .await
+        .unwrap();
+    let ca_pem = running.serving_ca_pem.clone();
+
+    // The pods (opted out of injection: only their tokens matter here) and a
+    // token bound to each, as the kubelet would project it.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let tokens: Vec<String> = futures::stream::iter(0..PODS)
+        .map(|i| {
+            let pods = pods.clone();
+            let ns = ns.clone();
+            async move {
+                let mut p = pod(&format!("fleet-{i}"), "app");
+                p.metadata.annotations =
+                    Some([("attache.dev/inject".to_string(), "false".to_string())].into());
+                let created = pods.create(&PostParams::default(), &p).await.unwrap();
+                let uid = created.metadata.uid.unwrap();
+                server
+                    .token(
+                        &ns,
+                        "app",
+                        TokenSpec {
+                            audiences: &["attache-broker"],
+                            seconds: 3600,
+                            pod: Some((&format!("fleet-{i}"), &uid)),
+                        },
+                    )
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let csrs: Vec<String> = (0..PODS)
+        .map(|_| {
+            attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+                .unwrap()
+                .certificate_signing_request()
+                .unwrap()
+        })
+        .collect();
+
+    // One request every 10 ms, each from its own pod address.
+    let url = format!("https://{}/v1/certificates", running.addr);
+    let reviews_before = running.metrics.token_reviews.get();
+    let start = tokio::time::Instant::now();
+    let mut sent = Vec::with_capacity(PODS);
+    for (i, (token, csr)) in tokens.into_iter().zip(csrs).enumerate() {
+        tokio::time::sleep_until(start + Duration::from_millis(10 * i as u64)).await;
+        let http = http_from([127, 1, (i / 250) as u8, (i % 250 + 1) as u8], &ca_pem);
+        let url = url.clone();
+        sent.push(tokio::spawn(async move {
+            let t = tokio::time::Instant::now();
+            let resp = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"csr": csr}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, body, t.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(PODS);
+    for (i, s) in sent.into_iter().enumerate() {
+        let (status, body, took) = s.await.unwrap();
+        assert_eq!(status, 200, "pod {i}: {body}");
+        assert!(
+            body["certificate"]
+                .as_str()
+                .is_some_and(|c| c.contains("BEGIN CERTIFICATE")),
+            "pod {i}: {body}"
+        );
+        latencies.push(took);
+    }
+    let all = start.elapsed();
+    latencies.sort();
+    let reviews = running.metrics.token_reviews.get() - reviews_before;
+    assert_eq!(reviews, PODS as u64, "one TokenReview per pod's token");
+    eprintln!(
+        "rollout: {PODS} certificates in {:.1}s (requests over 10 s); latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        all.as_secs_f64(),
+        latencies[PODS / 2].as_secs_f64() * 1e3,
+        latencies[PODS * 99 / 100].as_secs_f64() * 1e3,
+        latencies[PODS - 1].as_secs_f64() * 1e3
+    );
+    running.shutdown().await;
+}

@@ -205,6 +205,19 @@ impl World {
     fn create_session_calls(&self) -> u64 {
         self.emulator.request_count(Operation::CreateSession)
     }
+
+    /// Seconds the watchdog held the clock for stalls.
+    fn held_seconds(&self) -> f64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Stops the pods and the emulator.
+    async fn stop(self, pods: &[Pod]) {
+        for p in pods {
+            p.task.abort();
+        }
+        self.emulator.shutdown().await;
+    }
 }
 
 /// A pod the bench watches: its cache, when it started and when it was ready.
@@ -329,12 +342,9 @@ async fn rollout(ca: &CertificateAuthority, dir: &Path) -> String {
         (all_ready - t0).as_seconds_f64(),
         world.create_session_calls(),
         failures(&pods),
-        world.held.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+        world.held_seconds()
     );
-    for p in &pods {
-        p.task.abort();
-    }
-    world.emulator.shutdown().await;
+    world.stop(&pods).await;
     format!(
         "rollout pods={ROLLOUT_PODS} quota={QUOTA} ready_p50={:.1}s ready_max={:.1}s throttled={throttled} sdk_failures={}",
         waited[waited.len() / 2],
@@ -395,12 +405,9 @@ async fn steady(ca: &CertificateAuthority, dir: &Path) -> String {
         "scale: steady: hours 2-6: {total} CreateSession calls ({} refused by the quota in the whole run), busiest single second {busiest_second}; {never_ready} pods never ready; failed refreshes: {}; clock held {:.1}s for stalls",
         world.emulator.throttled_sessions(),
         failures(&pods),
-        world.held.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+        world.held_seconds()
     );
-    for p in &pods {
-        p.task.abort();
-    }
-    world.emulator.shutdown().await;
+    world.stop(&pods).await;
     format!(
         "steady pods={STEADY_PODS} quota={QUOTA} peak_tps={peak:.1} mean_tps={mean:.1} expired_windows={}",
         looks.expired_windows

@@ -785,18 +785,29 @@ fn http_from(source: [u8; 4], ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review() {
-    use futures::StreamExt as _;
+/// A team namespace and a broker of its own (same CA Secret), so its metrics
+/// count only the calling test's requests; it leaves the webhook
+/// configuration alone.
+async fn team_with_own_broker() -> (
+    &'static ApiServer,
+    kube::Client,
+    String,
+    attache_broker::run::Running,
+) {
     let server = deployed().await;
     broker().await;
     let (admin, ns) = team(server).await;
-    // A broker of its own (same CA Secret), so its metrics count only this
-    // test's requests; it leaves the webhook configuration alone.
     let client = server.client_with_token(&broker_token(server).await).await;
     let running = attache_broker::run::start(broker_args(&["--webhook-config", ""]), client)
         .await
         .unwrap();
+    (server, admin, ns, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review() {
+    use futures::StreamExt as _;
+    let (server, admin, ns, running) = team_with_own_broker().await;
     let ca_pem = running.serving_ca_pem.clone();
 
     // 1,100 slow-body connections from one pod's address to the certificate
@@ -917,14 +928,7 @@ fn running_http(ca_pem: &str) -> reqwest::Client {
 async fn a_rollout_of_1000_pods_gets_every_certificate() {
     use futures::StreamExt as _;
     const PODS: usize = 1000;
-    let server = deployed().await;
-    broker().await;
-    let (admin, ns) = team(server).await;
-    // A broker of its own, so its metrics count only this test's requests.
-    let client = server.client_with_token(&broker_token(server).await).await;
-    let running = attache_broker::run::start(broker_args(&["--webhook-config", ""]), client)
-        .await
-        .unwrap();
+    let (server, admin, ns, running) = team_with_own_broker().await;
     let ca_pem = running.serving_ca_pem.clone();
 
     // The pods (opted out of injection: only their tokens matter here) and a

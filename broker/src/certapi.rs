@@ -302,12 +302,13 @@ impl CertApi {
         Ok(role)
     }
 
-    /// Authenticates and authorizes `token`, reusing a decision made in the
-    /// last [`TOKEN_CACHE_TTL`] (never past the token's `exp`) for the same
-    /// token, so a burst of pods or a sidecar retrying does not hammer the API
-    /// server. A reused decision for a pod-bound token still checks that the
-    /// pod exists (one read instead of TokenReview and three reads), so a
-    /// deleted pod's token stops working at once. Tokens that cannot pass
+    /// Authenticates and authorizes `token`, reusing the TokenReview of the
+    /// same token from the last [`TOKEN_CACHE_TTL`] (never past the token's
+    /// `exp`), so a burst of pods or a sidecar retrying does not hammer
+    /// TokenReview. Authorization is never reused: the ServiceAccount, the
+    /// bound pod and the namespace are read again for every request, so a
+    /// deleted pod's token, a removed role annotation or a tightened
+    /// `allowed-roles` stops working at once. Tokens that cannot pass
     /// (not a JWT, wrong audience, expired) are refused without a TokenReview;
     /// tokens TokenReview refused are refused again for
     /// [`REFUSAL_CACHE_TTL`] without asking; TokenReviews in flight are bounded.
@@ -335,16 +336,21 @@ impl CertApi {
             .get(&key)
             .filter(|(_, _, until)| *until > now)
             .map(|(caller, role, _)| (caller.clone(), role.clone()));
-        if let Some((caller, role)) = cached {
+        if let Some((caller, _)) = cached {
             self.metrics.token_cache_hits.inc();
-            if let Err(refusal) = self.bound_pod(&caller).await {
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
-                return Err(refusal);
-            }
-            return Ok((caller, role));
+            // Only the TokenReview is reused: policy is read again, so a
+            // removed role annotation, a tightened allowed-roles or a
+            // deleted pod takes effect on the next request.
+            return match self.authorize(&caller).await {
+                Ok(role) => Ok((caller, role)),
+                Err(refusal) => {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key);
+                    Err(refusal)
+                }
+            };
         }
         let shape =
             precheck(token, OffsetDateTime::now_utc().unix_timestamp()).map_err(unauthenticated)?;

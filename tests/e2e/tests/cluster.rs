@@ -1018,3 +1018,66 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
     );
     running.shutdown().await;
 }
+
+/// The certificate API reuses a token's TokenReview, never its
+/// authorization: tightening a namespace's `allowed-roles` refuses the very
+/// next request made with an already-accepted token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
+    let (server, admin, ns, running) = team_with_own_broker().await;
+    let token = server
+        .token(
+            &ns,
+            "app",
+            TokenSpec {
+                audiences: &["attache-broker"],
+                seconds: 3600,
+                pod: None,
+            },
+        )
+        .await
+        .unwrap();
+    let http = running_http(&running.serving_ca_pem);
+    let post = || {
+        let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+            .unwrap()
+            .certificate_signing_request()
+            .unwrap();
+        http.post(format!("https://{}/v1/certificates", running.addr))
+            .bearer_auth(&token)
+            .json(&json!({"csr": csr}))
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status(), 200);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "attache.dev/allowed-roles": serde_json::to_string(&[OTHER_ROLE]).unwrap(),
+            }}})),
+        )
+        .await
+        .unwrap();
+    let hits = running.metrics.token_cache_hits.get();
+    let reviews = running.metrics.token_reviews.get();
+    let refused = post().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("attache.dev/allowed-roles")),
+        "{body}"
+    );
+    assert_eq!(
+        (
+            running.metrics.token_cache_hits.get() - hits,
+            running.metrics.token_reviews.get() - reviews
+        ),
+        (1, 0),
+        "the token's TokenReview was reused, its authorization was not"
+    );
+    running.shutdown().await;
+}

@@ -41,6 +41,9 @@ pub struct InjectConfig {
     /// UID and GID the sidecar runs as: one no app container uses, so an app
     /// sharing the pod's process namespace cannot read the sidecar's memory.
     pub sidecar_uid: i64,
+    /// Role session name when the ServiceAccount has no
+    /// `attache.dev/session-name`: `serial`, `pod` or a fixed name.
+    pub session_name: String,
     /// Profile / trust anchor overrides a ServiceAccount may make.
     pub overrides: crate::policy::ArnOverrides,
 }
@@ -322,7 +325,16 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
         ),
     }
 
-    let sidecar = sidecar_container(cfg, role, &profile, &anchor, &region, duration);
+    let session_name = sa(ANN_SESSION_NAME).unwrap_or_else(|| cfg.session_name.clone());
+    let sidecar = sidecar_container(
+        cfg,
+        role,
+        &profile,
+        &anchor,
+        &region,
+        duration,
+        &session_name,
+    );
     if cfg.native_sidecar {
         match pod
             .pointer("/spec/initContainers")
@@ -351,6 +363,27 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     }
 }
 
+/// The sidecar's environment for a session-name setting: nothing for
+/// `serial`; the pod's name through the downward API for `pod` (the name is
+/// not known at admission for pods made from `generateName`); else the fixed
+/// name, made valid for AWS.
+fn session_name_env(setting: &str) -> Vec<Value> {
+    let setting = setting.trim();
+    if setting.is_empty() || setting.eq_ignore_ascii_case("serial") {
+        return Vec::new();
+    }
+    if setting.eq_ignore_ascii_case("pod") {
+        return vec![
+            json!({"name": "ATTACHE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": "ATTACHE_ROLE_SESSION_NAME", "value": "$(ATTACHE_POD_NAME)"}),
+        ];
+    }
+    vec![json!({
+        "name": "ATTACHE_ROLE_SESSION_NAME",
+        "value": attache_sidecar::session::role_session_name(setting),
+    })]
+}
+
 fn sidecar_container(
     cfg: &InjectConfig,
     role: &str,
@@ -358,6 +391,7 @@ fn sidecar_container(
     anchor: &str,
     region: &str,
     duration: u32,
+    session_name: &str,
 ) -> Value {
     let env = [
         ("ATTACHE_REGION", region.to_string()),
@@ -380,7 +414,11 @@ fn sidecar_container(
         "image": cfg.image,
         "imagePullPolicy": cfg.image_pull_policy,
         "args": ["serve"],
-        "env": env.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>(),
+        "env": env
+            .iter()
+            .map(|(n, v)| json!({"name": n, "value": v}))
+            .chain(session_name_env(session_name))
+            .collect::<Vec<_>>(),
         "resources": {
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
             "limits": {"memory": cfg.memory_limit},
@@ -442,6 +480,7 @@ pub(crate) mod tests {
             restrictions: true,
             sa_token_seconds: 3600,
             sidecar_uid: 19911,
+            session_name: "serial".into(),
             overrides: crate::policy::ArnOverrides {
                 default_profile: Some(
                     "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into(),
@@ -718,6 +757,54 @@ pub(crate) mod tests {
             (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
             (Some(19911), Some(19911))
         );
+    }
+
+    #[test]
+    fn session_names_follow_the_service_account_then_the_broker_default() {
+        let sidecar_env = |sa_ann: &BTreeMap<String, String>, default: &str| {
+            let cfg = InjectConfig {
+                session_name: default.into(),
+                ..cfg()
+            };
+            let Decision::Patch { ops, .. } = run(&pod(), &allowed(), sa_ann, &cfg) else {
+                panic!("not injected")
+            };
+            let out = apply(&pod(), &ops);
+            out["spec"]["initContainers"][0]["env"].clone()
+        };
+        let named = |env: &Value, name: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+        };
+        // serial (the default): no custom name, AWS uses the serial.
+        let env = sidecar_env(&sa(), "serial");
+        assert!(named(&env, "ATTACHE_ROLE_SESSION_NAME").is_none(), "{env}");
+        // pod: the pod's name from the downward API, expanded by the kubelet.
+        let env = sidecar_env(&sa(), "pod");
+        assert_eq!(
+            named(&env, "ATTACHE_POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            named(&env, "ATTACHE_ROLE_SESSION_NAME").unwrap()["value"],
+            "$(ATTACHE_POD_NAME)"
+        );
+        // The ServiceAccount's annotation wins; a fixed name is made valid.
+        let mut fixed = sa();
+        fixed.insert(ANN_SESSION_NAME.into(), "nightly batch $(HOME)".into());
+        let env = sidecar_env(&fixed, "pod");
+        assert_eq!(
+            named(&env, "ATTACHE_ROLE_SESSION_NAME").unwrap()["value"],
+            "nightly-batch---HOME-"
+        );
+        assert!(named(&env, "ATTACHE_POD_NAME").is_none());
+        let mut serial = sa();
+        serial.insert(ANN_SESSION_NAME.into(), "Serial".into());
+        let env = sidecar_env(&serial, "pod");
+        assert!(named(&env, "ATTACHE_ROLE_SESSION_NAME").is_none(), "{env}");
     }
 
     #[test]

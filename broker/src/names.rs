@@ -8,6 +8,10 @@ pub const ANN_PROFILE_ARN: &str = "attache.dev/profile-arn";
 pub const ANN_TRUST_ANCHOR_ARN: &str = "attache.dev/trust-anchor-arn";
 /// ServiceAccount annotation: session duration in seconds, 900..43200.
 pub const ANN_SESSION_DURATION: &str = "attache.dev/session-duration";
+/// ServiceAccount annotation: the role session name, `serial` (AWS names
+/// the session after the certificate's serial), `pod` (the pod's name) or a
+/// fixed name.
+pub const ANN_SESSION_NAME: &str = "attache.dev/session-name";
 /// ServiceAccount / namespace annotation: ECR registries to keep a pull secret for.
 pub const ANN_ECR_REGISTRIES: &str = "attache.dev/ecr-registries";
 /// ServiceAccount annotation: role used for ECR tokens.

@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// UID and GID of the injected sidecar: one your app images do not use (not 0, 1000, 65532, 65534).
     #[arg(long, env = "ATTACHE_SIDECAR_UID", default_value_t = 19911, value_parser = clap::value_parser!(i64).range(1..=2147483647))]
     pub sidecar_uid: i64,
+    /// Role session name for ServiceAccounts without attache.dev/session-name: `serial` (AWS uses the certificate serial), `pod` (the pod's name) or a fixed name; names other than `serial` need a profile that accepts custom session names.
+    #[arg(long, env = "ATTACHE_SESSION_NAME", default_value = "serial")]
+    pub session_name: String,
     /// HTTPS listen address of the certificate API (POST /v1/certificates), reached by sidecars.
     #[arg(long, env = "ATTACHE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -355,6 +358,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             restrictions: args.namespace_restrictions,
             sa_token_seconds: args.sa_token_seconds,
             sidecar_uid: args.sidecar_uid,
+            session_name: args.session_name.clone(),
             overrides: overrides.clone(),
         }),
         excluded_namespaces: Arc::new(excluded),

@@ -33,6 +33,7 @@ fn config(native_sidecar: bool) -> InjectConfig {
         restrictions: true,
         sa_token_seconds: 3600,
         sidecar_uid: 19911,
+        session_name: "pod".into(),
         overrides: attache_broker::policy::ArnOverrides {
             default_profile: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
             default_trust_anchor: Some(

@@ -37,6 +37,7 @@ fn config(native: bool, restrictions: bool) -> InjectConfig {
         restrictions,
         sa_token_seconds: 3600,
         sidecar_uid: 19911,
+        session_name: if native { "pod" } else { "serial" }.into(),
         overrides: attache_broker::policy::ArnOverrides {
             default_profile: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
             default_trust_anchor: Some(

@@ -83,7 +83,9 @@ pub struct SourceArgs {
     /// Session lifetime in seconds (900..43200; the profile may cap it).
     #[arg(long, env = "ATTACHE_SESSION_DURATION", default_value_t = 3600)]
     pub session_duration: u32,
-    /// Role session name (only if the profile accepts custom names).
+    /// Role session name (only if the profile accepts custom names); made
+    /// valid for AWS (2-64 characters of [A-Za-z0-9_+=,.@-]) deterministically.
+    /// Empty: none (AWS names the session after the certificate's serial).
     #[arg(long, env = "ATTACHE_ROLE_SESSION_NAME")]
     pub role_session_name: Option<String>,
     /// Roles Anywhere endpoint override (default https://rolesanywhere.<region>.amazonaws.com).
@@ -247,7 +249,11 @@ impl SourceArgs {
             role_arn: self.role_arn.clone(),
             trust_anchor_arn: self.trust_anchor_arn.clone(),
             duration_seconds: self.session_duration,
-            role_session_name: self.role_session_name.clone(),
+            role_session_name: self
+                .role_session_name
+                .as_deref()
+                .map(crate::session::role_session_name)
+                .filter(|n| !n.is_empty()),
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             extra_roots_pem,

@@ -61,6 +61,38 @@ impl SessionConfig {
     }
 }
 
+/// `name` made into a valid `roleSessionName` (2-64 characters of
+/// `[A-Za-z0-9_+=,.@-]`), deterministically: other characters become `-`; a
+/// name longer than 64 keeps its first 55 characters and ends with `-` and 8
+/// hex digits of its SHA-256, so two long pod names sharing a prefix stay
+/// apart; a one-character name is padded with `_`; an empty one stays empty
+/// (no custom name).
+pub fn role_session_name(name: &str) -> String {
+    if name.is_empty() {
+        return String::new();
+    }
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if out.len() > 64 {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
+        out.truncate(55);
+        out.push('-');
+        out.push_str(&hex::encode(&digest.as_ref()[..4]));
+    }
+    while out.len() < 2 {
+        out.push('_');
+    }
+    out
+}
+
 /// Why CreateSession failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -510,5 +542,29 @@ mod tests {
                 .to_string()
                 .contains("endpoint")
         );
+    }
+
+    #[test]
+    fn session_names_are_made_valid_deterministically() {
+        let valid = |n: &str| {
+            (2..=64).contains(&n.len())
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b))
+        };
+        assert_eq!(role_session_name("web-7d9f8-xk2lp"), "web-7d9f8-xk2lp");
+        assert_eq!(role_session_name("team/api job"), "team-api-job");
+        assert_eq!(role_session_name("x"), "x_");
+        assert_eq!(role_session_name(""), "");
+        let long_a = format!("{}-a", "p".repeat(240));
+        let long_b = format!("{}-b", "p".repeat(240));
+        let (a, b) = (role_session_name(&long_a), role_session_name(&long_b));
+        assert!(valid(&a) && valid(&b), "{a} {b}");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b, "long names sharing a prefix stay apart");
+        assert_eq!(a, role_session_name(&long_a), "deterministic");
+        for name in ["é", "ünïcödé-pod", "a b", "@", "日本語"] {
+            let n = role_session_name(name);
+            assert!(valid(&n), "{name:?} -> {n:?}");
+        }
     }
 }

@@ -126,3 +126,69 @@ async fn the_cache_recovers_after_throttling() {
     );
     task.abort();
 }
+
+/// A session name given to the sidecar (what the webhook sets from
+/// `attache.dev/session-name`) is made valid for AWS and used only where the
+/// profile accepts custom names, as AWS does; elsewhere the refusal names
+/// the profile setting.
+#[tokio::test]
+async fn session_names_are_made_valid_and_need_a_profile_that_accepts_them() {
+    use attache_sidecar::cli::{Cli, Command};
+    use clap::Parser as _;
+    const NAMING: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/naming";
+    let w = World::new().await;
+    w.emulator.add_profile(attache_emulator::Profile {
+        arn: NAMING.into(),
+        role_arns: vec![ROLE.into()],
+        duration_seconds: None,
+        accept_role_session_name: true,
+        enabled: true,
+    });
+    let client = |profile: &str, name: &str| {
+        let cli = Cli::try_parse_from([
+            "attache-sidecar",
+            "serve",
+            "--profile-arn",
+            profile,
+            "--role-arn",
+            ROLE,
+            "--trust-anchor-arn",
+            ANCHOR,
+            "--endpoint",
+            &w.emulator.url(),
+            "--certificate",
+            w.cert.to_str().unwrap(),
+            "--private-key",
+            w.key.to_str().unwrap(),
+            "--role-session-name",
+            name,
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!("serve")
+        };
+        args.source.build(&Metrics::default()).unwrap().client
+    };
+    let long_pod = format!("{}-7d9f8-xk2lp", "batch-".repeat(20));
+    let creds = client(NAMING, &long_pod)
+        .create_session(&signer(&w))
+        .await
+        .unwrap();
+    let used = &w.emulator.sessions()[0].role_session_name;
+    assert_eq!(
+        used,
+        &attache_sidecar::session::role_session_name(&long_pod)
+    );
+    assert_eq!(used.len(), 64);
+    assert!(used.starts_with("batch-batch-"), "{used}");
+    assert_eq!(creds.role_arn, ROLE);
+    let refused = client(PROFILE, "web-1")
+        .create_session(&signer(&w))
+        .await
+        .unwrap_err();
+    assert_eq!((refused.kind(), refused.is_retryable()), ("invalid", false));
+    assert!(
+        refused.to_string().contains("acceptRoleSessionName"),
+        "{refused}"
+    );
+}

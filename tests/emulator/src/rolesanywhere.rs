@@ -306,7 +306,7 @@ pub(crate) fn create_session(
         }
         Some(name) if !valid_session_name(name) => {
             return Err(ApiError::validation(format!(
-                "roleSessionName {name:?} must be 2-64 characters of [A-Za-z0-9_=,.@-]"
+                "roleSessionName {name:?} must be 2-64 characters of [A-Za-z0-9_+=,.@-]"
             )));
         }
         Some(name) => name.clone(),

@@ -469,10 +469,7 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
         why.contains("invalidated") || why.contains("not found"),
         "{why}"
     );
-    let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
-        .unwrap()
-        .certificate_signing_request()
-        .unwrap();
+    let csr = fresh_csr();
     // The sidecar's own token (its decision cached by the broker) and one
     // never used before.
     for t in [&token, &unused] {
@@ -494,12 +491,7 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
     let server = deployed().await;
     let broker = broker().await;
     let (admin, ns) = team(server).await;
-    let csr = || {
-        attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
-            .unwrap()
-            .certificate_signing_request()
-            .unwrap()
-    };
+    let csr = fresh_csr;
     let post = |token: Option<String>, csr: String| {
         let http = broker.http();
         let url = format!("{}/v1/certificates", broker.url());
@@ -785,6 +777,30 @@ fn http_from(source: [u8; 4], ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// A token of ServiceAccount `app` for the broker, bound to no pod.
+async fn app_token(server: &ApiServer, ns: &str) -> String {
+    server
+        .token(
+            ns,
+            "app",
+            TokenSpec {
+                audiences: &["attache-broker"],
+                seconds: 3600,
+                pod: None,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// A CSR for a new P-256 key.
+fn fresh_csr() -> String {
+    attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
+        .unwrap()
+        .certificate_signing_request()
+        .unwrap()
+}
+
 /// A team namespace and a broker of its own (same CA Secret), so its metrics
 /// count only the calling test's requests; it leaves the webhook
 /// configuration alone.
@@ -847,22 +863,8 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
 
     // ... and another pod (another address) still gets its certificate.
-    let token = server
-        .token(
-            &ns,
-            "app",
-            TokenSpec {
-                audiences: &["attache-broker"],
-                seconds: 3600,
-                pod: None,
-            },
-        )
-        .await
-        .unwrap();
-    let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
-        .unwrap()
-        .certificate_signing_request()
-        .unwrap();
+    let token = app_token(server, &ns).await;
+    let csr = fresh_csr();
     let issued = http_from([127, 0, 0, 2], &ca_pem)
         .post(format!("https://{}/v1/certificates", running.addr))
         .bearer_auth(&token)
@@ -1025,24 +1027,10 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
     let (server, admin, ns, running) = team_with_own_broker().await;
-    let token = server
-        .token(
-            &ns,
-            "app",
-            TokenSpec {
-                audiences: &["attache-broker"],
-                seconds: 3600,
-                pod: None,
-            },
-        )
-        .await
-        .unwrap();
+    let token = app_token(server, &ns).await;
     let http = running_http(&running.serving_ca_pem);
     let post = || {
-        let csr = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
-            .unwrap()
-            .certificate_signing_request()
-            .unwrap();
+        let csr = fresh_csr();
         http.post(format!("https://{}/v1/certificates", running.addr))
             .bearer_auth(&token)
             .json(&json!({"csr": csr}))

@@ -56,7 +56,14 @@ pub fn secret_name(sa: &str) -> String {
         sa.as_bytes(),
     ));
     let keep = MAX_NAME - NAME_PREFIX.len() - 11;
-    let cut: String = sa.chars().take(keep).collect();
+    // Bytes, not characters: the limit is on bytes.
+    let mut cut = String::with_capacity(keep);
+    for c in sa.chars() {
+        if cut.len() + c.len_utf8() > keep {
+            break;
+        }
+        cut.push(c);
+    }
     let cut = cut.trim_end_matches(['-', '.']);
     format!("{NAME_PREFIX}{cut}-{}", hash.get(..10).unwrap_or(&hash))
 }
@@ -237,6 +244,18 @@ mod tests {
         assert!(n.len() <= 253 && n.starts_with(NAME_PREFIX), "{n}");
         assert_eq!(n, secret_name(&long));
         assert_ne!(n, secret_name(&format!("{}b", "a".repeat(249))));
+        // Found by fuzzing (ecr_secret target): a name of multi-byte
+        // characters was cut by characters, not bytes, and overran 253.
+        // (Kubernetes names are ASCII; the bound holds for any input.)
+        for c in ['é', '日', '😀'] {
+            let wide: String = std::iter::repeat_n(c, 250).collect();
+            let n = secret_name(&wide);
+            assert!(
+                n.len() <= 253 && n.starts_with(NAME_PREFIX),
+                "{} bytes",
+                n.len()
+            );
+        }
     }
 
     #[test]

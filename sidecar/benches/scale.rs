@@ -122,8 +122,9 @@ struct World {
 
 /// Stops the simulated clock while the runtime stalls (another process
 /// took the CPU, or the engines fell behind): a late wake-up of this task
-/// is real time the simulation did not get to use, and at x200 a one-second
-/// stall would otherwise age every in-flight request by minutes.
+/// is real time the simulation did not get to use, and at x100 a three-second
+/// stall would otherwise age every in-flight request past the 5-minute
+/// signing-time window.
 async fn watchdog(clock: ScaledClock, held: Arc<std::sync::atomic::AtomicU64>) {
     const TICK: Duration = Duration::from_millis(5);
     loop {

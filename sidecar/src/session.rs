@@ -443,14 +443,9 @@ mod tests {
         assert_eq!(aws(400, "ValidationException").kind(), "invalid");
     }
 
-    /// Found writing the aws_replies fuzz target's checks: a reply (from a
-    /// broken or hostile proxy) with a line break in a key was accepted, and
-    /// `update` wrote it into the credentials file as extra lines (another
-    /// profile, a `credential_process`); an expiry years away was believed,
-    /// so the sidecar never refreshed.
-    #[test]
-    fn replies_with_unsafe_keys_or_endless_sessions_are_not_believed() {
-        let c = SessionConfig {
+    /// A configuration every check accepts.
+    fn valid_config() -> SessionConfig {
+        SessionConfig {
             region: "us-east-1".into(),
             endpoint: None,
             profile_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p".into(),
@@ -461,7 +456,17 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             extra_roots_pem: None,
-        };
+        }
+    }
+
+    /// Found writing the aws_replies fuzz target's checks: a reply (from a
+    /// broken or hostile proxy) with a line break in a key was accepted, and
+    /// `update` wrote it into the credentials file as extra lines (another
+    /// profile, a `credential_process`); an expiry years away was believed,
+    /// so the sidecar never refreshed.
+    #[test]
+    fn replies_with_unsafe_keys_or_endless_sessions_are_not_believed() {
+        let c = valid_config();
         let now = time::macros::datetime!(2026-01-01 00:00 UTC);
         let reply = |key: &str, secret: &str, expiration: &str| {
             serde_json::json!({"credentialSet": [{"credentials": {
@@ -504,18 +509,7 @@ mod tests {
 
     #[test]
     fn config_validation_names_the_bad_field() {
-        let cfg = SessionConfig {
-            region: "us-east-1".into(),
-            endpoint: None,
-            profile_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p".into(),
-            role_arn: "arn:aws:iam::123456789012:role/r".into(),
-            trust_anchor_arn: "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/t".into(),
-            duration_seconds: 3600,
-            role_session_name: None,
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            extra_roots_pem: None,
-        };
+        let cfg = valid_config();
         assert!(cfg.validate().is_ok());
         let bad = SessionConfig {
             role_arn: "arn:aws:iam::123:role/r".into(),

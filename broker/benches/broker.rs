@@ -155,7 +155,7 @@ async fn bench() {
         "https://127.0.0.1:{}/",
         listener.local_addr().unwrap().port()
     );
-    tokio::spawn(attache_sidecar::serve::serve(
+    tokio::spawn(attache_rt::serve::serve(
         listener,
         hello,
         Some(tls),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use attache_broker::ecr::secret::secret_name;
 use attache_broker::metrics::Metrics;
 use attache_emulator::Operation;
-use attache_sidecar::clock::{Clock, SystemClock};
+use attache_rt::clock::{Clock, SystemClock};
 use ecr_common::*;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};

@@ -14,8 +14,8 @@
 //! anchor and the certificate's URI SAN (principal tag `x509SAN/URI`) is the
 //! ServiceAccount's SPIFFE ID.
 
+use attache_aws::arn::{ConfigError, validate_rolesanywhere_arn};
 use attache_pki::{IdentityError, WorkloadIdentity};
-use attache_sidecar::arn::{ConfigError, validate_rolesanywhere_arn};
 use clap::Args;
 use serde::Serialize;
 

@@ -9,6 +9,7 @@ use attache_pki::files::write_atomic;
 use attache_pki::{
     CaOptions, CertificateAuthority, CertificateInfo, KeyType, VerifiedCsr, WorkloadIdentity,
 };
+use attache_rt::parse::{duration, key_type};
 use clap::{Args, Subcommand};
 use time::OffsetDateTime;
 
@@ -35,7 +36,7 @@ pub struct InitArgs {
     #[arg(long, env = "ATTACHE_CA_DIR")]
     pub dir: PathBuf,
     /// Key algorithm: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096.
-    #[arg(long, env = "ATTACHE_CA_KEY_TYPE", default_value = "ecdsa-p256", value_parser = parse_key_type)]
+    #[arg(long, env = "ATTACHE_CA_KEY_TYPE", default_value = "ecdsa-p256", value_parser = key_type)]
     pub key_type: KeyType,
     /// Subject common name of the CA certificate.
     #[arg(long, env = "ATTACHE_CA_COMMON_NAME", default_value = "attache CA")]
@@ -44,7 +45,7 @@ pub struct InitArgs {
     #[arg(long, env = "ATTACHE_CA_ORGANIZATION", default_value = "attache")]
     pub organization: String,
     /// Lifetime, e.g. 10y, 5y, 90d.
-    #[arg(long, env = "ATTACHE_CA_VALIDITY", default_value = "10y", value_parser = parse_duration)]
+    #[arg(long, env = "ATTACHE_CA_VALIDITY", default_value = "10y", value_parser = duration)]
     pub validity: Duration,
     /// Replace an existing CA in DIR (the old trust anchor stops matching new certificates).
     #[arg(long)]
@@ -70,7 +71,7 @@ pub struct IssueArgs {
     #[arg(long, env = "ATTACHE_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
     /// Certificate lifetime, e.g. 24h, 1h.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = duration)]
     pub validity: Duration,
     /// Write the certificate here instead of standard output.
     #[arg(long)]
@@ -83,17 +84,6 @@ pub struct ShowArgs {
     /// Directory holding ca.pem.
     #[arg(long, env = "ATTACHE_CA_DIR")]
     pub dir: PathBuf,
-}
-
-/// Parses a key type name for clap.
-pub fn parse_key_type(s: &str) -> Result<KeyType, String> {
-    s.parse().map_err(|e: attache_pki::KeyError| e.to_string())
-}
-
-/// Parses a human duration such as `24h`, `90d` or `10y` for clap.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 24h, 90d, 10y)"))
 }
 
 /// Runs one `ca` subcommand, writing its normal output to `out`.

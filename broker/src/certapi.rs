@@ -459,7 +459,7 @@ impl CertApi {
         Ok(json!({
             "certificate": leaf.pem,
             "chain": [],
-            "notAfter": attache_sidecar::credentials::rfc3339(leaf.not_after),
+            "notAfter": attache_aws::credentials::rfc3339(leaf.not_after),
         }))
     }
 }

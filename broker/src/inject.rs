@@ -151,7 +151,7 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
             ctx.namespace
         ));
     }
-    if let Err(e) = attache_sidecar::arn::validate_role_arn(role) {
+    if let Err(e) = attache_aws::arn::validate_role_arn(role) {
         return Decision::Deny(format!("{ANN_ROLE_ARN}: {e}"));
     }
     if let Err(e) = check_role(
@@ -205,7 +205,7 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
         (ANN_PROFILE_ARN, &profile, "profile"),
         (ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
     ] {
-        if let Err(e) = attache_sidecar::arn::validate_rolesanywhere_arn(arn, kind) {
+        if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
             return Decision::Deny(format!("{what}: {e}"));
         }
     }
@@ -221,7 +221,7 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
             }
         },
     };
-    let region = attache_sidecar::arn::arn_region(&anchor)
+    let region = attache_aws::arn::arn_region(&anchor)
         .unwrap_or(&cfg.region)
         .to_string();
 
@@ -380,7 +380,7 @@ fn session_name_env(setting: &str) -> Vec<Value> {
     }
     vec![json!({
         "name": "ATTACHE_ROLE_SESSION_NAME",
-        "value": attache_sidecar::session::role_session_name(setting),
+        "value": attache_aws::session::role_session_name(setting),
     })]
 }
 

@@ -8,6 +8,7 @@ pub mod ca_cli;
 pub mod castore;
 pub mod certapi;
 pub mod ecr;
+pub mod flags;
 pub mod inject;
 pub mod metrics;
 pub mod names;

@@ -35,16 +35,16 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 }
 
 async fn ecr_controller(args: attache_broker::ecr::cli::EcrControllerArgs) -> anyhow::Result<()> {
-    attache_sidecar::cli::init_logging(args.log_format);
+    attache_rt::logging::init_logging(args.log_format);
     let client = kube_client().await?;
     attache_broker::ecr::cli::run(args, client).await
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    attache_sidecar::cli::init_logging(args.log_format);
+    attache_rt::logging::init_logging(args.log_format);
     let client = kube_client().await?;
     let running = attache_broker::run::start(args, client).await?;
-    attache_sidecar::serve::shutdown_signal().await;
+    attache_rt::serve::shutdown_signal().await;
     running.shutdown().await;
     Ok(())
 }

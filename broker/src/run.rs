@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use attache_pki::{CaOptions, CertificateAuthority, KeyType};
+use attache_rt::parse::duration;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -32,11 +33,6 @@ pub const CA_BUNDLE_RECHECK: Duration = Duration::from_secs(300);
 /// certificate API's pools are separate, so one cannot starve the other).
 pub const MAX_CONCURRENT: usize = 1024;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 24h, 90m)"))
-}
-
 /// Flags of `attache-broker run`; each also settable by its `ATTACHE_*` variable.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
@@ -55,21 +51,9 @@ pub struct RunArgs {
     /// Human name of the cluster, used in the CA's common name.
     #[arg(long, env = "ATTACHE_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
-    /// Default AWS region for pods (else the trust anchor ARN's region).
-    #[arg(long, env = "ATTACHE_REGION", default_value = "")]
-    pub region: String,
-    /// Default Roles Anywhere profile ARN (a ServiceAccount may override it).
-    #[arg(long, env = "ATTACHE_PROFILE_ARN")]
-    pub profile_arn: Option<String>,
-    /// Default trust anchor ARN (a ServiceAccount may override it).
-    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
-    pub trust_anchor_arn: Option<String>,
-    /// Profile ARNs (globs) a ServiceAccount may name in attache.dev/profile-arn besides the default, comma-separated.
-    #[arg(long, env = "ATTACHE_ALLOWED_PROFILE_ARNS", value_delimiter = ',')]
-    pub allowed_profile_arns: Vec<String>,
-    /// Trust anchor ARNs (globs) a ServiceAccount may name in attache.dev/trust-anchor-arn besides the default, comma-separated.
-    #[arg(long, env = "ATTACHE_ALLOWED_TRUST_ANCHOR_ARNS", value_delimiter = ',')]
-    pub allowed_trust_anchor_arns: Vec<String>,
+    /// Roles Anywhere defaults and the overrides ServiceAccounts may ask for.
+    #[command(flatten)]
+    pub session: crate::flags::SessionDefaults,
     /// Sidecar image injected into pods.
     #[arg(long, env = "ATTACHE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/attache-dev/attache:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
@@ -153,14 +137,14 @@ pub struct RunArgs {
     #[arg(long, env = "ATTACHE_CA_DIR")]
     pub ca_dir: Option<PathBuf>,
     /// Key type of a CA the broker creates.
-    #[arg(long, env = "ATTACHE_CA_KEY_TYPE", default_value = "ecdsa-p256", value_parser = crate::ca_cli::parse_key_type)]
+    #[arg(long, env = "ATTACHE_CA_KEY_TYPE", default_value = "ecdsa-p256", value_parser = attache_rt::parse::key_type)]
     pub ca_key_type: KeyType,
     /// MutatingWebhookConfiguration whose caBundle the broker keeps set to its CA ("" to skip).
     #[arg(long, env = "ATTACHE_WEBHOOK_CONFIG", default_value = "attache-broker")]
     pub webhook_config: String,
     /// Log format: json or text.
-    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_sidecar::cli::LogFormat::Json)]
-    pub log_format: attache_sidecar::cli::LogFormat,
+    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
+    pub log_format: attache_rt::logging::LogFormat,
 }
 
 /// A running broker (for tests and the binary).
@@ -335,12 +319,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         .broker_url
         .clone()
         .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace));
-    let overrides = crate::policy::ArnOverrides {
-        default_profile: args.profile_arn.clone(),
-        default_trust_anchor: args.trust_anchor_arn.clone(),
-        allowed_profiles: args.allowed_profile_arns.clone(),
-        allowed_trust_anchors: args.allowed_trust_anchor_arns.clone(),
-    };
+    let overrides = args.session.overrides();
     let webhook = Webhook {
         client: client.clone(),
         config: Arc::new(InjectConfig {
@@ -349,9 +328,9 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             cpu_request: args.sidecar_cpu_request.clone(),
             memory_request: args.sidecar_memory_request.clone(),
             memory_limit: args.sidecar_memory_limit.clone(),
-            region: args.region.clone(),
-            profile_arn: args.profile_arn.clone(),
-            trust_anchor_arn: args.trust_anchor_arn.clone(),
+            region: args.session.region.clone(),
+            profile_arn: args.session.profile_arn.clone(),
+            trust_anchor_arn: args.session.trust_anchor_arn.clone(),
             broker_url,
             ca_bundle_pem: serving_pem.clone(),
             native_sidecar: args.native_sidecar,
@@ -409,9 +388,9 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         )
         .with_state(metrics.clone());
 
-    let listener = attache_sidecar::serve::bind(args.listen).await?;
-    let webhook_listener = attache_sidecar::serve::bind(args.webhook_listen).await?;
-    let admin_listener = attache_sidecar::serve::bind(args.admin_listen).await?;
+    let listener = attache_rt::serve::bind(args.listen).await?;
+    let webhook_listener = attache_rt::serve::bind(args.webhook_listen).await?;
+    let admin_listener = attache_rt::serve::bind(args.admin_listen).await?;
     let addr = listener.local_addr()?;
     let webhook_addr = webhook_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
@@ -419,7 +398,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let rotation = tokio::spawn(cert.clone().rotate_forever(serving_ca, names));
     let (webhook_stop_tx, webhook_stop_rx) = oneshot::channel::<()>();
-    let serve_webhook = tokio::spawn(attache_sidecar::serve::serve(
+    let serve_webhook = tokio::spawn(attache_rt::serve::serve(
         webhook_listener,
         webhook_router,
         Some(tls.clone()),
@@ -427,14 +406,14 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             let _ = webhook_stop_rx.await;
         },
     ));
-    let per_peer = attache_sidecar::serve::ConnectionLimits {
+    let per_peer = attache_rt::serve::ConnectionLimits {
         per_peer: Some(args.max_connections_per_peer.max(1)),
     };
     let serve_main = tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        attache_sidecar::serve::serve_limited(listener, main, Some(tls), stop, per_peer).await;
+        attache_rt::serve::serve_limited(listener, main, Some(tls), stop, per_peer).await;
         let _ = webhook_stop_tx.send(());
         let _ = serve_webhook.await;
         // The admin port goes down last, after in-flight requests finished.
@@ -442,7 +421,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         rotation.abort();
         keeper.abort();
     });
-    let serve_admin = tokio::spawn(attache_sidecar::serve::serve(
+    let serve_admin = tokio::spawn(attache_rt::serve::serve(
         admin_listener,
         admin,
         None,

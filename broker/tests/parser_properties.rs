@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use attache_broker::ca_cli::{parse_duration, parse_key_type};
 use attache_broker::ecr::registry::parse_registries;
 use attache_broker::inject::session_duration;
 use attache_pki::{KeyType, WorkloadIdentity};
+use attache_rt::parse::{duration as parse_duration, key_type as parse_key_type};
 use proptest::prelude::*;
 
 fn label() -> impl Strategy<Value = String> {

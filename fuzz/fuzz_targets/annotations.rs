@@ -10,14 +10,14 @@
 
 use std::collections::BTreeMap;
 
+use attache_aws::arn::{
+    arn_region, validate_region, validate_role_arn, validate_rolesanywhere_arn,
+};
 use attache_broker::ecr::registry::{parse_registries, regions};
 use attache_broker::inject::session_duration;
 use attache_broker::names::ANN_ALLOWED_ROLES;
 use attache_broker::policy::{check_role, glob_match};
 use attache_pki::{KeyType, WorkloadIdentity};
-use attache_sidecar::arn::{
-    arn_region, validate_region, validate_role_arn, validate_rolesanywhere_arn,
-};
 use libfuzzer_sys::fuzz_target;
 
 fn count(s: &str, set: &[char]) -> usize {

@@ -13,10 +13,10 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use attache_aws::session::{SessionClient, SessionConfig};
 use attache_broker::ecr::token::{Endpoints, TokenClient};
 use attache_fuzz::{Reply, ReplyServer, runtime, signer, split_line};
 use attache_pki::X509Signer;
-use attache_sidecar::session::{SessionClient, SessionConfig};
 use libfuzzer_sys::fuzz_target;
 
 const STATUSES: [u16; 16] = [
@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
     let expiry = if ecr {
         format!("{}.5", (now + time::Duration::hours(12)).unix_timestamp())
     } else {
-        attache_sidecar::credentials::rfc3339(now + time::Duration::hours(1))
+        attache_aws::credentials::rfc3339(now + time::Duration::hours(1))
     };
     f.server.set(Reply {
         status: STATUSES[usize::from(selector >> 1) % STATUSES.len()],
@@ -121,5 +121,5 @@ fuzz_target!(|data: &[u8]| {
         assert!(ini_safe(&c.session_token), "unsafe session token");
     }
     // The error reader both clients share.
-    let _ = attache_sidecar::aws::json_error(400, None, body);
+    let _ = attache_aws::sigv4::json_error(400, None, body);
 });

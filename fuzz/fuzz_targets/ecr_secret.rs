@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use attache_aws::arn::{validate_role_arn, validate_rolesanywhere_arn};
 use attache_broker::ecr::registry::{parse_registries, regions};
 use attache_broker::ecr::secret::{DATA_KEY, build, desired, foreign_reason, secret_name};
 use attache_broker::ecr::state::{decode, encode};
 use attache_broker::ecr::tokens::Token;
 use attache_broker::ecr::world::SecretInfo;
-use attache_sidecar::arn::{validate_role_arn, validate_rolesanywhere_arn};
 use k8s_openapi::api::core::v1::Secret;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

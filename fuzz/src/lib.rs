@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use attache_aws::cache::{self, CredentialSource, FetchError, RefreshPolicy};
+use attache_aws::credentials::Credentials;
 use attache_pki::{CaOptions, CertificateAuthority, KeyType, PrivateKey, X509Signer};
-use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
-use attache_sidecar::clock::ManualClock;
-use attache_sidecar::credentials::Credentials;
+use attache_rt::clock::ManualClock;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::server::{EndpointState, ImdsTokens};
 use http_body_util::Full;
@@ -123,7 +123,7 @@ pub fn sidecar() -> SocketAddr {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");
         let addr = listener.local_addr().expect("address");
-        rt.spawn(attache_sidecar::serve::serve(
+        rt.spawn(attache_rt::serve::serve(
             listener,
             attache_sidecar::server::service(state),
             None,

@@ -40,15 +40,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use attache_aws::cache::{self, CredentialCache, RefreshPolicy};
+use attache_aws::session::{SessionClient, SessionConfig};
 use attache_emulator::{Emulator, EmulatorConfig, Operation};
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
 };
-use attache_sidecar::cache::{self, CredentialCache, RefreshPolicy};
+use attache_rt::clock::{Clock, ScaledClock};
 use attache_sidecar::certsource::{CertSource, FileSource, FileSourceConfig};
-use attache_sidecar::clock::{Clock, ScaledClock};
 use attache_sidecar::metrics::Metrics;
-use attache_sidecar::session::{SessionClient, SessionConfig};
 use attache_sidecar::source::RolesAnywhereSource;
 use time::OffsetDateTime;
 

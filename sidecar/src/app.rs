@@ -5,13 +5,15 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::cache::{self, CredentialSource as _};
-use crate::cli::{Cli, Command, SourceArgs, init_logging, system_clock};
+use crate::cli::{Cli, Command, SourceArgs, system_clock};
 use crate::metrics::Metrics;
 use crate::server::{EndpointState, ImdsTokens, service};
 use crate::source::RolesAnywhereSource;
 use crate::startup::Breakdown;
-use crate::{serve, token, update};
+use crate::{token, update};
+use attache_aws::cache::{self, CredentialSource as _};
+use attache_rt::logging::init_logging;
+use attache_rt::serve;
 
 fn fail(problems: &[String]) -> ExitCode {
     for p in problems {

@@ -11,9 +11,9 @@ use attache_pki::{KeyType, PrivateKey, X509Signer, should_renew};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::cache::FetchError;
-use crate::clock::Clock;
-use crate::session::error_chain;
+use attache_aws::cache::FetchError;
+use attache_aws::session::error_chain;
+use attache_rt::clock::Clock;
 
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]

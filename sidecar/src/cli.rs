@@ -8,23 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attache_pki::KeyType;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use attache_rt::logging::LogFormat;
+use attache_rt::parse::{duration, key_type};
+use clap::{Args, Parser, Subcommand};
 
-use crate::cache::RefreshPolicy;
 use crate::certsource::{
     BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
 };
 use crate::metrics::Metrics;
-use crate::session::{SessionClient, SessionConfig};
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 15m, 30s)"))
-}
-
-fn key_type(s: &str) -> Result<KeyType, String> {
-    s.parse().map_err(|e: attache_pki::KeyError| e.to_string())
-}
+use attache_aws::cache::RefreshPolicy;
+use attache_aws::session::{SessionClient, SessionConfig};
 
 /// AWS credentials for this pod through IAM Roles Anywhere.
 #[derive(Debug, Parser)]
@@ -54,15 +47,6 @@ pub struct ProbeArgs {
     /// The endpoint's listen address.
     #[arg(long, env = "ATTACHE_LISTEN", default_value = "127.0.0.1:9911")]
     pub listen: SocketAddr,
-}
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (in-cluster default).
-    Json,
-    /// Human-readable lines.
-    Text,
 }
 
 /// Where credentials come from: the role to assume and the certificate to use.
@@ -227,7 +211,7 @@ impl SourceArgs {
         let region = self
             .region
             .clone()
-            .or_else(|| crate::arn::arn_region(&self.trust_anchor_arn).map(str::to_string))
+            .or_else(|| attache_aws::arn::arn_region(&self.trust_anchor_arn).map(str::to_string))
             .unwrap_or_default();
         let extra_roots_pem = match &self.endpoint_ca_bundle {
             Some(p) => match std::fs::read_to_string(p) {
@@ -252,7 +236,7 @@ impl SourceArgs {
             role_session_name: self
                 .role_session_name
                 .as_deref()
-                .map(crate::session::role_session_name)
+                .map(attache_aws::session::role_session_name)
                 .filter(|n| !n.is_empty()),
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
@@ -260,10 +244,10 @@ impl SourceArgs {
         };
         // Report each bad field, not only the first.
         let checks = [
-            crate::arn::validate_region(&config.region),
-            crate::arn::validate_rolesanywhere_arn(&config.profile_arn, "profile"),
-            crate::arn::validate_rolesanywhere_arn(&config.trust_anchor_arn, "trust-anchor"),
-            crate::arn::validate_role_arn(&config.role_arn),
+            attache_aws::arn::validate_region(&config.region),
+            attache_aws::arn::validate_rolesanywhere_arn(&config.profile_arn, "profile"),
+            attache_aws::arn::validate_rolesanywhere_arn(&config.trust_anchor_arn, "trust-anchor"),
+            attache_aws::arn::validate_role_arn(&config.role_arn),
         ];
         problems.extend(
             checks
@@ -334,28 +318,6 @@ impl SourceArgs {
     }
 }
 
-/// Sets up `tracing` output in the chosen format on stderr. `RUST_LOG` takes
-/// `level` or `target=level,...` directives (default `info`); an unparsable
-/// value falls back to `info`. (A `Targets` filter, not `EnvFilter`: no regex
-/// engine in a binary that runs in every pod.)
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter: Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    let registry = tracing_subscriber::registry().with(filter);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
-        LogFormat::Text => registry
-            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
-            .try_init(),
-    };
-}
-
 /// Expands a leading `~/` with `$HOME`.
 pub fn expand_home(path: &str) -> PathBuf {
     match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
@@ -365,6 +327,6 @@ pub fn expand_home(path: &str) -> PathBuf {
 }
 
 /// Shared handle type of the clock used in binaries.
-pub fn system_clock() -> Arc<dyn crate::clock::Clock> {
-    Arc::new(crate::clock::SystemClock)
+pub fn system_clock() -> Arc<dyn attache_rt::clock::Clock> {
+    Arc::new(attache_rt::clock::SystemClock)
 }

@@ -3,27 +3,24 @@
 //! Anywhere `CreateSession`, keeps them fresh, and serves them on the loopback
 //! container-credentials endpoint that every AWS SDK reads.
 //!
-//! - [`session`]: the CreateSession client and its classified errors.
 //! - [`certsource`]: certificates from files or from the broker (CSR + ServiceAccount token).
-//! - [`cache`]: the refresh loop and the read side handlers use.
 //! - [`server`]: `/v1/credentials`, health, readiness, metrics, IMDSv2 paths.
-//! - [`serve`]: the listener loop shared with the broker (timeouts, TLS, graceful shutdown).
 //! - [`cli`]: flags and environment, validated into the pieces above.
 //! - [`app`]: the commands themselves (`serve`, `credential-process`, `update`, `probe`).
 //! - [`startup`]: where start-up time goes, logged when first ready.
+//! - [`source`]: the certificate source plus the CreateSession client, as
+//!   one credential source for the refresh engine.
+//! - [`metrics`]: what the sidecar exports, hooked into the refresh engine.
+//!
+//! The Roles Anywhere client, the refresh engine and credentials live in
+//! `attache-aws`; the clock, listener loop and log set-up in `attache-rt`.
+//! This crate is the binary's own: no other attache crate depends on it.
 
 pub mod app;
-pub mod arn;
-pub mod aws;
-pub mod cache;
 pub mod certsource;
 pub mod cli;
-pub mod clock;
-pub mod credentials;
 pub mod metrics;
-pub mod serve;
 pub mod server;
-pub mod session;
 pub mod source;
 pub mod startup;
 pub mod token;

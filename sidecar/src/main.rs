@@ -35,6 +35,6 @@ fn main() -> ExitCode {
     attache_sidecar::startup::runtime_built();
     runtime.block_on(attache_sidecar::app::run(
         cli,
-        attache_sidecar::serve::shutdown_signal(),
+        attache_rt::serve::shutdown_signal(),
     ))
 }

@@ -92,3 +92,17 @@ impl Metrics {
         out
     }
 }
+
+impl attache_aws::cache::RefreshObserver for Metrics {
+    fn refreshed(&self) {
+        self.refreshes.inc();
+    }
+
+    fn failed(&self, kind: &'static str) {
+        self.refresh_failures
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}

@@ -15,9 +15,9 @@ use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::cache::CredentialCache;
-use crate::credentials::rfc3339;
 use crate::metrics::{Metrics, RequestLabel};
+use attache_aws::cache::CredentialCache;
+use attache_aws::credentials::rfc3339;
 
 /// Largest request body accepted (no endpoint takes a body).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -172,7 +172,7 @@ impl Endpoint {
 
 /// The endpoint service with its body-size and concurrency limits; slow
 /// clients are cut off by the listener's header-read timeout
-/// ([`crate::serve::serve`]).
+/// ([`attache_rt::serve::serve`]).
 pub fn service(
     state: EndpointState,
 ) -> tower::limit::ConcurrencyLimit<tower_http::limit::RequestBodyLimit<Endpoint>> {

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::cache::{CredentialSource, FetchError};
 use crate::certsource::CertSource;
-use crate::clock::Clock;
-use crate::credentials::Credentials;
-use crate::session::SessionClient;
+use attache_aws::cache::{CredentialSource, FetchError};
+use attache_aws::credentials::Credentials;
+use attache_aws::session::SessionClient;
+use attache_rt::clock::Clock;
 
 /// CreateSession signed with the current certificate.
 pub struct RolesAnywhereSource {

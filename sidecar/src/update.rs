@@ -5,7 +5,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use crate::credentials::Credentials;
+use attache_aws::credentials::Credentials;
 
 /// Returns `existing` with profile `profile` set to `creds` (its other keys,
 /// other sections and comments untouched, byte for byte, line endings
@@ -96,8 +96,10 @@ mod tests {
 
     #[test]
     fn replaces_only_the_named_profile() {
-        let creds =
-            crate::credentials::sample(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+        let creds = attache_aws::credentials::sample(
+            time::OffsetDateTime::now_utc(),
+            time::Duration::hours(1),
+        );
         let before = "# keep me\n[default]\naws_access_key_id = OLD\nregion = eu-west-1\naws_session_token = OLDTOKEN\n\n[other]\naws_access_key_id = KEEP\n";
         let after = set_profile(before, "default", &creds);
         assert!(after.contains("# keep me"));
@@ -117,8 +119,10 @@ mod tests {
     /// Lines are now copied with their own endings, and CRLF files stay CRLF.
     #[test]
     fn odd_line_endings_are_kept_and_editing_is_idempotent() {
-        let creds =
-            crate::credentials::sample(time::OffsetDateTime::now_utc(), time::Duration::hours(1));
+        let creds = attache_aws::credentials::sample(
+            time::OffsetDateTime::now_utc(),
+            time::Duration::hours(1),
+        );
         for before in [
             "[other]\r\nk = v\r\r\n\r\n[default]\r\naws_access_key_id = OLD\r\n",
             "[a]\nx = 1\r\r\n[b]\ny = 2\r",

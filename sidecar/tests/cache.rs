@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
-use attache_sidecar::clock::{Clock, ManualClock};
-use attache_sidecar::credentials::Credentials;
+use attache_aws::cache::{self, CredentialSource, FetchError, RefreshPolicy};
+use attache_aws::credentials::Credentials;
+use attache_rt::clock::{Clock, ManualClock};
 use attache_sidecar::metrics::Metrics;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;

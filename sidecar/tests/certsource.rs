@@ -8,10 +8,10 @@ use std::time::Duration;
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
 };
+use attache_rt::clock::ManualClock;
 use attache_sidecar::certsource::{
     BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
 };
-use attache_sidecar::clock::ManualClock;
 use attache_sidecar::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -32,7 +32,7 @@ async fn issue(
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    use attache_sidecar::clock::Clock as _;
+    use attache_rt::clock::Clock as _;
     if !b.up.load(Ordering::SeqCst) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -111,7 +111,7 @@ async fn start_broker(
         .with_state(broker.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(attache_sidecar::serve::serve(
+    tokio::spawn(attache_rt::serve::serve(
         listener,
         app,
         Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls))),

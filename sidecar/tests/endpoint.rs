@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use attache_sidecar::cache::{self, CredentialSource, FetchError, RefreshPolicy};
-use attache_sidecar::clock::SystemClock;
-use attache_sidecar::credentials::Credentials;
+use attache_aws::cache::{self, CredentialSource, FetchError, RefreshPolicy};
+use attache_aws::credentials::Credentials;
+use attache_rt::clock::SystemClock;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::server::{EndpointState, ImdsTokens, service};
 use time::OffsetDateTime;
@@ -57,7 +57,7 @@ async fn start(imds: bool) -> Running {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(attache_sidecar::serve::serve(
+    tokio::spawn(attache_rt::serve::serve(
         listener,
         service(state.clone()),
         None,

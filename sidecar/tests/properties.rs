@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use attache_sidecar::arn::{
+use attache_aws::arn::{
     arn_region, validate_region, validate_role_arn, validate_rolesanywhere_arn,
 };
-use attache_sidecar::cache::RefreshPolicy;
+use attache_aws::cache::RefreshPolicy;
 use attache_sidecar::cli::{Cli, Command};
 use clap::Parser as _;
 use proptest::prelude::*;

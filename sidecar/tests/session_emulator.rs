@@ -7,11 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use attache_sidecar::cache::{self, RefreshPolicy};
+use attache_aws::cache::{self, RefreshPolicy};
+use attache_aws::session::{SessionClient, SessionConfig};
+use attache_rt::clock::SystemClock;
 use attache_sidecar::certsource::{CertSource, FileSource, FileSourceConfig};
-use attache_sidecar::clock::SystemClock;
 use attache_sidecar::metrics::Metrics;
-use attache_sidecar::session::{SessionClient, SessionConfig};
 use attache_sidecar::source::RolesAnywhereSource;
 use common::*;
 
@@ -175,10 +175,7 @@ async fn session_names_are_made_valid_and_need_a_profile_that_accepts_them() {
         .await
         .unwrap();
     let used = &w.emulator.sessions()[0].role_session_name;
-    assert_eq!(
-        used,
-        &attache_sidecar::session::role_session_name(&long_pod)
-    );
+    assert_eq!(used, &attache_aws::session::role_session_name(&long_pod));
     assert_eq!(used.len(), 64);
     assert!(used.starts_with("batch-batch-"), "{used}");
     assert_eq!(creds.role_arn, ROLE);

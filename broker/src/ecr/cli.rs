@@ -35,21 +35,9 @@ pub struct EcrControllerArgs {
     /// Trust domain: the cluster's name in SPIFFE IDs (as the broker's --trust-domain).
     #[arg(long, env = "ATTACHE_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
-    /// Default AWS region of sessions (else the trust anchor ARN's region).
-    #[arg(long, env = "ATTACHE_REGION", default_value = "")]
-    pub region: String,
-    /// Default Roles Anywhere profile ARN for ECR sessions (required).
-    #[arg(long, env = "ATTACHE_PROFILE_ARN")]
-    pub profile_arn: Option<String>,
-    /// Default trust anchor ARN for ECR sessions (required).
-    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
-    pub trust_anchor_arn: Option<String>,
-    /// Profile ARNs (globs) a ServiceAccount may name in attache.dev/profile-arn besides the default, comma-separated.
-    #[arg(long, env = "ATTACHE_ALLOWED_PROFILE_ARNS", value_delimiter = ',')]
-    pub allowed_profile_arns: Vec<String>,
-    /// Trust anchor ARNs (globs) a ServiceAccount may name in attache.dev/trust-anchor-arn besides the default, comma-separated.
-    #[arg(long, env = "ATTACHE_ALLOWED_TRUST_ANCHOR_ARNS", value_delimiter = ',')]
-    pub allowed_trust_anchor_arns: Vec<String>,
+    /// Roles Anywhere defaults and the overrides ServiceAccounts may ask for.
+    #[command(flatten)]
+    pub session: crate::flags::SessionDefaults,
     /// Enforce the namespace annotation attache.dev/allowed-roles.
     #[arg(long, env = "ATTACHE_NAMESPACE_RESTRICTIONS", default_value_t = true, action = ArgAction::Set)]
     pub namespace_restrictions: bool,
@@ -60,8 +48,8 @@ pub struct EcrControllerArgs {
     #[arg(long, env = "ATTACHE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// Log format: json or text.
-    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_sidecar::cli::LogFormat::Json)]
-    pub log_format: attache_sidecar::cli::LogFormat,
+    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
+    pub log_format: attache_rt::logging::LogFormat,
     /// The controller's work.
     #[command(flatten)]
     pub ecr: EcrArgs,
@@ -71,12 +59,14 @@ impl EcrControllerArgs {
     /// Checks the flags, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         self.ecr.validate()?;
-        let (Some(profile), Some(anchor)) = (&self.profile_arn, &self.trust_anchor_arn) else {
+        let (Some(profile), Some(anchor)) =
+            (&self.session.profile_arn, &self.session.trust_anchor_arn)
+        else {
             anyhow::bail!("the ECR controller needs --profile-arn and --trust-anchor-arn");
         };
-        attache_sidecar::arn::validate_rolesanywhere_arn(profile, "profile")
+        attache_aws::arn::validate_rolesanywhere_arn(profile, "profile")
             .map_err(|e| anyhow::anyhow!("--profile-arn: {e}"))?;
-        attache_sidecar::arn::validate_rolesanywhere_arn(anchor, "trust-anchor")
+        attache_aws::arn::validate_rolesanywhere_arn(anchor, "trust-anchor")
             .map_err(|e| anyhow::anyhow!("--trust-anchor-arn: {e}"))?;
         Ok(())
     }
@@ -175,10 +165,10 @@ pub async fn start(args: EcrControllerArgs, client: kube::Client) -> Result<Runn
             get(|State((m, _)): State<(Metrics, Arc<AtomicBool>)>| async move { m.encode() }),
         )
         .with_state((metrics.clone(), ready.clone()));
-    let listener = attache_sidecar::serve::bind(args.admin_listen).await?;
+    let listener = attache_rt::serve::bind(args.admin_listen).await?;
     let admin_addr = listener.local_addr()?;
     let (admin_stop, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_admin = tokio::spawn(attache_sidecar::serve::serve(
+    let serve_admin = tokio::spawn(attache_rt::serve::serve(
         listener,
         admin,
         None,
@@ -198,14 +188,10 @@ pub async fn start(args: EcrControllerArgs, client: kube::Client) -> Result<Runn
                     ca: Arc::new(ca),
                     namespace: args.namespace.clone(),
                     trust_domain: args.trust_domain.clone(),
-                    region: args.region.clone(),
-                    profile_arn: args.profile_arn.clone(),
-                    trust_anchor_arn: args.trust_anchor_arn.clone(),
-                    allowed_profile_arns: args.allowed_profile_arns.clone(),
-                    allowed_trust_anchor_arns: args.allowed_trust_anchor_arns.clone(),
+                    session: args.session.clone(),
                     namespace_restrictions: args.namespace_restrictions,
                     metrics,
-                    clock: Arc::new(attache_sidecar::clock::SystemClock),
+                    clock: Arc::new(attache_rt::clock::SystemClock),
                 },
             )
             .await;
@@ -236,6 +222,6 @@ pub async fn start(args: EcrControllerArgs, client: kube::Client) -> Result<Runn
 /// Runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(args: EcrControllerArgs, client: kube::Client) -> Result<()> {
     let running = start(args, client).await?;
-    attache_sidecar::serve::shutdown_signal().await;
+    attache_rt::serve::shutdown_signal().await;
     running.shutdown().await
 }

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use attache_sidecar::cache::RefreshPolicy;
-use attache_sidecar::clock::Clock;
+use attache_aws::cache::RefreshPolicy;
+use attache_rt::clock::Clock;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Secret, ServiceAccount};
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -358,7 +358,7 @@ impl Controller {
     async fn pair_credentials(
         &self,
         pair: &Pair,
-    ) -> Result<Arc<attache_sidecar::credentials::Credentials>, TokenFailure> {
+    ) -> Result<Arc<attache_aws::credentials::Credentials>, TokenFailure> {
         let mut last = TokenFailure {
             kind: "unavailable".into(),
             message: "no ServiceAccount uses this token".into(),

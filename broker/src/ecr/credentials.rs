@@ -18,13 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use attache_aws::cache::RefreshPolicy;
+use attache_aws::credentials::Credentials;
+use attache_aws::session::{SessionClient, SessionConfig};
 use attache_pki::{
     CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity, X509Signer,
 };
-use attache_sidecar::cache::RefreshPolicy;
-use attache_sidecar::clock::Clock;
-use attache_sidecar::credentials::Credentials;
-use attache_sidecar::session::{SessionClient, SessionConfig};
+use attache_rt::clock::Clock;
 use time::OffsetDateTime;
 
 use super::tokens::TokenFailure;
@@ -120,7 +120,7 @@ impl SessionSettings {
         let (region, endpoint) = match self.endpoints.by_region.get(ecr_region) {
             Some(url) => (ecr_region.to_string(), Some(url.clone())),
             None => (
-                attache_sidecar::arn::arn_region(trust_anchor)
+                attache_aws::arn::arn_region(trust_anchor)
                     .filter(|r| !r.is_empty())
                     .unwrap_or(&self.region)
                     .to_string(),

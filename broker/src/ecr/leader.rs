@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attache_sidecar::clock::Clock;
+use attache_rt::clock::Clock;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};

@@ -45,18 +45,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use attache_aws::cache::RefreshPolicy;
 use attache_pki::CertificateAuthority;
-use attache_sidecar::cache::RefreshPolicy;
-use attache_sidecar::clock::Clock;
+use attache_rt::clock::Clock;
+use attache_rt::parse::duration;
 use clap::Args;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 6h, 90m, 15s)"))
-}
 
 /// Flags of the ECR controller's work (flattened into `attache-broker
 /// ecr-controller`); each also settable by its `ATTACHE_*` variable.
@@ -134,7 +130,7 @@ impl EcrArgs {
             "--ecr-session-rate must be a number >= 0"
         );
         if let Some(role) = &self.ecr_role_arn {
-            attache_sidecar::arn::validate_role_arn(role).context("--ecr-role-arn")?;
+            attache_aws::arn::validate_role_arn(role).context("--ecr-role-arn")?;
         }
         token::Endpoints::parse(self.ecr_endpoint.as_deref())
             .map_err(|e| anyhow::anyhow!("--ecr-endpoint: {e}"))?;
@@ -155,16 +151,8 @@ pub struct EcrContext {
     pub namespace: String,
     /// Trust domain of certificates.
     pub trust_domain: String,
-    /// Default AWS region (used when the trust anchor ARN names none).
-    pub region: String,
-    /// Default Roles Anywhere profile ARN (required).
-    pub profile_arn: Option<String>,
-    /// Default trust anchor ARN (required).
-    pub trust_anchor_arn: Option<String>,
-    /// Allowed profile / trust anchor overrides (`--allowed-profile-arns`, `--allowed-trust-anchor-arns`).
-    pub allowed_profile_arns: Vec<String>,
-    /// See `allowed_profile_arns`.
-    pub allowed_trust_anchor_arns: Vec<String>,
+    /// Roles Anywhere defaults (profile and trust anchor required) and allowed overrides.
+    pub session: crate::flags::SessionDefaults,
     /// Enforce `attache.dev/allowed-roles`.
     pub namespace_restrictions: bool,
     /// Metrics.
@@ -233,19 +221,20 @@ fn identity(args: &EcrArgs) -> String {
 /// Returns at once; an error names the missing or bad setting.
 pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
     args.validate()?;
-    let (Some(profile_arn), Some(trust_anchor_arn)) =
-        (ctx.profile_arn.clone(), ctx.trust_anchor_arn.clone())
-    else {
+    let (Some(profile_arn), Some(trust_anchor_arn)) = (
+        ctx.session.profile_arn.clone(),
+        ctx.session.trust_anchor_arn.clone(),
+    ) else {
         anyhow::bail!("the ECR controller needs --profile-arn and --trust-anchor-arn");
     };
-    attache_sidecar::arn::validate_rolesanywhere_arn(&profile_arn, "profile")
+    attache_aws::arn::validate_rolesanywhere_arn(&profile_arn, "profile")
         .context("--profile-arn")?;
-    attache_sidecar::arn::validate_rolesanywhere_arn(&trust_anchor_arn, "trust-anchor")
+    attache_aws::arn::validate_rolesanywhere_arn(&trust_anchor_arn, "trust-anchor")
         .context("--trust-anchor-arn")?;
-    let region = attache_sidecar::arn::arn_region(&trust_anchor_arn)
+    let region = attache_aws::arn::arn_region(&trust_anchor_arn)
         .filter(|r| !r.is_empty())
         .map(str::to_string)
-        .unwrap_or_else(|| ctx.region.clone());
+        .unwrap_or_else(|| ctx.session.region.clone());
     anyhow::ensure!(
         !region.is_empty(),
         "no region for the ECR controller's Roles Anywhere sessions: set --region"
@@ -361,8 +350,8 @@ fn new_term(
             overrides: crate::policy::ArnOverrides {
                 default_profile: Some(defaults.0.clone()),
                 default_trust_anchor: Some(defaults.1.clone()),
-                allowed_profiles: ctx.allowed_profile_arns.clone(),
-                allowed_trust_anchors: ctx.allowed_trust_anchor_arns.clone(),
+                allowed_profiles: ctx.session.allowed_profile_arns.clone(),
+                allowed_trust_anchors: ctx.session.allowed_trust_anchor_arns.clone(),
             },
             restrictions: ctx.namespace_restrictions,
             workers: args.ecr_workers,

@@ -69,7 +69,7 @@ pub fn secret_name(sa: &str) -> String {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    attache_sidecar::credentials::rfc3339(t)
+    attache_aws::credentials::rfc3339(t)
 }
 
 /// The `.dockerconfigjson` for `registries` with the tokens by region.

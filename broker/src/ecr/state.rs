@@ -42,7 +42,7 @@ struct Entry {
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    attache_sidecar::credentials::rfc3339(t)
+    attache_aws::credentials::rfc3339(t)
 }
 
 fn parse_time(s: &str) -> Option<OffsetDateTime> {
@@ -77,8 +77,8 @@ pub fn decode(bytes: &[u8]) -> Vec<(Pair, Token)> {
     entries
         .into_iter()
         .filter_map(|e| {
-            attache_sidecar::arn::validate_role_arn(&e.role).ok()?;
-            attache_sidecar::arn::validate_rolesanywhere_arn(&e.profile, "profile").ok()?;
+            attache_aws::arn::validate_role_arn(&e.role).ok()?;
+            attache_aws::arn::validate_rolesanywhere_arn(&e.profile, "profile").ok()?;
             let region_ok = !e.region.is_empty()
                 && e.region.len() <= 32
                 && e.region

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use attache_sidecar::credentials::Credentials;
+use attache_aws::credentials::Credentials;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
@@ -224,7 +224,7 @@ impl TokenClient {
         let body = b"{}";
         let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", TARGET)];
         let signed_at = SystemTime::now();
-        let signed = attache_sidecar::aws::sigv4_headers(
+        let signed = attache_aws::sigv4::sigv4_headers(
             "POST",
             &url,
             &headers,
@@ -247,7 +247,7 @@ impl TokenClient {
             } else {
                 TokenError::Transport {
                     endpoint: url.clone(),
-                    reason: attache_sidecar::session::error_chain(&e),
+                    reason: attache_aws::session::error_chain(&e),
                 }
             }
         };
@@ -268,7 +268,7 @@ impl TokenClient {
         }
         if !(200..300).contains(&status) {
             let (code, message) =
-                attache_sidecar::aws::json_error(status, error_type.as_deref(), &bytes);
+                attache_aws::sigv4::json_error(status, error_type.as_deref(), &bytes);
             let message: String = message.chars().take(300).collect();
             return Err(TokenError::Aws {
                 region: region.to_string(),

@@ -10,9 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_sidecar::cache::RefreshPolicy;
-use attache_sidecar::clock::Clock;
-use attache_sidecar::credentials::Credentials;
+use attache_aws::cache::RefreshPolicy;
+use attache_aws::credentials::Credentials;
+use attache_rt::clock::Clock;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -291,7 +291,7 @@ impl Tokens {
                 tracing::info!(
                     role_arn = %role,
                     region = %region,
-                    expires_at = %attache_sidecar::credentials::rfc3339(token.expires_at),
+                    expires_at = %attache_aws::credentials::rfc3339(token.expires_at),
                     "obtained an ECR registry token"
                 );
                 Ok(token)
@@ -308,7 +308,7 @@ impl Tokens {
                     kind = %e.kind,
                     error = %e.message,
                     retry_in_ms = delay.as_millis() as u64,
-                    keeping_until = ?valid_until.map(attache_sidecar::credentials::rfc3339),
+                    keeping_until = ?valid_until.map(attache_aws::credentials::rfc3339),
                     "ECR token refresh failed"
                 );
                 match valid_until {
@@ -377,7 +377,7 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attache_sidecar::clock::ManualClock;
+    use attache_rt::clock::ManualClock;
 
     fn tokens(clock: &ManualClock) -> Tokens {
         Tokens::new(

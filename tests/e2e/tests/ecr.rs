@@ -101,14 +101,15 @@ impl World {
             ca: self.ca.clone(),
             namespace: BROKER_NS.into(),
             trust_domain: "cluster.local".into(),
-            region: "us-east-1".into(),
-            profile_arn: Some(ECR_PROFILE.into()),
-            trust_anchor_arn: Some(ANCHOR.into()),
-            allowed_profile_arns: vec![],
-            allowed_trust_anchor_arns: vec![],
+            session: attache_broker::flags::SessionDefaults {
+                region: "us-east-1".into(),
+                profile_arn: Some(ECR_PROFILE.into()),
+                trust_anchor_arn: Some(ANCHOR.into()),
+                ..Default::default()
+            },
             namespace_restrictions: true,
             metrics: Metrics::default(),
-            clock: Arc::new(attache_sidecar::clock::SystemClock),
+            clock: Arc::new(attache_rt::clock::SystemClock),
         };
         attache_broker::ecr::start(&args, ctx).await.unwrap()
     }

@@ -81,7 +81,7 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
     let expires =
         time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
             .unwrap();
-    let left = expires - attache_sidecar::clock::Clock::now(&w.clock);
+    let left = expires - attache_rt::clock::Clock::now(&w.clock);
     assert!(
         left > time::Duration::hours(11) && left <= time::Duration::hours(12),
         "{left}"
@@ -580,7 +580,7 @@ fn forged_pull_secret(name: &str, owner: &Value, host: &str, role: &str) -> Valu
     use attache_broker::ecr::secret::{DATA_KEY, data_hash};
     use k8s_openapi::ByteString;
     let now = time::OffsetDateTime::now_utc();
-    let rfc = |t: time::OffsetDateTime| attache_sidecar::credentials::rfc3339(t);
+    let rfc = |t: time::OffsetDateTime| attache_aws::credentials::rfc3339(t);
     let config = json!({"auths": {host: {
         "username": "AWS",
         "password": "forged-password",
@@ -640,7 +640,7 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
     let state = json!([{
         "role": ROLE, "region": "us-east-1", "profile": PROFILE,
         "password": "forged-password",
-        "obtainedAt": attache_sidecar::credentials::rfc3339(time::OffsetDateTime::now_utc()),
+        "obtainedAt": attache_aws::credentials::rfc3339(time::OffsetDateTime::now_utc()),
         "expiresAt": "2099-01-01T00:00:00Z",
     }]);
     let forged_state = w
@@ -708,7 +708,7 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
             time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
                 .unwrap();
         assert!(
-            expires - attache_sidecar::clock::Clock::now(&w.clock) <= time::Duration::hours(12),
+            expires - attache_rt::clock::Clock::now(&w.clock) <= time::Duration::hours(12),
             "{ns}: no adopted far-future expiry"
         );
     }

@@ -1,5 +1,5 @@
 //! A minimal SDK-style client for the emulator's STS and ECR operations,
-//! signed with `attache_sidecar::aws` (the `aws-sigv4` crate, as the AWS SDKs
+//! signed with `attache_aws::sigv4` (the `aws-sigv4` crate, as the AWS SDKs
 //! sign): for the demo, and for tests that prove credentials work end to end.
 
 /// Temporary credentials to sign with.
@@ -41,12 +41,12 @@ pub async fn signed_post(
     body: &str,
 ) -> anyhow::Result<Reply> {
     let url = format!("{}/", base.trim_end_matches('/'));
-    let signing = attache_sidecar::aws::SigningCredentials {
+    let signing = attache_aws::sigv4::SigningCredentials {
         access_key_id: creds.access_key_id.clone(),
         secret_access_key: creds.secret_access_key.clone().into(),
         session_token: Some(creds.session_token.clone().into()),
     };
-    let signed = attache_sidecar::aws::sigv4_headers(
+    let signed = attache_aws::sigv4::sigv4_headers(
         "POST",
         &url,
         headers,

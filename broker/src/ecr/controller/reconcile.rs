@@ -54,7 +54,7 @@ impl Controller {
             self.warn(key, &sa.uid, "NoEcrRole", note).await;
             return Ok(());
         };
-        if let Err(e) = attache_sidecar::arn::validate_role_arn(&role) {
+        if let Err(e) = attache_aws::arn::validate_role_arn(&role) {
             self.warn(
                 key,
                 &sa.uid,
@@ -109,7 +109,7 @@ impl Controller {
             (crate::names::ANN_PROFILE_ARN, &profile, "profile"),
             (crate::names::ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
         ] {
-            if let Err(e) = attache_sidecar::arn::validate_rolesanywhere_arn(arn, kind) {
+            if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
                 self.warn(key, &sa.uid, "InvalidEcrProfile", format!("{what}: {e}"))
                     .await;
                 return Ok(());

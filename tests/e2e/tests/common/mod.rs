@@ -166,7 +166,7 @@ pub async fn broker() -> &'static SharedBroker {
     static BROKER: tokio::sync::OnceCell<SharedBroker> = tokio::sync::OnceCell::const_new();
     BROKER
         .get_or_init(|| async {
-            attache_sidecar::cli::init_logging(attache_sidecar::cli::LogFormat::Text);
+            attache_rt::logging::init_logging(attache_rt::logging::LogFormat::Text);
             let server = deployed().await;
             let kubeconfig = server.kubeconfig_yaml(
                 "attache-broker",

@@ -22,7 +22,7 @@ use attache_broker::metrics::Metrics;
 use attache_e2e::{ApiServer, ApiServerOptions, FaultProxy};
 use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
 use attache_pki::{CaOptions, CertificateAuthority};
-use attache_sidecar::clock::{Clock, ManualClock};
+use attache_rt::clock::{Clock, ManualClock};
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
@@ -249,11 +249,12 @@ impl World {
             ca: self.ca.clone(),
             namespace: BROKER_NS.into(),
             trust_domain: "cluster.local".into(),
-            region: "us-east-1".into(),
-            profile_arn: Some(PROFILE.into()),
-            trust_anchor_arn: Some(ANCHOR.into()),
-            allowed_profile_arns: vec![],
-            allowed_trust_anchor_arns: vec![],
+            session: attache_broker::flags::SessionDefaults {
+                region: "us-east-1".into(),
+                profile_arn: Some(PROFILE.into()),
+                trust_anchor_arn: Some(ANCHOR.into()),
+                ..Default::default()
+            },
             namespace_restrictions: true,
             metrics: metrics.clone(),
             clock: Arc::new(self.clock.clone()) as Arc<dyn Clock>,

@@ -12,8 +12,8 @@ use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
 use crate::arn::{ConfigError, validate_region, validate_role_arn, validate_rolesanywhere_arn};
-use crate::clock::{Clock, SystemClock};
 use crate::credentials::Credentials;
+use attache_rt::clock::{Clock, SystemClock};
 
 /// Largest CreateSession reply read (AWS's are about 2 KiB).
 const MAX_REPLY_BYTES: usize = 256 * 1024;
@@ -346,7 +346,7 @@ impl SessionClient {
             )));
         }
         if !(200..300).contains(&status) {
-            let (code, message) = crate::aws::json_error(status, error_type.as_deref(), &bytes);
+            let (code, message) = crate::sigv4::json_error(status, error_type.as_deref(), &bytes);
             return Err(SessionError::Aws {
                 status,
                 code,

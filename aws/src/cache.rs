@@ -9,9 +9,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::clock::Clock;
 use crate::credentials::Credentials;
-use crate::metrics::Metrics;
+use attache_rt::clock::Clock;
 
 /// When to refresh and how to back off.
 #[derive(Clone, Debug)]
@@ -278,28 +277,42 @@ impl CredentialCache {
     }
 }
 
+/// What the refresh engine reports as it goes: the hook a binary's metrics
+/// hang on. `()` reports nothing.
+pub trait RefreshObserver: Send + Sync + 'static {
+    /// A refresh obtained new credentials.
+    fn refreshed(&self);
+    /// A refresh failed; `kind` is [`FetchError::kind`].
+    fn failed(&self, kind: &'static str);
+}
+
+impl RefreshObserver for () {
+    fn refreshed(&self) {}
+    fn failed(&self, _kind: &'static str) {}
+}
+
 /// Starts the refresh task and returns the cache it fills. The task runs
 /// until the returned handle is aborted or the runtime shuts down.
-pub fn spawn<S: CredentialSource>(
+pub fn spawn<S: CredentialSource, O: RefreshObserver>(
     source: S,
     policy: RefreshPolicy,
     clock: Arc<dyn Clock>,
-    metrics: Metrics,
+    observer: O,
 ) -> (CredentialCache, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let cache = CredentialCache {
         current: rx,
         clock: clock.clone(),
     };
-    let task = tokio::spawn(refresh_loop(source, policy, clock, metrics, tx));
+    let task = tokio::spawn(refresh_loop(source, policy, clock, observer, tx));
     (cache, task)
 }
 
-async fn refresh_loop<S: CredentialSource>(
+async fn refresh_loop<S: CredentialSource, O: RefreshObserver>(
     source: S,
     policy: RefreshPolicy,
     clock: Arc<dyn Clock>,
-    metrics: Metrics,
+    observer: O,
     tx: watch::Sender<Option<Arc<Held>>>,
 ) {
     let mut failures: u32 = 0;
@@ -307,7 +320,7 @@ async fn refresh_loop<S: CredentialSource>(
         match source.fetch().await {
             Ok(creds) => {
                 failures = 0;
-                metrics.refreshes.inc();
+                observer.refreshed();
                 let next =
                     policy.spread_refresh_at(creds.issued_at, creds.expiration, random_unit());
                 tracing::info!(
@@ -321,12 +334,7 @@ async fn refresh_loop<S: CredentialSource>(
                 clock.sleep_until(next).await;
             }
             Err(e) => {
-                metrics
-                    .refresh_failures
-                    .get_or_create(&crate::metrics::KindLabel {
-                        kind: e.kind.to_string(),
-                    })
-                    .inc();
+                observer.failed(e.kind);
                 let delay = if e.kind == "throttled" {
                     policy.throttled_backoff(failures)
                 } else if e.retryable {

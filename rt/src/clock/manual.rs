@@ -1,5 +1,5 @@
-//! Wall-clock time and sleeping, injectable so refresh timing can be tested
-//! without waiting hours.
+//! Clocks for tests and benchmarks (feature `test-clock`): one that moves
+//! only when told to, and one that runs faster than real time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,34 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-/// A source of the current time that can also wait for a moment to arrive.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time.
-    fn now(&self) -> OffsetDateTime;
-    /// Resolves once `now() >= deadline`.
-    fn sleep_until(
-        &self,
-        deadline: OffsetDateTime,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
-}
-
-/// The real clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-
-    fn sleep_until(
-        &self,
-        deadline: OffsetDateTime,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        let wait: Duration = (deadline - self.now()).try_into().unwrap_or_default();
-        Box::pin(tokio::time::sleep(wait))
-    }
-}
+use super::Clock;
 
 /// A clock that only moves when told to, for tests.
 #[derive(Clone, Debug)]

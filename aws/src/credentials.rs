@@ -110,8 +110,9 @@ pub struct ProcessCredentials<'a> {
     expiration: String,
 }
 
-#[cfg(test)]
-pub(crate) fn sample(issued_at: OffsetDateTime, lifetime: time::Duration) -> Credentials {
+/// A fixed credential set for tests (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub fn sample(issued_at: OffsetDateTime, lifetime: time::Duration) -> Credentials {
     Credentials {
         access_key_id: "ASIAEXAMPLE".into(),
         secret_access_key: Zeroizing::new("s3cr3t-value".into()),

@@ -1,0 +1,18 @@
+//! attache's AWS side, shared by the sidecar, the broker's ECR controller and
+//! the emulator's client: ARN validation ([`arn`]), temporary
+//! [`credentials`], SigV4 signing and AWS error replies ([`sigv4`]), the IAM
+//! Roles Anywhere `CreateSession` client ([`session`]) and the refresh engine
+//! that keeps credentials fresh from any [`cache::CredentialSource`]
+//! ([`cache`]), reporting through a [`cache::RefreshObserver`] hook.
+//!
+//! Depends on `attache-pki` and `attache-rt` only: never on a binary crate,
+//! and knows nothing of Kubernetes.
+
+pub mod arn;
+pub mod cache;
+pub mod credentials;
+pub mod session;
+pub mod sigv4;
+
+/// The clock the engine runs on (re-exported for callers of this crate).
+pub use attache_rt::clock;

@@ -139,6 +139,15 @@ impl RefreshPolicy {
         self.capped_backoff(attempt, cap, random_unit())
     }
 
+    /// The delay after an error that needs a configuration change (denied,
+    /// invalid): between half of `backoff_max` and all of it, so a
+    /// misconfigured pod is never retried fast, and many of them do not
+    /// retry together.
+    pub fn configuration_backoff(&self) -> Duration {
+        let half = self.backoff_max / 2;
+        half + half.mul_f64(random_unit())
+    }
+
     fn capped_backoff(&self, attempt: u32, cap: Duration, unit: f64) -> Duration {
         let base = self
             .backoff_initial
@@ -341,7 +350,7 @@ async fn refresh_loop<S: CredentialSource, O: RefreshObserver>(
                     policy.backoff(failures)
                 } else {
                     // Needs a configuration change: retry slowly, loudly.
-                    policy.backoff(u32::MAX / 2)
+                    policy.configuration_backoff()
                 };
                 failures = failures.saturating_add(1);
                 let held = tx.borrow().as_ref().map(|h| h.credentials.expiration);
@@ -459,6 +468,10 @@ mod tests {
                 t >= Duration::from_millis(250) && t <= base.min(Duration::from_secs(10)),
                 "throttled attempt {attempt}: {t:?}"
             );
+        }
+        for _ in 0..100 {
+            let c = p.configuration_backoff();
+            assert!(c >= p.backoff_max / 2 && c <= p.backoff_max, "{c:?}");
         }
         let samples: std::collections::HashSet<_> = (0..20).map(|_| p.backoff(5)).collect();
         assert!(samples.len() > 1, "jitter varies the delay");

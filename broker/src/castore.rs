@@ -11,7 +11,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::names::{CA_BUNDLE_CONFIGMAP, MANAGED_BY};
+use attache_api::names::{CA_BUNDLE_CONFIGMAP, MANAGED_BY};
 
 /// Key of the CA certificate in the Secret and ConfigMap.
 pub const CERT_KEY: &str = "ca.pem";

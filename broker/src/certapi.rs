@@ -14,13 +14,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
+
+use attache_api::certificates::{CertificateReply, CertificateRequest, ErrorReply};
 
 use crate::inject::pod_role;
 use crate::metrics::Metrics;
-use crate::names::{ANN_ROLE_ARN, TOKEN_AUDIENCE};
 use crate::policy::check_role;
+use attache_api::names::{ANN_ROLE_ARN, TOKEN_AUDIENCE};
 
 /// How long a successful TokenReview is reused.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -138,7 +140,14 @@ pub struct Refusal(pub StatusCode, pub &'static str, pub String);
 
 impl Refusal {
     fn into_response(self) -> (StatusCode, Json<Value>) {
-        (self.0, Json(json!({"error": self.1, "message": self.2})))
+        let reply = ErrorReply {
+            error: Some(self.1.to_string()),
+            message: Some(self.2),
+        };
+        (
+            self.0,
+            Json(serde_json::to_value(reply).unwrap_or_default()),
+        )
     }
 }
 
@@ -397,7 +406,11 @@ impl CertApi {
     }
 
     /// The whole request: authenticate, authorize, verify the CSR, issue.
-    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
+    pub async fn handle(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<CertificateReply, Refusal> {
         let token = bearer_token(headers)?;
         let (caller, role) = self.identify(token).await?;
         let key: IdentityKey = (
@@ -456,11 +469,11 @@ impl CertApi {
             "issued workload certificate"
         );
         self.metrics.certificates_issued.inc();
-        Ok(json!({
-            "certificate": leaf.pem,
-            "chain": [],
-            "notAfter": attache_aws::credentials::rfc3339(leaf.not_after),
-        }))
+        Ok(CertificateReply {
+            certificate: leaf.pem,
+            chain: vec![],
+            not_after: Some(attache_aws::credentials::rfc3339(leaf.not_after)),
+        })
     }
 }
 
@@ -491,14 +504,16 @@ pub fn csr_from_body(body: &[u8]) -> Result<VerifiedCsr, Refusal> {
             format!("body is not JSON: {e}"),
         )
     })?;
-    let csr_pem = request.get("csr").and_then(Value::as_str).ok_or_else(|| {
+    // Read as a value first, so a missing or mistyped field gets the
+    // message below rather than serde's.
+    let request: CertificateRequest = serde_json::from_value(request).map_err(|_| {
         Refusal(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "field \"csr\" (a PEM string) is required".into(),
         )
     })?;
-    VerifiedCsr::parse(csr_pem.as_bytes()).map_err(|e| {
+    VerifiedCsr::parse(request.csr.as_bytes()).map_err(|e| {
         Refusal(
             StatusCode::BAD_REQUEST,
             "bad_csr",
@@ -514,7 +529,10 @@ pub async fn issue(
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
     match api.handle(&headers, &body).await {
-        Ok(v) => (StatusCode::OK, Json(v)),
+        Ok(reply) => (
+            StatusCode::OK,
+            Json(serde_json::to_value(reply).unwrap_or_default()),
+        ),
         Err(r) => {
             tracing::warn!(status = r.0.as_u16(), error = r.1, message = %r.2, "refused certificate request");
             Metrics::count(&api.metrics.certificates_refused, r.1);
@@ -540,6 +558,7 @@ fn remember(refusals: &Mutex<HashMap<[u8; 32], Instant>>, key: [u8; 32], until: 
 mod precheck_tests {
     use super::*;
     use base64::Engine as _;
+    use serde_json::json;
 
     fn jwt(claims: Value) -> String {
         let enc =

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::names::*;
 use crate::policy::check_role;
+use attache_api::env;
+use attache_api::names::*;
 
 /// Broker settings the injection uses.
 #[derive(Clone, Debug)]
@@ -244,11 +245,11 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
     let mut ops = Vec::new();
     let app_env = [
         (
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://127.0.0.1:{SIDECAR_PORT}/v1/credentials"),
+            env::AWS_CONTAINER_CREDENTIALS_FULL_URI,
+            format!("http://127.0.0.1:{SIDECAR_PORT}{CREDENTIALS_PATH}"),
         ),
         (
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+            env::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE,
             TOKEN_FILE.to_string(),
         ),
         ("AWS_REGION", region.clone()),
@@ -374,12 +375,12 @@ fn session_name_env(setting: &str) -> Vec<Value> {
     }
     if setting.eq_ignore_ascii_case("pod") {
         return vec![
-            json!({"name": "ATTACHE_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
-            json!({"name": "ATTACHE_ROLE_SESSION_NAME", "value": "$(ATTACHE_POD_NAME)"}),
+            json!({"name": env::POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": env::ROLE_SESSION_NAME, "value": format!("$({})", env::POD_NAME)}),
         ];
     }
     vec![json!({
-        "name": "ATTACHE_ROLE_SESSION_NAME",
+        "name": env::ROLE_SESSION_NAME,
         "value": attache_aws::session::role_session_name(setting),
     })]
 }
@@ -394,20 +395,20 @@ fn sidecar_container(
     session_name: &str,
 ) -> Value {
     let env = [
-        ("ATTACHE_REGION", region.to_string()),
-        ("ATTACHE_ROLE_ARN", role.to_string()),
-        ("ATTACHE_PROFILE_ARN", profile.to_string()),
-        ("ATTACHE_TRUST_ANCHOR_ARN", anchor.to_string()),
-        ("ATTACHE_SESSION_DURATION", duration.to_string()),
-        ("ATTACHE_BROKER_URL", cfg.broker_url.clone()),
-        ("ATTACHE_CA_BUNDLE_PEM", cfg.ca_bundle_pem.clone()),
+        (env::REGION, region.to_string()),
+        (env::ROLE_ARN, role.to_string()),
+        (env::PROFILE_ARN, profile.to_string()),
+        (env::TRUST_ANCHOR_ARN, anchor.to_string()),
+        (env::SESSION_DURATION, duration.to_string()),
+        (env::BROKER_URL, cfg.broker_url.clone()),
+        (env::CA_BUNDLE_PEM, cfg.ca_bundle_pem.clone()),
         (
-            "ATTACHE_SERVICE_ACCOUNT_TOKEN_FILE",
+            env::SERVICE_ACCOUNT_TOKEN_FILE,
             format!("{SA_TOKEN_DIR}/token"),
         ),
-        ("ATTACHE_TOKEN_FILE", TOKEN_FILE.to_string()),
-        ("ATTACHE_LISTEN", format!("127.0.0.1:{SIDECAR_PORT}")),
-        ("ATTACHE_LOG_FORMAT", "json".to_string()),
+        (env::TOKEN_FILE, TOKEN_FILE.to_string()),
+        (env::LISTEN, format!("127.0.0.1:{SIDECAR_PORT}")),
+        (env::LOG_FORMAT, "json".to_string()),
     ];
     let mut c = json!({
         "name": SIDECAR_NAME,

@@ -11,7 +11,6 @@ pub mod ecr;
 pub mod flags;
 pub mod inject;
 pub mod metrics;
-pub mod names;
 pub mod policy;
 pub mod run;
 pub mod tls;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::names::ANN_ALLOWED_ROLES;
+use attache_api::names::ANN_ALLOWED_ROLES;
 
 /// Why a role may not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,7 +103,7 @@ impl ArnOverrides {
         service_account: &str,
         sa_annotations: &BTreeMap<String, String>,
     ) -> Result<(), OverrideNotAllowed> {
-        use crate::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
+        use attache_api::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
         for (annotation, default, allowed, flag) in [
             (
                 ANN_PROFILE_ARN,
@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn profile_and_trust_anchor_overrides_need_the_default_or_an_allowed_glob() {
-        use crate::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
+        use attache_api::names::{ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN};
         let p = "arn:aws:rolesanywhere:eu-west-1:1:profile/default";
         let a = "arn:aws:rolesanywhere:eu-west-1:1:trust-anchor/default";
         let o = ArnOverrides {

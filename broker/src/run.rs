@@ -128,10 +128,10 @@ pub struct RunArgs {
     #[arg(long, env = "ATTACHE_BROKER_URL")]
     pub broker_url: Option<String>,
     /// Secret holding the CA in --namespace.
-    #[arg(long, env = "ATTACHE_CA_SECRET", default_value = crate::names::CA_SECRET)]
+    #[arg(long, env = "ATTACHE_CA_SECRET", default_value = attache_api::names::CA_SECRET)]
     pub ca_secret: String,
     /// Secret holding the serving CA in --namespace (signs only the broker's TLS certificates; created if absent).
-    #[arg(long, env = "ATTACHE_SERVING_CA_SECRET", default_value = crate::names::SERVING_CA_SECRET)]
+    #[arg(long, env = "ATTACHE_SERVING_CA_SECRET", default_value = attache_api::names::SERVING_CA_SECRET)]
     pub serving_ca_secret: String,
     /// Use the CA in DIR/ca.pem and DIR/ca-key.pem instead of the Secret (you manage it).
     #[arg(long, env = "ATTACHE_CA_DIR")]
@@ -143,7 +143,7 @@ pub struct RunArgs {
     #[arg(long, env = "ATTACHE_WEBHOOK_CONFIG", default_value = "attache-broker")]
     pub webhook_config: String,
     /// Log format: json or text.
-    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
+    #[arg(long, env = attache_api::env::LOG_FORMAT, value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
     pub log_format: attache_rt::logging::LogFormat,
 }
 
@@ -374,7 +374,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             ))
     };
     let main = limits(Router::new().route(
-        "/v1/certificates",
+        attache_api::certificates::PATH,
         post(crate::certapi::issue).with_state(certs),
     ));
     let webhook_router =

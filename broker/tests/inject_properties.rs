@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use attache_api::names::*;
 use attache_broker::inject::{Context, Decision, InjectConfig, decide};
-use attache_broker::names::*;
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

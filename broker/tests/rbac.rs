@@ -320,9 +320,9 @@ fn call_list_is_well_formed_and_names_the_brokers_objects() {
     let lease = ecr_lease_name();
     let own_names = [
         attache_broker::ecr::state::STATE_SECRET,
-        attache_broker::names::CA_SECRET,
-        attache_broker::names::SERVING_CA_SECRET,
-        attache_broker::names::CA_BUNDLE_CONFIGMAP,
+        attache_api::names::CA_SECRET,
+        attache_api::names::SERVING_CA_SECRET,
+        attache_api::names::CA_BUNDLE_CONFIGMAP,
         d.webhook_config.as_str(),
         lease.as_str(),
     ];
@@ -627,7 +627,7 @@ fn manifests_match_the_brokers_defaults() {
         );
     }
     let skip = w["objectSelector"]["matchExpressions"][0].clone();
-    assert_eq!(skip["key"], attache_broker::names::ANN_INJECT);
+    assert_eq!(skip["key"], attache_api::names::ANN_INJECT);
     assert_eq!(skip["operator"], "NotIn");
 }
 
@@ -638,7 +638,7 @@ fn examples_render_and_opt_in_with_the_documented_annotations() {
         .iter()
         .find(|d| d["kind"] == "ServiceAccount")
         .expect("the S3 example has a ServiceAccount");
-    let role = sa["metadata"]["annotations"][attache_broker::names::ANN_ROLE_ARN]
+    let role = sa["metadata"]["annotations"][attache_api::names::ANN_ROLE_ARN]
         .as_str()
         .expect("annotated with attache.dev/role-arn");
     let ns = s3
@@ -646,7 +646,7 @@ fn examples_render_and_opt_in_with_the_documented_annotations() {
         .find(|d| d["kind"] == "Namespace")
         .expect("a Namespace");
     let allowed: Vec<String> = serde_json::from_str(
-        ns["metadata"]["annotations"][attache_broker::names::ANN_ALLOWED_ROLES]
+        ns["metadata"]["annotations"][attache_api::names::ANN_ALLOWED_ROLES]
             .as_str()
             .expect("namespace lists its allowed roles"),
     )
@@ -661,7 +661,7 @@ fn examples_render_and_opt_in_with_the_documented_annotations() {
         .iter()
         .find(|d| d["kind"] == "ServiceAccount")
         .expect("the ECR example has a ServiceAccount");
-    let registries = sa["metadata"]["annotations"][attache_broker::names::ANN_ECR_REGISTRIES]
+    let registries = sa["metadata"]["annotations"][attache_api::names::ANN_ECR_REGISTRIES]
         .as_str()
         .expect("annotated with attache.dev/ecr-registries");
     let deployment = ecr

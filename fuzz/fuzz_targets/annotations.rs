@@ -15,7 +15,7 @@ use attache_aws::arn::{
 };
 use attache_broker::ecr::registry::{parse_registries, regions};
 use attache_broker::inject::session_duration;
-use attache_broker::names::ANN_ALLOWED_ROLES;
+use attache_api::names::ANN_ALLOWED_ROLES;
 use attache_broker::policy::{check_role, glob_match};
 use attache_pki::{KeyType, WorkloadIdentity};
 use libfuzzer_sys::fuzz_target;

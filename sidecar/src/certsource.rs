@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use attache_api::certificates::{self, CertificateReply, CertificateRequest, ErrorReply};
 use attache_pki::cert::{CertificateInfo, parse_pem_chain};
 use attache_pki::{KeyType, PrivateKey, X509Signer, should_renew};
-use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use attache_aws::cache::FetchError;
@@ -228,20 +228,6 @@ pub struct BrokerSource {
     metrics: crate::metrics::Metrics,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CertificateReply {
-    certificate: String,
-    #[serde(default)]
-    chain: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorReply {
-    error: Option<String>,
-    message: Option<String>,
-}
-
 impl BrokerSource {
     /// Builds the HTTPS client trusting only `config.ca_bundle`.
     pub fn new(
@@ -328,12 +314,18 @@ impl BrokerSource {
         let csr = key
             .certificate_signing_request()
             .map_err(|e| CertSourceError::Invalid(e.to_string()))?;
-        let url = format!("{}/v1/certificates", self.config.url.trim_end_matches('/'));
+        let url = format!(
+            "{}{}",
+            self.config.url.trim_end_matches('/'),
+            certificates::PATH
+        );
         let resp = self
             .http
             .post(&url)
             .bearer_auth(token.trim())
-            .json(&serde_json::json!({ "csr": csr }))
+            .json(&CertificateRequest {
+                csr: csr.to_string(),
+            })
             .send()
             .await
             .map_err(|e| {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use attache_api::env;
 use attache_pki::KeyType;
 use attache_rt::logging::LogFormat;
 use attache_rt::parse::{duration, key_type};
@@ -45,7 +46,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// The endpoint's listen address.
-    #[arg(long, env = "ATTACHE_LISTEN", default_value = "127.0.0.1:9911")]
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:9911")]
     pub listen: SocketAddr,
 }
 
@@ -53,24 +54,24 @@ pub struct ProbeArgs {
 #[derive(Debug, Args, Clone)]
 pub struct SourceArgs {
     /// AWS region of Roles Anywhere (default: the trust anchor ARN's region).
-    #[arg(long, env = "ATTACHE_REGION")]
+    #[arg(long, env = env::REGION)]
     pub region: Option<String>,
     /// Roles Anywhere profile ARN.
-    #[arg(long, env = "ATTACHE_PROFILE_ARN")]
+    #[arg(long, env = env::PROFILE_ARN)]
     pub profile_arn: String,
     /// IAM role to assume.
-    #[arg(long, env = "ATTACHE_ROLE_ARN")]
+    #[arg(long, env = env::ROLE_ARN)]
     pub role_arn: String,
     /// Roles Anywhere trust anchor ARN.
-    #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
+    #[arg(long, env = env::TRUST_ANCHOR_ARN)]
     pub trust_anchor_arn: String,
     /// Session lifetime in seconds (900..43200; the profile may cap it).
-    #[arg(long, env = "ATTACHE_SESSION_DURATION", default_value_t = 3600)]
+    #[arg(long, env = env::SESSION_DURATION, default_value_t = 3600)]
     pub session_duration: u32,
     /// Role session name (only if the profile accepts custom names); made
     /// valid for AWS (2-64 characters of [A-Za-z0-9_+=,.@-]) deterministically.
     /// Empty: none (AWS names the session after the certificate's serial).
-    #[arg(long, env = "ATTACHE_ROLE_SESSION_NAME")]
+    #[arg(long, env = env::ROLE_SESSION_NAME)]
     pub role_session_name: Option<String>,
     /// Roles Anywhere endpoint override (default https://rolesanywhere.<region>.amazonaws.com).
     #[arg(long, env = "ATTACHE_ENDPOINT")]
@@ -93,7 +94,7 @@ pub struct SourceArgs {
     #[arg(long, env = "ATTACHE_INTERMEDIATES", requires = "certificate")]
     pub intermediates: Option<PathBuf>,
     /// attache broker URL; the certificate is requested from it with a CSR.
-    #[arg(long, env = "ATTACHE_BROKER_URL")]
+    #[arg(long, env = env::BROKER_URL)]
     pub broker_url: Option<String>,
     /// CA bundle (PEM) that signed the broker's serving certificate.
     #[arg(
@@ -103,12 +104,12 @@ pub struct SourceArgs {
     )]
     pub ca_bundle: PathBuf,
     /// The broker CA bundle as PEM text (instead of --ca-bundle; how the webhook passes it).
-    #[arg(long, env = "ATTACHE_CA_BUNDLE_PEM", hide_env_values = true)]
+    #[arg(long, env = env::CA_BUNDLE_PEM, hide_env_values = true)]
     pub ca_bundle_pem: Option<String>,
     /// Projected ServiceAccount token (audience attache-broker) proving this pod's identity to the broker.
     #[arg(
         long,
-        env = "ATTACHE_SERVICE_ACCOUNT_TOKEN_FILE",
+        env = env::SERVICE_ACCOUNT_TOKEN_FILE,
         default_value = "/var/run/secrets/attache.dev/serviceaccount/token"
     )]
     pub service_account_token_file: PathBuf,
@@ -122,7 +123,7 @@ pub struct SourceArgs {
     #[arg(long, env = "ATTACHE_REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub request_timeout: Duration,
     /// Log format.
-    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }
 
@@ -133,12 +134,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Listen address (keep it on loopback).
-    #[arg(long, env = "ATTACHE_LISTEN", default_value = "127.0.0.1:9911")]
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:9911")]
     pub listen: SocketAddr,
     /// Authorization token file (AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE); created with a random token if absent.
     #[arg(
         long,
-        env = "ATTACHE_TOKEN_FILE",
+        env = env::TOKEN_FILE,
         default_value = "/var/run/secrets/attache.dev/token"
     )]
     pub token_file: PathBuf,

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::metrics::{Metrics, RequestLabel};
+use attache_api::names::CREDENTIALS_PATH;
 use attache_aws::cache::CredentialCache;
 use attache_aws::credentials::rfc3339;
 
@@ -130,7 +131,7 @@ impl Endpoint {
         let s = &*self.state;
         let imds = s.imds.is_some();
         let (route, allowed, handler): (&'static str, &'static str, Handler) = match path {
-            "/v1/credentials" => ("/v1/credentials", "GET", credentials),
+            CREDENTIALS_PATH => (CREDENTIALS_PATH, "GET", credentials),
             "/healthz" => ("/healthz", "GET", |_, _, _| {
                 respond(StatusCode::OK, "text/plain", "ok\n")
             }),

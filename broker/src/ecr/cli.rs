@@ -42,13 +42,13 @@ pub struct EcrControllerArgs {
     #[arg(long, env = "ATTACHE_NAMESPACE_RESTRICTIONS", default_value_t = true, action = ArgAction::Set)]
     pub namespace_restrictions: bool,
     /// Secret holding the workload CA in --namespace (read only; the broker creates it).
-    #[arg(long, env = "ATTACHE_CA_SECRET", default_value = crate::names::CA_SECRET)]
+    #[arg(long, env = "ATTACHE_CA_SECRET", default_value = attache_api::names::CA_SECRET)]
     pub ca_secret: String,
     /// Admin listen address (/healthz, /readyz, /metrics; plain HTTP).
     #[arg(long, env = "ATTACHE_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
     /// Log format: json or text.
-    #[arg(long, env = "ATTACHE_LOG_FORMAT", value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
+    #[arg(long, env = attache_api::env::LOG_FORMAT, value_enum, default_value_t = attache_rt::logging::LogFormat::Json)]
     pub log_format: attache_rt::logging::LogFormat,
     /// The controller's work.
     #[command(flatten)]

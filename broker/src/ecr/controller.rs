@@ -27,7 +27,7 @@ use super::world::{Deps, Key, NsInfo, Queue, SaInfo, SecretInfo, World};
 
 mod reconcile;
 use crate::metrics::Metrics;
-use crate::names::ANN_ECR_REGISTRIES;
+use attache_api::names::ANN_ECR_REGISTRIES;
 
 /// Tries of a write that keeps hitting 409 Conflict before the key is retried later.
 const CONFLICT_TRIES: usize = 8;

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::registry::Registry;
 use super::tokens::Token;
-use crate::names::MANAGED_BY;
+use attache_api::names::MANAGED_BY;
 
 /// Secret name prefix.
 pub const NAME_PREFIX: &str = "attache-ecr-";
@@ -34,9 +34,9 @@ pub const SELECTOR: &str =
 /// Annotation: soonest token expiry, RFC 3339 UTC.
 pub const ANN_EXPIRES_AT: &str = "attache.dev/ecr-expires-at";
 /// Annotation: the registries, comma-separated.
-pub const ANN_REGISTRIES: &str = crate::names::ANN_ECR_REGISTRIES;
+pub const ANN_REGISTRIES: &str = attache_api::names::ANN_ECR_REGISTRIES;
 /// Annotation: the role whose tokens these are.
-pub const ANN_ROLE: &str = crate::names::ANN_ECR_ROLE_ARN;
+pub const ANN_ROLE: &str = attache_api::names::ANN_ECR_ROLE_ARN;
 /// Annotation: SHA-256 of the data attache wrote (hex); differs from the data
 /// when someone else edited it. Only tells attache to rewrite the Secret:
 /// nothing in a pull Secret is ever read back as a token (tenants can write

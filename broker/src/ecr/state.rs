@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::tokens::{Pair, Token};
-use crate::names::MANAGED_BY;
+use attache_api::names::MANAGED_BY;
 
 /// Name of the state Secret in the controller's namespace.
 pub const STATE_SECRET: &str = "attache-ecr-tokens";

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 
 use super::secret::{ANN_DATA_HASH, data_hash};
-use crate::names::{
+use attache_api::names::{
     ANN_ALLOWED_ROLES, ANN_ECR_REGISTRIES, ANN_ECR_ROLE_ARN, ANN_PROFILE_ARN, ANN_TRUST_ANCHOR_ARN,
     MANAGED_BY,
 };

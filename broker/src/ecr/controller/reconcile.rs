@@ -49,7 +49,7 @@ impl Controller {
         let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
             let note = format!(
                 "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
-                crate::names::ANN_ECR_ROLE_ARN
+                attache_api::names::ANN_ECR_ROLE_ARN
             );
             self.warn(key, &sa.uid, "NoEcrRole", note).await;
             return Ok(());
@@ -59,7 +59,7 @@ impl Controller {
                 key,
                 &sa.uid,
                 "InvalidEcrRole",
-                format!("{}: {e}", crate::names::ANN_ECR_ROLE_ARN),
+                format!("{}: {e}", attache_api::names::ANN_ECR_ROLE_ARN),
             )
             .await;
             return Ok(());
@@ -106,8 +106,12 @@ impl Controller {
             .clone()
             .unwrap_or_else(|| self.config.default_trust_anchor.clone());
         for (what, arn, kind) in [
-            (crate::names::ANN_PROFILE_ARN, &profile, "profile"),
-            (crate::names::ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
+            (attache_api::names::ANN_PROFILE_ARN, &profile, "profile"),
+            (
+                attache_api::names::ANN_TRUST_ANCHOR_ARN,
+                &anchor,
+                "trust-anchor",
+            ),
         ] {
             if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
                 self.warn(key, &sa.uid, "InvalidEcrProfile", format!("{what}: {e}"))

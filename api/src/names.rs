@@ -37,6 +37,8 @@ pub const TOKEN_FILE: &str = "/var/run/secrets/attache.dev/token";
 pub const SA_TOKEN_DIR: &str = "/var/run/secrets/attache.dev-broker";
 /// Audience of the projected ServiceAccount token the broker accepts.
 pub const TOKEN_AUDIENCE: &str = "attache-broker";
+/// Path of the sidecar's container credentials endpoint.
+pub const CREDENTIALS_PATH: &str = "/v1/credentials";
 /// Port of the sidecar's loopback endpoint.
 pub const SIDECAR_PORT: u16 = 9911;
 /// Secret holding the CA (in the broker's namespace).

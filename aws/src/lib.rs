@@ -11,6 +11,8 @@
 pub mod arn;
 pub mod cache;
 pub mod credentials;
+pub mod ecr;
+pub mod request;
 pub mod session;
 pub mod sigv4;
 

@@ -13,10 +13,12 @@ use zeroize::Zeroizing;
 
 use crate::arn::{ConfigError, validate_region, validate_role_arn, validate_rolesanywhere_arn};
 use crate::credentials::Credentials;
-use attache_rt::clock::{Clock, SystemClock};
+use crate::request::{self, AwsError, CREATE_SESSION};
 
-/// Largest CreateSession reply read (AWS's are about 2 KiB).
-const MAX_REPLY_BYTES: usize = 256 * 1024;
+fn bad(reason: String) -> AwsError {
+    AwsError::bad_reply(CREATE_SESSION, reason)
+}
+use attache_rt::clock::{Clock, SystemClock};
 
 /// Where and what to ask Roles Anywhere for.
 #[derive(Clone, Debug)]
@@ -93,82 +95,6 @@ pub fn role_session_name(name: &str) -> String {
     out
 }
 
-/// Why CreateSession failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// AWS answered with an error.
-    #[error("Roles Anywhere refused CreateSession: {code} (HTTP {status}): {message}")]
-    Aws {
-        /// HTTP status.
-        status: u16,
-        /// AWS error type, e.g. `AccessDeniedException`.
-        code: String,
-        /// AWS's message.
-        message: String,
-    },
-    /// The request did not complete in time.
-    #[error("CreateSession to {endpoint} timed out")]
-    Timeout {
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// Connection-level failure.
-    #[error("cannot reach Roles Anywhere at {endpoint}: {reason}")]
-    Transport {
-        /// The endpoint.
-        endpoint: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A success status with a body that is not a credential set.
-    #[error("unexpected CreateSession reply: {0}")]
-    BadReply(String),
-    /// The request could not be signed.
-    #[error("cannot sign CreateSession: {0}")]
-    Signing(#[from] attache_pki::SigningError),
-    /// Invalid configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-}
-
-impl SessionError {
-    /// Whether retrying the same request may succeed (throttling, 5xx,
-    /// timeouts, connection failures); access denied and validation errors
-    /// need someone to change the configuration first.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SessionError::Aws { status, code, .. } => {
-                *status == 429 || *status >= 500 || code.contains("Throttl")
-            }
-            SessionError::Timeout { .. } | SessionError::Transport { .. } => true,
-            SessionError::BadReply(_) => true,
-            SessionError::Signing(_) | SessionError::Config(_) => false,
-        }
-    }
-
-    /// A short label for metrics: `throttled`, `server`, `denied`, `invalid`,
-    /// `timeout`, `network`, `reply`, `signing`, `config`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SessionError::Aws { status, code, .. }
-                if *status == 429 || code.contains("Throttl") =>
-            {
-                "throttled"
-            }
-            SessionError::Aws { status, .. } if *status >= 500 => "server",
-            SessionError::Aws { status: 403, .. } | SessionError::Aws { status: 401, .. } => {
-                "denied"
-            }
-            SessionError::Aws { .. } => "invalid",
-            SessionError::Timeout { .. } => "timeout",
-            SessionError::Transport { .. } => "network",
-            SessionError::BadReply(_) => "reply",
-            SessionError::Signing(_) => "signing",
-            SessionError::Config(_) => "config",
-        }
-    }
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CreateSessionRequest<'a> {
@@ -224,14 +150,14 @@ impl std::fmt::Debug for SessionClient {
 impl SessionClient {
     /// Validates `config` and builds the HTTP client. Proxies come from
     /// `HTTPS_PROXY` / `NO_PROXY` as usual.
-    pub fn new(config: SessionConfig) -> Result<Self, SessionError> {
+    pub fn new(config: SessionConfig) -> Result<Self, AwsError> {
         config.validate()?;
         let base = config
             .endpoint
             .clone()
             .unwrap_or_else(|| format!("https://rolesanywhere.{}.amazonaws.com", config.region));
         let bad_endpoint = |why: String| {
-            SessionError::Config(ConfigError::Arn {
+            AwsError::Config(ConfigError::Arn {
                 what: "Roles Anywhere endpoint",
                 value: format!("{base} ({why})"),
                 expected: "an http(s) URL such as https://rolesanywhere.us-east-1.amazonaws.com",
@@ -285,7 +211,7 @@ impl SessionClient {
     }
 
     /// Calls CreateSession signed with `signer`'s certificate and key.
-    pub async fn create_session(&self, signer: &X509Signer) -> Result<Credentials, SessionError> {
+    pub async fn create_session(&self, signer: &X509Signer) -> Result<Credentials, AwsError> {
         let c = &self.config;
         let body = serde_json::to_vec(&CreateSessionRequest {
             duration_seconds: c.duration_seconds,
@@ -294,20 +220,28 @@ impl SessionClient {
             role_session_name: c.role_session_name.as_deref(),
             trust_anchor_arn: &c.trust_anchor_arn,
         })
-        .map_err(|e| SessionError::BadReply(e.to_string()))?;
+        .map_err(|e| AwsError::Signing {
+            operation: CREATE_SESSION,
+            source: e.into(),
+        })?;
         let now = self.clock.now();
         let content_type = ("Content-Type".to_string(), "application/json".to_string());
-        let signed = signer.sign(
-            "POST",
-            &self.host,
-            self.url.path(),
-            self.url.query().unwrap_or(""),
-            std::slice::from_ref(&content_type),
-            &body,
-            &c.region,
-            SERVICE_ROLESANYWHERE,
-            now,
-        )?;
+        let signed = signer
+            .sign(
+                "POST",
+                &self.host,
+                self.url.path(),
+                self.url.query().unwrap_or(""),
+                std::slice::from_ref(&content_type),
+                &body,
+                &c.region,
+                SERVICE_ROLESANYWHERE,
+                now,
+            )
+            .map_err(|e| AwsError::Signing {
+                operation: CREATE_SESSION,
+                source: e.into(),
+            })?;
         let mut req = self
             .http
             .post(self.url.clone())
@@ -319,40 +253,7 @@ impl SessionClient {
             }
         }
         let endpoint = self.url.to_string();
-        let map_err = |e: reqwest::Error| {
-            if e.is_timeout() {
-                SessionError::Timeout {
-                    endpoint: endpoint.clone(),
-                }
-            } else {
-                SessionError::Transport {
-                    endpoint: endpoint.clone(),
-                    reason: error_chain(&e),
-                }
-            }
-        };
-        let resp = req.send().await.map_err(map_err)?;
-        let status = resp.status().as_u16();
-        let error_type = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(map_err)?;
-        if bytes.len() > MAX_REPLY_BYTES {
-            return Err(SessionError::BadReply(format!(
-                "{} bytes is too large",
-                bytes.len()
-            )));
-        }
-        if !(200..300).contains(&status) {
-            let (code, message) = crate::sigv4::json_error(status, error_type.as_deref(), &bytes);
-            return Err(SessionError::Aws {
-                status,
-                code,
-                message,
-            });
-        }
+        let bytes = request::send(CREATE_SESSION, &c.region, &endpoint, req).await?;
         credentials_from_reply(&bytes, now, c)
     }
 }
@@ -370,14 +271,14 @@ fn credentials_from_reply(
     bytes: &[u8],
     now: OffsetDateTime,
     c: &SessionConfig,
-) -> Result<Credentials, SessionError> {
-    let reply: CreateSessionReply = serde_json::from_slice(bytes)
-        .map_err(|e| SessionError::BadReply(format!("not a credentialSet: {e}")))?;
+) -> Result<Credentials, AwsError> {
+    let reply: CreateSessionReply =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a credentialSet: {e}")))?;
     let entry = reply
         .credential_set
         .into_iter()
         .next()
-        .ok_or_else(|| SessionError::BadReply("empty credentialSet".into()))?;
+        .ok_or_else(|| bad("empty credentialSet".into()))?;
     let creds = &entry.credentials;
     for (field, value) in [
         ("accessKeyId", creds.access_key_id.as_str()),
@@ -386,15 +287,15 @@ fn credentials_from_reply(
     ] {
         // The value itself is never shown: it may be a secret.
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(SessionError::BadReply(format!(
+            return Err(bad(format!(
                 "{field} is empty or holds characters AWS never sends (spaces, control or non-ASCII characters)"
             )));
         }
     }
     let expiration = OffsetDateTime::parse(&creds.expiration, &Rfc3339)
-        .map_err(|e| SessionError::BadReply(format!("expiration: {e}")))?;
+        .map_err(|e| bad(format!("expiration: {e}")))?;
     if expiration <= now {
-        return Err(SessionError::BadReply(format!(
+        return Err(bad(format!(
             "credentials already expired at {}",
             creds.expiration
         )));
@@ -410,38 +311,11 @@ fn credentials_from_reply(
     })
 }
 
-/// An error and its causes on one line (reqwest hides the root cause otherwise).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
-}
+pub use crate::request::error_chain;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errors_are_classified_for_retry_and_metrics() {
-        let aws = |status, code: &str| SessionError::Aws {
-            status,
-            code: code.into(),
-            message: String::new(),
-        };
-        assert!(aws(429, "ThrottlingException").is_retryable());
-        assert_eq!(aws(429, "ThrottlingException").kind(), "throttled");
-        assert!(aws(400, "ThrottlingException").is_retryable());
-        assert!(aws(503, "ServiceUnavailable").is_retryable());
-        assert!(!aws(403, "AccessDeniedException").is_retryable());
-        assert_eq!(aws(403, "AccessDeniedException").kind(), "denied");
-        assert!(!aws(400, "ValidationException").is_retryable());
-        assert_eq!(aws(400, "ValidationException").kind(), "invalid");
-    }
 
     /// A configuration every check accepts.
     fn valid_config() -> SessionConfig {

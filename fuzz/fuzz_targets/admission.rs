@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use attache_broker::inject::{Context, Decision, InjectConfig, decide};
 use attache_api::names::*;
+use attache_broker::inject::{Context, Decision, InjectConfig, decide};
 use attache_broker::webhook::{parse_review, patch_response};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::AdmissionResponse;

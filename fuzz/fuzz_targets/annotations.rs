@@ -10,12 +10,12 @@
 
 use std::collections::BTreeMap;
 
+use attache_api::names::ANN_ALLOWED_ROLES;
 use attache_aws::arn::{
     arn_region, validate_region, validate_role_arn, validate_rolesanywhere_arn,
 };
 use attache_broker::ecr::registry::{parse_registries, regions};
 use attache_broker::inject::session_duration;
-use attache_api::names::ANN_ALLOWED_ROLES;
 use attache_broker::policy::{check_role, glob_match};
 use attache_pki::{KeyType, WorkloadIdentity};
 use libfuzzer_sys::fuzz_target;

@@ -13,8 +13,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use attache_aws::ecr::{Endpoints, TokenClient};
 use attache_aws::session::{SessionClient, SessionConfig};
-use attache_broker::ecr::token::{Endpoints, TokenClient};
 use attache_fuzz::{Reply, ReplyServer, runtime, signer, split_line};
 use attache_pki::X509Signer;
 use libfuzzer_sys::fuzz_target;

@@ -85,7 +85,7 @@ pub struct SessionSettings {
     pub region: String,
     /// Endpoint overrides (one URL, or per region; a per-region entry makes
     /// that region's ECR credentials come from a session in that region).
-    pub endpoints: super::token::Endpoints,
+    pub endpoints: attache_aws::ecr::Endpoints,
     /// Session lifetime.
     pub duration_seconds: u32,
     /// CreateSession calls per second at most (0: unlimited).
@@ -437,7 +437,7 @@ mod tests {
     fn per_region_endpoints_get_their_own_session_region() {
         let s = SessionSettings {
             region: "us-east-1".into(),
-            endpoints: super::super::token::Endpoints::parse(Some("eu-west-1=http://127.0.0.1:1"))
+            endpoints: attache_aws::ecr::Endpoints::parse(Some("eu-west-1=http://127.0.0.1:1"))
                 .unwrap(),
             duration_seconds: 3600,
             rate_per_second: 0.0,

@@ -37,7 +37,6 @@ mod mirror;
 pub mod registry;
 pub mod secret;
 pub mod state;
-pub mod token;
 pub mod tokens;
 pub mod world;
 
@@ -132,9 +131,9 @@ impl EcrArgs {
         if let Some(role) = &self.ecr_role_arn {
             attache_aws::arn::validate_role_arn(role).context("--ecr-role-arn")?;
         }
-        token::Endpoints::parse(self.ecr_endpoint.as_deref())
+        attache_aws::ecr::Endpoints::parse(self.ecr_endpoint.as_deref())
             .map_err(|e| anyhow::anyhow!("--ecr-endpoint: {e}"))?;
-        token::Endpoints::parse(self.rolesanywhere_endpoint.as_deref())
+        attache_aws::ecr::Endpoints::parse(self.rolesanywhere_endpoint.as_deref())
             .map_err(|e| anyhow::anyhow!("--rolesanywhere-endpoint: {e}"))?;
         Ok(())
     }
@@ -241,13 +240,13 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
     );
     let settings = credentials::SessionSettings {
         region,
-        endpoints: token::Endpoints::parse(args.rolesanywhere_endpoint.as_deref())
+        endpoints: attache_aws::ecr::Endpoints::parse(args.rolesanywhere_endpoint.as_deref())
             .map_err(anyhow::Error::msg)?,
         duration_seconds: args.ecr_session_duration,
         rate_per_second: args.ecr_session_rate,
     };
-    let ecr_endpoints =
-        token::Endpoints::parse(args.ecr_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
+    let ecr_endpoints = attache_aws::ecr::Endpoints::parse(args.ecr_endpoint.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let identity = identity(args);
     tracing::info!(identity = %identity, trust_domain = %ctx.trust_domain, "ECR pull-secret controller campaigning for its Lease");
     let elector = leader::Elector::spawn(
@@ -311,7 +310,7 @@ fn new_term(
     ctx: &EcrContext,
     defaults: &(String, String),
     settings: &credentials::SessionSettings,
-    ecr_endpoints: &token::Endpoints,
+    ecr_endpoints: &attache_aws::ecr::Endpoints,
     identity: &str,
 ) -> Result<Arc<controller::Controller>> {
     let backoff = RefreshPolicy::default();
@@ -322,7 +321,8 @@ fn new_term(
         ctx.metrics.clone(),
         backoff.clone(),
     ));
-    let client = token::TokenClient::new(ecr_endpoints.clone(), Duration::from_secs(15))?;
+    let client =
+        attache_aws::ecr::TokenClient::new(ecr_endpoints.clone(), Duration::from_secs(15))?;
     let tokens = Arc::new(tokens::Tokens::new(
         client,
         ctx.clock.clone(),

@@ -114,15 +114,7 @@ pub fn regions(registries: &[Registry]) -> Vec<String> {
     set.into_iter().map(str::to_string).collect()
 }
 
-/// The ECR API endpoint of `region`: `https://api.ecr.<region>.amazonaws.com`
-/// (`.amazonaws.com.cn` in China).
-pub fn default_endpoint(region: &str) -> String {
-    if region.starts_with("cn-") {
-        format!("https://api.ecr.{region}.amazonaws.com.cn")
-    } else {
-        format!("https://api.ecr.{region}.amazonaws.com")
-    }
-}
+pub use attache_aws::ecr::default_endpoint;
 
 #[cfg(test)]
 mod tests {

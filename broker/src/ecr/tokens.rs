@@ -16,8 +16,8 @@ use attache_rt::clock::Clock;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::token::TokenClient;
 use crate::metrics::Metrics;
+use attache_aws::ecr::TokenClient;
 
 /// ECR's token lifetime: nothing adopted is believed to last longer.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);

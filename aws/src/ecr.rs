@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use attache_aws::credentials::Credentials;
+use crate::credentials::Credentials;
+use crate::request::{self, AwsError, GET_AUTHORIZATION_TOKEN};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
@@ -15,8 +16,6 @@ use zeroize::Zeroizing;
 pub const TARGET: &str = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken";
 /// Content type of AWS JSON 1.1.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-/// Largest reply read (AWS's are a few KiB).
-const MAX_REPLY_BYTES: usize = 256 * 1024;
 /// Longest token lifetime believed (ECR's are 12 h).
 const MAX_LIFETIME: Duration = Duration::from_secs(48 * 3600);
 
@@ -36,91 +35,6 @@ impl std::fmt::Debug for IssuedToken {
             .field("password", &"[redacted]")
             .field("lifetime", &self.lifetime)
             .finish()
-    }
-}
-
-/// Why GetAuthorizationToken failed. Messages never contain credentials or tokens.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    /// ECR answered with an error.
-    #[error("ECR refused GetAuthorizationToken in {region}: {code} (HTTP {status}): {message}")]
-    Aws {
-        /// Region asked.
-        region: String,
-        /// HTTP status.
-        status: u16,
-        /// AWS error type, e.g. `ThrottlingException`.
-        code: String,
-        /// AWS's message.
-        message: String,
-    },
-    /// The request did not complete in time.
-    #[error("GetAuthorizationToken to {endpoint} timed out")]
-    Timeout {
-        /// The endpoint.
-        endpoint: String,
-    },
-    /// Connection-level failure.
-    #[error("cannot reach ECR at {endpoint}: {reason}")]
-    Transport {
-        /// The endpoint.
-        endpoint: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// A success status whose body is not what ECR sends.
-    #[error("unexpected GetAuthorizationToken reply from {endpoint}: {reason}")]
-    BadReply {
-        /// The endpoint.
-        endpoint: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The request could not be signed or built.
-    #[error("cannot sign GetAuthorizationToken: {0}")]
-    Signing(String),
-}
-
-impl TokenError {
-    /// Whether the same request may succeed later without a configuration change.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            TokenError::Aws { status, code, .. } => {
-                *status == 429
-                    || *status >= 500
-                    || code.contains("Throttl")
-                    || code.contains("Expired")
-            }
-            TokenError::Timeout { .. }
-            | TokenError::Transport { .. }
-            | TokenError::BadReply { .. } => true,
-            TokenError::Signing(_) => false,
-        }
-    }
-
-    /// Short metric label: `throttled`, `server`, `expired`, `denied`,
-    /// `invalid`, `timeout`, `network`, `reply`, `signing`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TokenError::Aws { status, code, .. } if *status == 429 || code.contains("Throttl") => {
-                "throttled"
-            }
-            TokenError::Aws { status, .. } if *status >= 500 => "server",
-            TokenError::Aws { code, .. } if code.contains("Expired") => "expired",
-            TokenError::Aws { status, code, .. }
-                if *status == 403
-                    || code.contains("AccessDenied")
-                    || code.contains("UnrecognizedClient")
-                    || code.contains("Signature") =>
-            {
-                "denied"
-            }
-            TokenError::Aws { .. } => "invalid",
-            TokenError::Timeout { .. } => "timeout",
-            TokenError::Transport { .. } => "network",
-            TokenError::BadReply { .. } => "reply",
-            TokenError::Signing(_) => "signing",
-        }
     }
 }
 
@@ -187,6 +101,16 @@ struct AuthorizationData {
     expires_at: f64,
 }
 
+/// The ECR API endpoint of `region`: `https://api.ecr.<region>.amazonaws.com`
+/// (`.amazonaws.com.cn` in China).
+pub fn default_endpoint(region: &str) -> String {
+    if region.starts_with("cn-") {
+        format!("https://api.ecr.{region}.amazonaws.com.cn")
+    } else {
+        format!("https://api.ecr.{region}.amazonaws.com")
+    }
+}
+
 /// A reusable GetAuthorizationToken client (one connection pool).
 #[derive(Clone, Debug)]
 pub struct TokenClient {
@@ -196,13 +120,16 @@ pub struct TokenClient {
 
 impl TokenClient {
     /// Builds the HTTP client.
-    pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, TokenError> {
+    pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, AwsError> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
-            .user_agent(concat!("attache-broker/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("attache/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| TokenError::Signing(format!("HTTP client: {e}")))?;
+            .map_err(|e| AwsError::Signing {
+                operation: GET_AUTHORIZATION_TOKEN,
+                source: e.into(),
+            })?;
         Ok(TokenClient { http, endpoints })
     }
 
@@ -211,7 +138,7 @@ impl TokenClient {
         self.endpoints
             .get(region)
             .map(|u| format!("{}/", u.trim_end_matches('/')))
-            .unwrap_or_else(|| format!("{}/", super::registry::default_endpoint(region)))
+            .unwrap_or_else(|| format!("{}/", default_endpoint(region)))
     }
 
     /// Asks ECR in `region` for a registry password with `creds`.
@@ -219,12 +146,12 @@ impl TokenClient {
         &self,
         creds: &Credentials,
         region: &str,
-    ) -> Result<IssuedToken, TokenError> {
+    ) -> Result<IssuedToken, AwsError> {
         let url = self.endpoint(region);
         let body = b"{}";
         let headers = [("content-type", CONTENT_TYPE), ("x-amz-target", TARGET)];
         let signed_at = SystemTime::now();
-        let signed = attache_aws::sigv4::sigv4_headers(
+        let signed = crate::sigv4::sigv4_headers(
             "POST",
             &url,
             &headers,
@@ -234,49 +161,16 @@ impl TokenClient {
             &creds.into(),
             signed_at,
         )
-        .map_err(TokenError::Signing)?;
+        .map_err(|e| AwsError::Signing {
+            operation: GET_AUTHORIZATION_TOKEN,
+            source: e.into(),
+        })?;
         let mut req = self.http.post(&url).body(body.to_vec());
         for (k, v) in &signed {
             req = req.header(k, v);
         }
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                TokenError::Timeout {
-                    endpoint: url.clone(),
-                }
-            } else {
-                TokenError::Transport {
-                    endpoint: url.clone(),
-                    reason: attache_aws::session::error_chain(&e),
-                }
-            }
-        };
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let error_type = resp
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp.bytes().await.map_err(transport)?;
-        let bad = |reason: String| TokenError::BadReply {
-            endpoint: url.clone(),
-            reason,
-        };
-        if bytes.len() > MAX_REPLY_BYTES {
-            return Err(bad(format!("{} bytes is too large", bytes.len())));
-        }
-        if !(200..300).contains(&status) {
-            let (code, message) =
-                attache_aws::sigv4::json_error(status, error_type.as_deref(), &bytes);
-            let message: String = message.chars().take(300).collect();
-            return Err(TokenError::Aws {
-                region: region.to_string(),
-                status,
-                code,
-                message,
-            });
-        }
+        let bytes = request::send(GET_AUTHORIZATION_TOKEN, region, &url, req).await?;
+        let bad = |reason: String| AwsError::bad_reply(GET_AUTHORIZATION_TOKEN, reason);
         let reply: Reply = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("not an authorizationData list: {e}")))?;
         let data = reply
@@ -332,22 +226,6 @@ mod tests {
             c.endpoint("us-west-2"),
             "https://api.ecr.us-west-2.amazonaws.com/"
         );
-    }
-
-    #[test]
-    fn errors_are_classified() {
-        let aws = |status, code: &str| TokenError::Aws {
-            region: "us-east-1".into(),
-            status,
-            code: code.into(),
-            message: String::new(),
-        };
-        assert_eq!(aws(429, "ThrottlingException").kind(), "throttled");
-        assert!(aws(400, "ThrottlingException").is_retryable());
-        assert_eq!(aws(503, "ServiceUnavailableException").kind(), "server");
-        assert_eq!(aws(400, "ExpiredTokenException").kind(), "expired");
-        assert_eq!(aws(400, "UnrecognizedClientException").kind(), "denied");
-        assert!(!aws(400, "AccessDeniedException").is_retryable());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod castore;
 pub mod certapi;
 pub mod ecr;
 pub mod flags;
+pub mod informer;
 pub mod inject;
 pub mod metrics;
 pub mod policy;

@@ -320,8 +320,18 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         .clone()
         .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace));
     let overrides = args.session.overrides();
+    let annotations = crate::informer::AnnotationCache::watch(client.clone());
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (annotations, synced) = (annotations.clone(), synced.clone());
+        tokio::spawn(async move {
+            annotations.wait_until_ready().await;
+            synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("ServiceAccount and namespace caches listed");
+        });
+    }
     let webhook = Webhook {
-        client: client.clone(),
+        annotations,
         config: Arc::new(InjectConfig {
             image: args.sidecar_image.clone(),
             image_pull_policy: args.sidecar_image_pull_policy.clone(),
@@ -381,7 +391,21 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         limits(Router::new().route("/mutate", post(crate::webhook::mutate).with_state(webhook)));
     let admin = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                // Admissions are served meanwhile (lookups read live), but
+                // the Service sends them elsewhere until the caches are full.
+                if synced.load(std::sync::atomic::Ordering::Relaxed) {
+                    (axum::http::StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "listing ServiceAccounts and namespaces\n",
+                    )
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|State(m): State<Metrics>| async move { m.encode() }),

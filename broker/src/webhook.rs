@@ -1,27 +1,25 @@
-//! `POST /mutate`: the mutating admission webhook. Reads the pod's
-//! ServiceAccount and namespace, asks [`crate::inject::decide`], and answers
+//! `POST /mutate`: the mutating admission webhook. Looks up the pod's
+//! ServiceAccount and namespace annotations ([`crate::informer`]), asks [`crate::inject::decide`], and answers
 //! with an AdmissionReview carrying a JSON Patch, a denial, or nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 
+use crate::informer::AnnotationCache;
 use crate::inject::{Context, Decision, InjectConfig, decide};
 use crate::metrics::Metrics;
 
 /// Shared state of the webhook.
 #[derive(Clone)]
 pub struct Webhook {
-    /// Kubernetes client.
-    pub client: kube::Client,
+    /// ServiceAccount and namespace annotations (watch-fed, live on a miss).
+    pub annotations: AnnotationCache,
     /// Injection settings.
     pub config: Arc<InjectConfig>,
     /// Namespaces never injected (the broker's own, kube-system, ...).
@@ -100,15 +98,12 @@ impl Webhook {
             .filter(|s| !s.is_empty())
             .unwrap_or("default")
             .to_string();
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let (sa, ns) = tokio::join!(sas.get_opt(&sa_name), namespaces.get_opt(&namespace));
-        let (sa_ann, ns_ann): (BTreeMap<String, String>, BTreeMap<String, String>) = match (sa, ns)
-        {
-            (Ok(sa), Ok(ns)) => (
-                sa.and_then(|s| s.metadata.annotations).unwrap_or_default(),
-                ns.and_then(|n| n.metadata.annotations).unwrap_or_default(),
-            ),
+        let (sa, ns) = tokio::join!(
+            self.annotations.service_account(&namespace, &sa_name),
+            self.annotations.namespace(&namespace)
+        );
+        let (sa_ann, ns_ann) = match (sa, ns) {
+            (Ok(sa), Ok(ns)) => (sa.unwrap_or_default(), ns.unwrap_or_default()),
             (Err(e), _) | (_, Err(e)) => {
                 // failurePolicy decides what the API server does with this.
                 Metrics::count(&self.metrics.admissions, "error");
@@ -198,7 +193,7 @@ mod tests {
             .port();
         let config = kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap());
         let w = Webhook {
-            client: kube::Client::try_from(config).unwrap(),
+            annotations: AnnotationCache::live(kube::Client::try_from(config).unwrap()),
             config: Arc::new(crate::inject::tests::cfg()),
             excluded_namespaces: Arc::new(vec!["kube-system".into()]),
             metrics: Metrics::default(),

@@ -15,7 +15,7 @@ use attache_e2e::{ApiServer, TokenSpec};
 use attache_emulator::{Emulator, EmulatorConfig};
 use common::*;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -1067,5 +1067,109 @@ async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
         (1, 0),
         "the token's TokenReview was reused, its authorization was not"
     );
+    running.shutdown().await;
+}
+
+/// The webhook reads ServiceAccount and namespace annotations from its
+/// watch-fed cache: once `/readyz` says the cache is listed, admitting pods
+/// costs no API read (counted in the API server's audit log); a
+/// ServiceAccount created a moment before its pod is still honoured (a miss
+/// reads live); and an annotation change reaches the webhook through the
+/// watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_reads_annotations_from_a_watch_cache() {
+    let (server, admin, ns, running) = team_with_own_broker().await;
+    let http = running_http(&running.serving_ca_pem);
+    let admin_http = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", running.admin_addr);
+    eventually(
+        Duration::from_secs(30),
+        "the broker's caches listed",
+        || async {
+            let r = admin_http.get(&readyz).send().await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+    let review = |sa: &str| {
+        json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "0", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": ns, "operation": "CREATE", "name": "web",
+                "userInfo": {"username": "admin"},
+                "object": serde_json::to_value(pod("web", sa)).unwrap(),
+            }
+        })
+    };
+    let admit = |sa: &'static str| {
+        let (http, body) = (http.clone(), review(sa));
+        let url = format!("https://{}/mutate", running.webhook_addr);
+        async move {
+            let reply: Value = http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(reply["response"]["allowed"], true, "{reply}");
+            // kube-rs sends the patch as a byte array; the API server takes it.
+            !reply["response"]["patch"].is_null()
+        }
+    };
+    // Created after the cache was listed, then admitted at once: injected
+    // whether the watch delivered it yet or the lookup read it live.
+    service_account(&admin, &ns, "fresh", json!({"attache.dev/role-arn": ROLE})).await;
+    assert!(
+        admit("fresh").await,
+        "a just-created ServiceAccount is honoured"
+    );
+
+    let reads = |name: &'static str| {
+        let ns = ns.clone();
+        move || {
+            audit_calls(server, BROKER_USER)
+                .into_iter()
+                .filter(|e| {
+                    e["verb"] == "get"
+                        && e["objectRef"]["namespace"] == ns.as_str()
+                        && e["objectRef"]["resource"] == "serviceaccounts"
+                        && e["objectRef"]["name"] == name
+                })
+                .count()
+        }
+    };
+    let app_reads = reads("app");
+    // `app` existed before this broker started: every admission is a hit.
+    let before = app_reads();
+    for _ in 0..20 {
+        assert!(admit("app").await);
+    }
+    assert_eq!(
+        app_reads(),
+        before,
+        "20 admissions of a cached ServiceAccount read it from the API server"
+    );
+
+    // An annotation change reaches the cache through the watch.
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    sas.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"attache.dev/role-arn": null}}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the removed role annotation to reach the webhook",
+        || async { (!admit("app").await).then_some(()) },
+    )
+    .await;
+    assert_eq!(app_reads(), before, "still no live read");
     running.shutdown().await;
 }

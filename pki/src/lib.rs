@@ -10,6 +10,7 @@
 //!   `AWS4-X509-ECDSA-SHA256` / `AWS4-X509-RSA-SHA256` signers.
 //!
 //! No network I/O happens here; [`files`] only writes PEM files for the CLI.
+//! Depends on no other attache crate: everything else stands on this one.
 
 pub mod ca;
 pub mod cert;

@@ -4,7 +4,7 @@
 //! registry passwords and lists it in the SA's `imagePullSecrets`.
 //!
 //! - [`registry`]: registry hosts and regional endpoints.
-//! - [`token`]: the `GetAuthorizationToken` client (SigV4 via `aws-sigv4`).
+//! - `attache_aws::ecr`: the `GetAuthorizationToken` client (SigV4 via `aws-sigv4`).
 //! - [`tokens`]: one shared token per (role, region, profile), refresh schedule, backoff.
 //! - [`secret`]: the Secret's name, content, annotations and ownership rule.
 //! - [`world`]: the reduced watch state, the work queue, token dependencies.

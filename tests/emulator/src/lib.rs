@@ -5,6 +5,9 @@
 //! - [`config`]: accounts, trust anchors, profiles, roles (TOML or code).
 //! - [`Emulator`]: the running server handle tests configure and inspect.
 //! - [`Faults`]: latency, 5xx, throttling, dropped connections, clock skew.
+//!
+//! Depends on `attache-pki` (certificate checks) and `attache-aws` (its
+//! SDK-style client signs with the same SigV4 code), never on a binary crate.
 
 pub mod client;
 pub mod config;

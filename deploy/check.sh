@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a cluster or AWS: renders every kustomization and
 # validates it against the Kubernetes schemas, checks the broker's RBAC against
-# its API-call list, lints the CloudFormation template, and checks the
-# Dockerfile names both binaries. Needs kubectl, python3 and the packages in
+# its API-call list, lints and renders the Helm chart (default values and each
+# deploy/helm/attache/ci/*-values.yaml) and validates it the same way, lints
+# the CloudFormation template, and checks the Dockerfile names both binaries.
+# Needs kubectl, helm (cargo xtask tools helm), python3 and the packages in
 # tests/requirements.txt (kubernetes-validate, cfn-lint). CI runs it from
 # .ci/run; run it yourself from anywhere: bash deploy/check.sh
 set -euo pipefail
@@ -12,6 +14,9 @@ K8S_VERSION=1.37.0
 # The tools venv (cargo xtask tools python) when present, else python3.
 PYTHON=${PYTHON:-python3}
 [[ -x target/tools/venv/bin/python3 && $PYTHON == python3 ]] && PYTHON=target/tools/venv/bin/python3
+# The pinned helm (tests/tools.toml) when built, else helm on PATH.
+HELM=${HELM:-helm}
+[[ -x target/tools/bin/helm && $HELM == helm ]] && HELM=target/tools/bin/helm
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
@@ -33,6 +38,36 @@ for dir in "${dirs[@]}"; do
     echo -n "$dir: "
     "$PYTHON" deploy/check_rbac.py deploy/kubernetes/broker-api-calls.json "$file"
   fi
+done
+
+echo "== deploy: helm chart: lint --strict, template + kubernetes-validate $K8S_VERSION, ServiceMonitor, RBAC"
+command -v "$HELM" >/dev/null \
+  || { echo "deploy/check.sh: helm not found: cargo xtask tools helm builds the pinned one into target/tools/bin" >&2; exit 1; }
+chart=deploy/helm/attache
+values_files=("$chart"/ci/*-values.yaml)
+((${#values_files[@]} >= 2)) || { echo "deploy/check.sh: expected $chart/ci/all-values.yaml and ca-dir-values.yaml" >&2; exit 1; }
+for values in "" "${values_files[@]}"; do
+  args=(--namespace attache-system)
+  name=defaults
+  if [[ -n $values ]]; then
+    args+=(-f "$values")
+    name=$(basename "$values" .yaml)
+  fi
+  "$HELM" lint --strict --quiet "$chart" "${args[@]}" >"$out/lint.txt" 2>&1 \
+    || { cat "$out/lint.txt" >&2; echo "deploy/check.sh: helm lint --strict $chart ($name) failed" >&2; exit 1; }
+  file="$out/helm-$name.yaml"
+  "$HELM" template attache "$chart" "${args[@]}" >"$file"
+  # kubernetes-validate has no schema for the ServiceMonitor CRD (it only
+  # warns): check_rendered.py leaves it out of the validated copy and checks
+  # its shape and that it reaches both Deployments' metrics ports itself.
+  "$PYTHON" deploy/helm/check_rendered.py "$file" "$out/helm-$name.core.yaml"
+  "$PYTHON" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" "$out/helm-$name.core.yaml"
+  if grep -q 'args: \["ecr-controller"\]' "$file"; then
+    # Both identities installed: their RBAC against the API-call list, as for the base.
+    echo -n "$chart ($name): "
+    "$PYTHON" deploy/check_rbac.py deploy/kubernetes/broker-api-calls.json "$file"
+  fi
+  echo "ok $chart ($name: $(grep -c '^kind:' "$file") objects)"
 done
 
 echo "== deploy: cfn-lint"

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Value, json};
 
 use crate::policy::check_role;
@@ -49,6 +51,38 @@ pub struct InjectConfig {
     pub overrides: crate::policy::ArnOverrides,
 }
 
+impl InjectConfig {
+    /// A complete configuration with example values (one profile and trust
+    /// anchor in eu-west-1, a native sidecar, namespace restrictions on),
+    /// for tests, fuzzing and docs.
+    pub fn example() -> Self {
+        let profile = "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p";
+        let anchor = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t";
+        InjectConfig {
+            image: "ghcr.io/attache-dev/attache:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            cpu_request: "10m".into(),
+            memory_request: "16Mi".into(),
+            memory_limit: "64Mi".into(),
+            region: "us-east-1".into(),
+            profile_arn: Some(profile.into()),
+            trust_anchor_arn: Some(anchor.into()),
+            broker_url: "https://attache-broker.attache-system.svc:8443".into(),
+            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+            native_sidecar: true,
+            restrictions: true,
+            sa_token_seconds: 3600,
+            sidecar_uid: 19911,
+            session_name: "serial".into(),
+            overrides: crate::policy::ArnOverrides {
+                default_profile: Some(profile.into()),
+                default_trust_anchor: Some(anchor.into()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// What to do with a pod.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
@@ -59,7 +93,7 @@ pub enum Decision {
     /// Apply this JSON Patch; `warnings` go back to the user.
     Patch {
         /// RFC 6902 operations.
-        ops: Vec<Value>,
+        ops: Patch,
         /// Warnings for `kubectl`.
         warnings: Vec<String>,
         /// The role the pod will assume (for logs and metrics).
@@ -137,95 +171,153 @@ pub fn session_duration(value: &str) -> Option<u32> {
         .filter(|d| (900..=43200).contains(d))
 }
 
-/// Decides what to do with `pod`.
+/// What a pod that gets the sidecar gets: the settings resolved from the
+/// pod, its ServiceAccount, its namespace and the broker's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The role to assume.
+    pub role_arn: String,
+    /// Roles Anywhere profile ARN.
+    pub profile_arn: String,
+    /// Trust anchor ARN.
+    pub trust_anchor_arn: String,
+    /// Region of the sessions.
+    pub region: String,
+    /// Session duration, seconds.
+    pub duration_seconds: u32,
+    /// Role session name setting: `serial`, `pod` or a fixed name.
+    pub session_name: String,
+    /// Warnings for `kubectl`.
+    pub warnings: Vec<String>,
+}
+
+/// Decides what to do with `pod`: [`resolve`] its settings, then [`patch`]
+/// it from the plan.
 pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
+    match resolve(pod, ctx, cfg) {
+        Ok(plan) => Decision::Patch {
+            ops: patch(pod, &plan, cfg),
+            warnings: plan.warnings,
+            role_arn: plan.role_arn,
+        },
+        Err(decision) => decision,
+    }
+}
+
+/// The checks, in order, and the settings of a pod that gets the sidecar;
+/// `Err` is the skip or denial.
+pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Plan, Decision> {
     let pod_ann = |k: &str| str_at(pod, &format!("/metadata/annotations/{}", escape(k)));
     if pod_ann(ANN_INJECT).is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
-        return Decision::Skip("opted out with attache.dev/inject=false");
+        return Err(Decision::Skip("opted out with attache.dev/inject=false"));
     }
     let Some(role) = pod_role(pod, ctx.sa_annotations) else {
-        return Decision::Skip("no attache.dev/role-arn on the pod or its ServiceAccount");
+        return Err(Decision::Skip(
+            "no attache.dev/role-arn on the pod or its ServiceAccount",
+        ));
     };
+    check_pod(pod, ctx, cfg, role)?;
+    let (profile, anchor) = session_arns(ctx, cfg)?;
+    let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
+    let duration_seconds = match sa(ANN_SESSION_DURATION) {
+        None => 3600,
+        Some(v) => session_duration(&v).ok_or_else(|| {
+            Decision::Deny(format!(
+                "ServiceAccount {}/{} has {ANN_SESSION_DURATION}={v:?}: expected whole seconds from 900 to 43200",
+                ctx.namespace, ctx.service_account
+            ))
+        })?,
+    };
+    let region = attache_aws::arn::arn_region(&anchor)
+        .unwrap_or(&cfg.region)
+        .to_string();
+    let warnings = warnings(pod, cfg, role, &profile);
+    Ok(Plan {
+        role_arn: role.to_string(),
+        profile_arn: profile,
+        trust_anchor_arn: anchor,
+        region,
+        duration_seconds,
+        session_name: sa(ANN_SESSION_NAME).unwrap_or_else(|| cfg.session_name.clone()),
+        warnings,
+    })
+}
+
+/// The refusals that depend on the pod and its role.
+fn check_pod(
+    pod: &Value,
+    ctx: &Context<'_>,
+    cfg: &InjectConfig,
+    role: &str,
+) -> Result<(), Decision> {
     if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
-        return Decision::Deny(format!(
+        return Err(Decision::Deny(format!(
             "attache cannot serve credentials to pods with hostNetwork: true (the loopback endpoint would be shared with the node); pod in namespace {:?} with role {role:?}: remove hostNetwork or the {ANN_ROLE_ARN} annotation",
             ctx.namespace
-        ));
+        )));
     }
-    if let Err(e) = attache_aws::arn::validate_role_arn(role) {
-        return Decision::Deny(format!("{ANN_ROLE_ARN}: {e}"));
-    }
-    if let Err(e) = check_role(
+    attache_aws::arn::validate_role_arn(role)
+        .map_err(|e| Decision::Deny(format!("{ANN_ROLE_ARN}: {e}")))?;
+    check_role(
         ctx.namespace,
         ctx.namespace_annotations,
         role,
         cfg.restrictions,
-    ) {
-        return Decision::Deny(e.to_string());
-    }
+    )
+    .map_err(|e| Decision::Deny(e.to_string()))?;
     // Only after the refusals above: a pod that brings its own container
     // named attache-sidecar gets no pass around them.
     if already_injected(pod) {
-        return Decision::Skip("already injected");
+        return Err(Decision::Skip("already injected"));
     }
     if !patchable(pod) {
-        return Decision::Skip(
+        return Err(Decision::Skip(
             "no spec with a list of containers (the API server's validation refuses the pod)",
-        );
+        ));
     }
     let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array);
     if let Some(taken) = [TOKEN_VOLUME, SA_TOKEN_VOLUME]
         .into_iter()
         .find(|name| volumes.is_some_and(|vs| vs.iter().any(|v| v["name"] == *name)))
     {
-        return Decision::Deny(format!(
+        return Err(Decision::Deny(format!(
             "the pod already has a volume named {taken:?}, a name attache's sidecar needs: rename that volume (pod in namespace {:?} with role {role:?})",
             ctx.namespace
-        ));
+        )));
     }
+    Ok(())
+}
+
+/// The profile and trust anchor: the ServiceAccount's (if the broker allows
+/// them) or the broker's defaults.
+fn session_arns(ctx: &Context<'_>, cfg: &InjectConfig) -> Result<(String, String), Decision> {
     let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
-    if let Err(e) = cfg
-        .overrides
+    cfg.overrides
         .check(ctx.namespace, ctx.service_account, ctx.sa_annotations)
-    {
-        return Decision::Deny(e.to_string());
-    }
+        .map_err(|e| Decision::Deny(e.to_string()))?;
     let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.profile_arn.clone()) else {
-        return Decision::Deny(format!(
+        return Err(Decision::Deny(format!(
             "no Roles Anywhere profile for ServiceAccount {}/{}: set {ANN_PROFILE_ARN} on it or start the broker with --profile-arn",
             ctx.namespace, ctx.service_account
-        ));
+        )));
     };
     let Some(anchor) = sa(ANN_TRUST_ANCHOR_ARN).or_else(|| cfg.trust_anchor_arn.clone()) else {
-        return Decision::Deny(format!(
+        return Err(Decision::Deny(format!(
             "no trust anchor for ServiceAccount {}/{}: set {ANN_TRUST_ANCHOR_ARN} on it or start the broker with --trust-anchor-arn",
             ctx.namespace, ctx.service_account
-        ));
+        )));
     };
     for (what, arn, kind) in [
         (ANN_PROFILE_ARN, &profile, "profile"),
         (ANN_TRUST_ANCHOR_ARN, &anchor, "trust-anchor"),
     ] {
-        if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
-            return Decision::Deny(format!("{what}: {e}"));
-        }
+        attache_aws::arn::validate_rolesanywhere_arn(arn, kind)
+            .map_err(|e| Decision::Deny(format!("{what}: {e}")))?;
     }
-    let duration = match sa(ANN_SESSION_DURATION) {
-        None => 3600,
-        Some(v) => match session_duration(&v) {
-            Some(d) => d,
-            None => {
-                return Decision::Deny(format!(
-                    "ServiceAccount {}/{} has {ANN_SESSION_DURATION}={v:?}: expected whole seconds from 900 to 43200",
-                    ctx.namespace, ctx.service_account
-                ));
-            }
-        },
-    };
-    let region = attache_aws::arn::arn_region(&anchor)
-        .unwrap_or(&cfg.region)
-        .to_string();
+    Ok((profile, anchor))
+}
 
+fn warnings(pod: &Value, cfg: &InjectConfig, role: &str, profile: &str) -> Vec<String> {
     let mut warnings = Vec::new();
     if pod.pointer("/spec/shareProcessNamespace") == Some(&Value::Bool(true)) {
         warnings.push(format!(
@@ -234,15 +326,99 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
         ));
     }
     let partition = |arn: &str| arn.split(':').nth(1).unwrap_or("").to_string();
-    if partition(role) != partition(&profile) {
+    if partition(role) != partition(profile) {
         warnings.push(format!(
             "role {role} is in partition {:?} but profile {profile} is in {:?}; CreateSession will fail",
             partition(role),
-            partition(&profile)
+            partition(profile)
         ));
     }
+    for c in app_kinds(cfg)
+        .iter()
+        .flat_map(|kind| containers(pod, kind))
+        .filter(|c| has_env(c, "AWS_ACCESS_KEY_ID"))
+    {
+        warnings.push(format!(
+            "container {} sets AWS_ACCESS_KEY_ID; SDKs prefer static keys over the attache endpoint",
+            c["name"].as_str().unwrap_or("?")
+        ));
+    }
+    warnings
+}
 
-    let mut ops = Vec::new();
+/// The container lists the sidecar serves: a native sidecar starts before
+/// the init containers, so they get the endpoint too.
+fn app_kinds(cfg: &InjectConfig) -> &'static [&'static str] {
+    if cfg.native_sidecar {
+        &["initContainers", "containers"]
+    } else {
+        &["containers"]
+    }
+}
+
+fn containers<'a>(pod: &'a Value, kind: &str) -> impl Iterator<Item = &'a Value> {
+    pod.pointer(&format!("/spec/{kind}"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn has_env(container: &Value, name: &str) -> bool {
+    container
+        .get("env")
+        .and_then(Value::as_array)
+        .is_some_and(|e| e.iter().any(|v| v["name"] == name))
+}
+
+/// An `add` operation at the pointer made of `tokens` (escaped as RFC 6901 says).
+fn add<'t>(tokens: impl IntoIterator<Item = &'t str>, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(tokens),
+        value,
+    })
+}
+
+/// The JSON Patch that gives `pod` the sidecar as `plan` says. It only adds:
+/// to lists it appends (`-`), and a list or object that is absent is added
+/// whole, so nothing the pod has is replaced or removed.
+pub fn patch(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Patch {
+    let mut ops = app_container_ops(pod, plan, cfg);
+    let volumes = [
+        json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+        json!({"name": SA_TOKEN_VOLUME, "projected": {"defaultMode": 0o444, "sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": cfg.sa_token_seconds, "path": "token"}}]}}),
+    ];
+    match pod.pointer("/spec/volumes").and_then(Value::as_array) {
+        None => ops.push(add(["spec", "volumes"], Value::from(volumes.to_vec()))),
+        Some(_) => ops.extend(
+            volumes
+                .into_iter()
+                .map(|v| add(["spec", "volumes", "-"], v)),
+        ),
+    }
+    let sidecar = sidecar_container(cfg, plan);
+    let has_init = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .is_some();
+    ops.push(match (cfg.native_sidecar, has_init) {
+        (true, false) => add(["spec", "initContainers"], json!([sidecar])),
+        // First, so later init containers can use AWS too. Applied after the
+        // per-container ops above, whose indices refer to the original list.
+        (true, true) => add(["spec", "initContainers", "0"], sidecar),
+        (false, _) => add(["spec", "containers", "-"], sidecar),
+    });
+    ops.push(match pod.pointer("/metadata/annotations") {
+        Some(Value::Object(_)) => add(["metadata", "annotations", ANN_INJECTED], json!("true")),
+        _ => add(["metadata", "annotations"], json!({ANN_INJECTED: "true"})),
+    });
+    Patch(ops)
+}
+
+/// The endpoint's env vars (those a container does not set itself) and the
+/// token volume's mount, for every app container (and init container, for a
+/// native sidecar, which starts before them).
+fn app_container_ops(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Vec<PatchOperation> {
     let app_env = [
         (
             env::AWS_CONTAINER_CREDENTIALS_FULL_URI,
@@ -252,45 +428,30 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
             env::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE,
             TOKEN_FILE.to_string(),
         ),
-        ("AWS_REGION", region.clone()),
-        ("AWS_DEFAULT_REGION", region.clone()),
+        ("AWS_REGION", plan.region.clone()),
+        ("AWS_DEFAULT_REGION", plan.region.clone()),
         ("AWS_STS_REGIONAL_ENDPOINTS", "regional".to_string()),
     ];
-    let kinds: &[&str] = if cfg.native_sidecar {
-        &["initContainers", "containers"]
-    } else {
-        &["containers"]
-    };
-    for kind in kinds {
-        let Some(containers) = pod
-            .pointer(&format!("/spec/{kind}"))
-            .and_then(Value::as_array)
-        else {
-            continue;
-        };
-        for (i, c) in containers.iter().enumerate() {
-            let base = format!("/spec/{kind}/{i}");
-            let env = c.get("env").and_then(Value::as_array);
-            let has = |name: &str| env.is_some_and(|e| e.iter().any(|v| v["name"] == name));
-            if has("AWS_ACCESS_KEY_ID") {
-                warnings.push(format!(
-                    "container {} sets AWS_ACCESS_KEY_ID; SDKs prefer static keys over the attache endpoint",
-                    c["name"].as_str().unwrap_or("?")
-                ));
-            }
+    let mut ops = Vec::new();
+    for kind in app_kinds(cfg) {
+        for (i, c) in containers(pod, kind).enumerate() {
+            let index = i.to_string();
+            let at = |field: &'static str| ["spec", kind, index.as_str(), field];
             let missing: Vec<Value> = app_env
                 .iter()
-                .filter(|(n, _)| !has(n))
+                .filter(|(n, _)| !has_env(c, n))
                 .map(|(n, v)| json!({"name": n, "value": v}))
                 .collect();
-            if env.is_none() {
+            if c.get("env").and_then(Value::as_array).is_none() {
                 if !missing.is_empty() {
-                    ops.push(json!({"op": "add", "path": format!("{base}/env"), "value": missing}));
+                    ops.push(add(at("env"), Value::from(missing)));
                 }
             } else {
-                for m in missing {
-                    ops.push(json!({"op": "add", "path": format!("{base}/env/-"), "value": m}));
-                }
+                ops.extend(
+                    missing
+                        .into_iter()
+                        .map(|m| add(at("env").into_iter().chain(["-"]), m)),
+                );
             }
             let mounts = c.get("volumeMounts").and_then(Value::as_array);
             let mounted = mounts.is_some_and(|ms| {
@@ -299,69 +460,14 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
             });
             if !mounted {
                 let m = json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true});
-                if mounts.is_none() {
-                    ops.push(
-                        json!({"op": "add", "path": format!("{base}/volumeMounts"), "value": [m]}),
-                    );
-                } else {
-                    ops.push(
-                        json!({"op": "add", "path": format!("{base}/volumeMounts/-"), "value": m}),
-                    );
-                }
+                ops.push(match mounts {
+                    None => add(at("volumeMounts"), json!([m])),
+                    Some(_) => add(at("volumeMounts").into_iter().chain(["-"]), m),
+                });
             }
         }
     }
-
-    let volumes = [
-        json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
-        json!({"name": SA_TOKEN_VOLUME, "projected": {"defaultMode": 0o444, "sources": [{"serviceAccountToken": {
-            "audience": TOKEN_AUDIENCE, "expirationSeconds": cfg.sa_token_seconds, "path": "token"}}]}}),
-    ];
-    match pod.pointer("/spec/volumes").and_then(Value::as_array) {
-        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
-        Some(_) => ops.extend(
-            volumes
-                .into_iter()
-                .map(|v| json!({"op": "add", "path": "/spec/volumes/-", "value": v})),
-        ),
-    }
-
-    let session_name = sa(ANN_SESSION_NAME).unwrap_or_else(|| cfg.session_name.clone());
-    let sidecar = sidecar_container(
-        cfg,
-        role,
-        &profile,
-        &anchor,
-        &region,
-        duration,
-        &session_name,
-    );
-    if cfg.native_sidecar {
-        match pod
-            .pointer("/spec/initContainers")
-            .and_then(Value::as_array)
-        {
-            None => {
-                ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}))
-            }
-            // First, so later init containers can use AWS too. Applied after the
-            // per-container ops above, whose indices refer to the original list.
-            Some(_) => {
-                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}))
-            }
-        }
-    } else {
-        ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
-    }
-    match pod.pointer("/metadata/annotations") {
-        Some(Value::Object(_)) => ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(ANN_INJECTED)), "value": "true"})),
-        _ => ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {ANN_INJECTED: "true"}})),
-    }
-    Decision::Patch {
-        ops,
-        warnings,
-        role_arn: role.to_string(),
-    }
+    ops
 }
 
 /// The sidecar's environment for a session-name setting: nothing for
@@ -385,21 +491,13 @@ fn session_name_env(setting: &str) -> Vec<Value> {
     })]
 }
 
-fn sidecar_container(
-    cfg: &InjectConfig,
-    role: &str,
-    profile: &str,
-    anchor: &str,
-    region: &str,
-    duration: u32,
-    session_name: &str,
-) -> Value {
+fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
     let env = [
-        (env::REGION, region.to_string()),
-        (env::ROLE_ARN, role.to_string()),
-        (env::PROFILE_ARN, profile.to_string()),
-        (env::TRUST_ANCHOR_ARN, anchor.to_string()),
-        (env::SESSION_DURATION, duration.to_string()),
+        (env::REGION, plan.region.clone()),
+        (env::ROLE_ARN, plan.role_arn.clone()),
+        (env::PROFILE_ARN, plan.profile_arn.clone()),
+        (env::TRUST_ANCHOR_ARN, plan.trust_anchor_arn.clone()),
+        (env::SESSION_DURATION, plan.duration_seconds.to_string()),
         (env::BROKER_URL, cfg.broker_url.clone()),
         (env::CA_BUNDLE_PEM, cfg.ca_bundle_pem.clone()),
         (
@@ -418,7 +516,7 @@ fn sidecar_container(
         "env": env
             .iter()
             .map(|(n, v)| json!({"name": n, "value": v}))
-            .chain(session_name_env(session_name))
+            .chain(session_name_env(&plan.session_name))
             .collect::<Vec<_>>(),
         "resources": {
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
@@ -464,37 +562,10 @@ pub(crate) mod tests {
     const ROLE: &str = "arn:aws:iam::123456789012:role/app-reader";
 
     pub(crate) fn cfg() -> InjectConfig {
-        InjectConfig {
-            image: "ghcr.io/attache-dev/attache:test".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            cpu_request: "10m".into(),
-            memory_request: "16Mi".into(),
-            memory_limit: "64Mi".into(),
-            region: "us-east-1".into(),
-            profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-            trust_anchor_arn: Some(
-                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-            ),
-            broker_url: "https://attache-broker.attache-system.svc:8443".into(),
-            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
-            native_sidecar: true,
-            restrictions: true,
-            sa_token_seconds: 3600,
-            sidecar_uid: 19911,
-            session_name: "serial".into(),
-            overrides: crate::policy::ArnOverrides {
-                default_profile: Some(
-                    "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into(),
-                ),
-                default_trust_anchor: Some(
-                    "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-                ),
-                allowed_profiles: vec![
-                    "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/team-*".into(),
-                ],
-                allowed_trust_anchors: vec![],
-            },
-        }
+        let mut cfg = InjectConfig::example();
+        cfg.overrides.allowed_profiles =
+            vec!["arn:aws:rolesanywhere:eu-west-1:123456789012:profile/team-*".into()];
+        cfg
     }
 
     #[test]
@@ -580,10 +651,9 @@ pub(crate) mod tests {
         )
     }
 
-    fn apply(pod: &Value, ops: &[Value]) -> Value {
+    fn apply(pod: &Value, patch: &Patch) -> Value {
         let mut out = pod.clone();
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops.to_vec())).unwrap();
-        json_patch::patch(&mut out, &patch).unwrap();
+        json_patch::patch(&mut out, patch).unwrap();
         out
     }
 
@@ -719,7 +789,7 @@ pub(crate) mod tests {
         assert_eq!(out["metadata"]["annotations"]["keep"], "me");
         assert!(
             ops.iter()
-                .any(|o| o["path"] == "/metadata/annotations/attache.dev~1injected")
+                .any(|o| o.path().as_str() == "/metadata/annotations/attache.dev~1injected")
         );
     }
 

@@ -157,16 +157,14 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, Stri
         .map_err(|_| "the review has no \"request\"".to_string())
 }
 
-/// The answer that applies `ops` (from [`Decision::Patch`]) as the review's
-/// JSON Patch, with `warnings` for kubectl; `Err` (an internal error, to deny
-/// with) when the operations do not form a patch.
+/// The answer that applies `patch` (from [`Decision::Patch`]) as the
+/// review's JSON Patch, with `warnings` for kubectl; `Err` (an internal
+/// error, to deny with) when it cannot be encoded.
 pub fn patch_response(
     allow: AdmissionResponse,
-    ops: Vec<Value>,
+    patch: json_patch::Patch,
     warnings: Vec<String>,
 ) -> Result<AdmissionResponse, String> {
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
-        .map_err(|e| format!("internal error building the patch: {e}"))?;
     let mut resp = allow
         .with_patch(patch)
         .map_err(|e| format!("internal error encoding the patch: {e}"))?;

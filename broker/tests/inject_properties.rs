@@ -17,30 +17,9 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/app";
 
 fn config(native_sidecar: bool) -> InjectConfig {
     InjectConfig {
-        image: "ghcr.io/attache-dev/attache:test".into(),
-        image_pull_policy: "IfNotPresent".into(),
-        cpu_request: "10m".into(),
-        memory_request: "16Mi".into(),
-        memory_limit: "64Mi".into(),
-        region: "us-east-1".into(),
-        profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-        trust_anchor_arn: Some(
-            "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-        ),
-        broker_url: "https://attache-broker.attache-system.svc:8443".into(),
-        ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
         native_sidecar,
-        restrictions: true,
-        sa_token_seconds: 3600,
-        sidecar_uid: 19911,
         session_name: "pod".into(),
-        overrides: attache_broker::policy::ArnOverrides {
-            default_profile: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-            default_trust_anchor: Some(
-                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-            ),
-            ..Default::default()
-        },
+        ..InjectConfig::example()
     }
 }
 
@@ -211,9 +190,8 @@ fn check(pod: &Value, native: bool) -> Result<(), TestCaseError> {
         }
         Decision::Skip(_) => return Ok(()),
     };
-    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
     let mut out = pod.clone();
-    json_patch::patch(&mut out, &patch).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    json_patch::patch(&mut out, &ops).map_err(|e| TestCaseError::fail(format!("{e}")))?;
     // Still a Pod.
     serde_json::from_value::<Pod>(out.clone())
         .map_err(|e| TestCaseError::fail(format!("not a Pod: {e}")))?;

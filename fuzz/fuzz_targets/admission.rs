@@ -21,30 +21,10 @@ const ROLE: &str = "arn:aws:iam::123456789012:role/app";
 
 fn config(native: bool, restrictions: bool) -> InjectConfig {
     InjectConfig {
-        image: "ghcr.io/attache-dev/attache:fuzz".into(),
-        image_pull_policy: "IfNotPresent".into(),
-        cpu_request: "10m".into(),
-        memory_request: "16Mi".into(),
-        memory_limit: "64Mi".into(),
-        region: "us-east-1".into(),
-        profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-        trust_anchor_arn: Some(
-            "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-        ),
-        broker_url: "https://attache-broker.attache-system.svc:8443".into(),
-        ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
         native_sidecar: native,
         restrictions,
-        sa_token_seconds: 3600,
-        sidecar_uid: 19911,
         session_name: if native { "pod" } else { "serial" }.into(),
-        overrides: attache_broker::policy::ArnOverrides {
-            default_profile: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
-            default_trust_anchor: Some(
-                "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
-            ),
-            ..Default::default()
-        },
+        ..InjectConfig::example()
     }
 }
 
@@ -106,8 +86,7 @@ fuzz_target!(|data: &[u8]| {
     // What the API server receives: the review JSON with a base64 patch.
     let review = serde_json::to_value(resp.into_review()).expect("review serializes");
     assert_eq!(review["response"]["patchType"], "JSONPatch");
-    let patch: json_patch::Patch =
-        serde_json::from_value(Value::Array(ops)).expect("operations are a patch");
+    let patch = ops;
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &patch)
         .unwrap_or_else(|e| panic!("patch does not apply: {e}\npod: {pod}\npatch: {patch:?}"));

@@ -136,16 +136,32 @@ pub fn precheck(token: &str, now_unix: i64) -> Result<TokenShape, &'static str> 
 
 /// An API refusal: status, code, message.
 #[derive(Debug)]
-pub struct Refusal(pub StatusCode, pub &'static str, pub String);
+pub struct Refusal {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable error code (`unauthenticated`, `forbidden`, `bad_csr`, ...).
+    pub code: &'static str,
+    /// What was wrong, for people.
+    pub message: String,
+}
 
 impl Refusal {
+    /// A refusal with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Refusal {
+            status,
+            code,
+            message,
+        }
+    }
+
     fn into_response(self) -> (StatusCode, Json<Value>) {
         let reply = ErrorReply {
-            error: Some(self.1.to_string()),
-            message: Some(self.2),
+            error: Some(self.code.to_string()),
+            message: Some(self.message),
         };
         (
-            self.0,
+            self.status,
             Json(serde_json::to_value(reply).unwrap_or_default()),
         )
     }
@@ -155,7 +171,7 @@ impl Refusal {
 /// unauthenticated) gets generic text.
 fn kube_unavailable(what: &str, e: kube::Error) -> Refusal {
     tracing::warn!(error = %e, "{what}");
-    Refusal(
+    Refusal::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         format!("{what}: the Kubernetes API is unavailable, retry later"),
@@ -163,7 +179,7 @@ fn kube_unavailable(what: &str, e: kube::Error) -> Refusal {
 }
 
 fn unauthenticated(why: impl Into<String>) -> Refusal {
-    Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", why.into())
+    Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", why.into())
 }
 
 impl CertApi {
@@ -205,7 +221,7 @@ impl CertApi {
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("{username:?} is not a ServiceAccount"),
@@ -240,14 +256,14 @@ impl CertApi {
             .await
             .map_err(|e| kube_unavailable("reading the pod", e))?
             .ok_or_else(|| {
-                Refusal(
+                Refusal::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
                     format!("pod {}/{name} no longer exists", caller.namespace),
                 )
             })?;
         if caller.pod_uid.is_some() && pod.metadata.uid != caller.pod_uid {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 format!("pod {}/{name} was replaced", caller.namespace),
@@ -264,7 +280,7 @@ impl CertApi {
             .await
             .map_err(|e| kube_unavailable("reading the ServiceAccount", e))?
             .ok_or_else(|| {
-                Refusal(
+                Refusal::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     format!(
@@ -276,13 +292,13 @@ impl CertApi {
         let sa_ann = sa.metadata.annotations.unwrap_or_default();
         self.overrides
             .check(&caller.namespace, &caller.service_account, &sa_ann)
-            .map_err(|e| Refusal(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
+            .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
         let pod_value = match self.bound_pod(caller).await? {
             Some(pod) => serde_json::to_value(&pod).unwrap_or_default(),
             None => Value::Null,
         };
         let role = pod_role(&pod_value, &sa_ann).map(str::to_string).ok_or_else(|| {
-            Refusal(
+            Refusal::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
@@ -299,7 +315,7 @@ impl CertApi {
             .and_then(|n| n.metadata.annotations)
             .unwrap_or_default();
         check_role(&caller.namespace, &ns_ann, &role, self.restrictions).map_err(|e| {
-            Refusal(
+            Refusal::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!(
@@ -369,14 +385,14 @@ impl CertApi {
                 .ok()
                 .and_then(Result::ok)
                 .ok_or_else(|| {
-                    Refusal(
+                    Refusal::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
                         "too many certificate requests at once, retry later".into(),
                     )
                 })?;
             match self.authenticate(token).await {
-                Err(r) if r.0 == StatusCode::UNAUTHORIZED => {
+                Err(r) if r.status == StatusCode::UNAUTHORIZED => {
                     remember(&self.refusals, key, Instant::now() + REFUSAL_CACHE_TTL);
                     return Err(r);
                 }
@@ -422,7 +438,7 @@ impl CertApi {
             self.issuance.retain_recent();
         }
         if self.issuance.check_key(&key).is_err() {
-            return Err(Refusal(
+            return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!(
@@ -443,7 +459,7 @@ impl CertApi {
             &caller.namespace,
             &caller.service_account,
         )
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_identity", e.to_string()))?;
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_identity", e.to_string()))?;
         let leaf = self
             .ca
             .issue_workload(
@@ -453,7 +469,7 @@ impl CertApi {
                 OffsetDateTime::now_utc(),
             )
             .map_err(|e| {
-                Refusal(
+                Refusal::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "issue_failed",
                     e.to_string(),
@@ -486,7 +502,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Refusal> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            Refusal(
+            Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "an Authorization: Bearer <ServiceAccount token> header is required".into(),
@@ -498,7 +514,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Refusal> {
 /// field otherwise.
 pub fn csr_from_body(body: &[u8]) -> Result<VerifiedCsr, Refusal> {
     let request: Value = serde_json::from_slice(body).map_err(|e| {
-        Refusal(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!("body is not JSON: {e}"),
@@ -507,14 +523,14 @@ pub fn csr_from_body(body: &[u8]) -> Result<VerifiedCsr, Refusal> {
     // Read as a value first, so a missing or mistyped field gets the
     // message below rather than serde's.
     let request: CertificateRequest = serde_json::from_value(request).map_err(|_| {
-        Refusal(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "field \"csr\" (a PEM string) is required".into(),
         )
     })?;
     VerifiedCsr::parse(request.csr.as_bytes()).map_err(|e| {
-        Refusal(
+        Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad_csr",
             format!("field \"csr\": {e}"),
@@ -534,8 +550,8 @@ pub async fn issue(
             Json(serde_json::to_value(reply).unwrap_or_default()),
         ),
         Err(r) => {
-            tracing::warn!(status = r.0.as_u16(), error = r.1, message = %r.2, "refused certificate request");
-            Metrics::count(&api.metrics.certificates_refused, r.1);
+            tracing::warn!(status = r.status.as_u16(), error = r.code, message = %r.message, "refused certificate request");
+            Metrics::count(&api.metrics.certificates_refused, r.code);
             r.into_response()
         }
     }

@@ -269,57 +269,11 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         "the serving CA must not be the workload CA (--serving-ca-secret names --ca-secret)"
     );
     tracing::info!(fingerprint = %ca.info().sha256_fingerprint, not_after = %ca.info().not_after, "CA ready");
-    let configmaps = Api::namespaced(client.clone(), &args.namespace);
-    if let Err(e) = crate::castore::publish_bundle(&configmaps, &args.namespace, &ca_pem).await {
-        tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
-    }
-    if !args.webhook_config.is_empty() {
-        match patch_webhook_ca_bundle(&client, &args.webhook_config, &serving_pem).await {
-            Ok(true) => tracing::info!(webhook = %args.webhook_config, "webhook caBundle set"),
-            Ok(false) => {
-                tracing::warn!(webhook = %args.webhook_config, "MutatingWebhookConfiguration not found; caBundle not set")
-            }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle"),
-        }
-    }
-    // Keep the bundle ConfigMap and the webhook's caBundle right even if someone
-    // edits them (or the webhook configuration is applied after the broker starts).
-    let keeper = {
-        let (client, namespace, webhook, ca_pem, serving_pem) = (
-            client.clone(),
-            args.namespace.clone(),
-            args.webhook_config.clone(),
-            ca_pem.clone(),
-            serving_pem.clone(),
-        );
-        tokio::spawn(async move {
-            let configmaps = Api::namespaced(client.clone(), &namespace);
-            loop {
-                tokio::time::sleep(CA_BUNDLE_RECHECK).await;
-                if let Err(e) =
-                    crate::castore::publish_bundle(&configmaps, &namespace, &ca_pem).await
-                {
-                    tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
-                }
-                if !webhook.is_empty()
-                    && let Err(e) = patch_webhook_ca_bundle(&client, &webhook, &serving_pem).await
-                {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle");
-                }
-            }
-        })
-    };
+    let keeper = keep_bundles(&args, &client, ca_pem, serving_pem.clone()).await;
     let names = service_names(&args.service_name, &args.namespace, &args.tls_sans);
     let cert = RotatingCert::new(&serving_ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
 
-    let mut excluded = args.excluded_namespaces.clone();
-    excluded.push(args.namespace.clone());
-    let broker_url = args
-        .broker_url
-        .clone()
-        .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace));
-    let overrides = args.session.overrides();
     let annotations = crate::informer::AnnotationCache::watch(client.clone());
     let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -332,29 +286,121 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     }
     let webhook = Webhook {
         annotations,
-        config: Arc::new(InjectConfig {
-            image: args.sidecar_image.clone(),
-            image_pull_policy: args.sidecar_image_pull_policy.clone(),
-            cpu_request: args.sidecar_cpu_request.clone(),
-            memory_request: args.sidecar_memory_request.clone(),
-            memory_limit: args.sidecar_memory_limit.clone(),
-            region: args.session.region.clone(),
-            profile_arn: args.session.profile_arn.clone(),
-            trust_anchor_arn: args.session.trust_anchor_arn.clone(),
-            broker_url,
-            ca_bundle_pem: serving_pem.clone(),
-            native_sidecar: args.native_sidecar,
-            restrictions: args.namespace_restrictions,
-            sa_token_seconds: args.sa_token_seconds,
-            sidecar_uid: args.sidecar_uid,
-            session_name: args.session_name.clone(),
-            overrides: overrides.clone(),
-        }),
-        excluded_namespaces: Arc::new(excluded),
+        config: Arc::new(inject_config(&args, &serving_pem)),
+        excluded_namespaces: Arc::new(
+            args.excluded_namespaces
+                .iter()
+                .cloned()
+                .chain([args.namespace.clone()])
+                .collect(),
+        ),
         metrics: metrics.clone(),
     };
-    let certs = CertApi {
-        overrides,
+    let certs = cert_api(&args, &client, &ca, &metrics);
+    let routers = Routers {
+        certificates: limited(
+            Router::new().route(
+                attache_api::certificates::PATH,
+                post(crate::certapi::issue).with_state(certs),
+            ),
+            args.request_timeout,
+        ),
+        webhook: limited(
+            Router::new().route("/mutate", post(crate::webhook::mutate).with_state(webhook)),
+            args.request_timeout,
+        ),
+        admin: admin_router(&metrics, synced),
+    };
+    let rotation = tokio::spawn(cert.clone().rotate_forever(serving_ca, names));
+    let served = serve_all(&args, routers, tls, vec![rotation, keeper]).await?;
+    Ok(Running {
+        serving_ca_pem: serving_pem,
+        addr: served.addr,
+        webhook_addr: served.webhook_addr,
+        admin_addr: served.admin_addr,
+        ca,
+        metrics,
+        stop: Some(served.stop),
+        tasks: served.tasks,
+    })
+}
+
+/// Publishes the CA bundle ConfigMap and sets the webhook's caBundle now,
+/// then keeps both right every [`CA_BUNDLE_RECHECK`] even if someone edits
+/// them (or the webhook configuration is applied after the broker starts).
+async fn keep_bundles(
+    args: &RunArgs,
+    client: &kube::Client,
+    ca_pem: String,
+    serving_pem: String,
+) -> tokio::task::JoinHandle<()> {
+    let (client, namespace, webhook) = (
+        client.clone(),
+        args.namespace.clone(),
+        args.webhook_config.clone(),
+    );
+    let configmaps = Api::namespaced(client.clone(), &namespace);
+    if let Err(e) = crate::castore::publish_bundle(&configmaps, &namespace, &ca_pem).await {
+        tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
+    }
+    if !webhook.is_empty() {
+        match patch_webhook_ca_bundle(&client, &webhook, &serving_pem).await {
+            Ok(true) => tracing::info!(webhook = %webhook, "webhook caBundle set"),
+            Ok(false) => {
+                tracing::warn!(webhook = %webhook, "MutatingWebhookConfiguration not found; caBundle not set")
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle"),
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CA_BUNDLE_RECHECK).await;
+            if let Err(e) = crate::castore::publish_bundle(&configmaps, &namespace, &ca_pem).await {
+                tracing::warn!(error = %e, "cannot publish the CA bundle ConfigMap");
+            }
+            if !webhook.is_empty()
+                && let Err(e) = patch_webhook_ca_bundle(&client, &webhook, &serving_pem).await
+            {
+                tracing::warn!(error = %format!("{e:#}"), "cannot set the webhook caBundle");
+            }
+        }
+    })
+}
+
+/// What the webhook injects, from the flags.
+fn inject_config(args: &RunArgs, serving_pem: &str) -> InjectConfig {
+    InjectConfig {
+        image: args.sidecar_image.clone(),
+        image_pull_policy: args.sidecar_image_pull_policy.clone(),
+        cpu_request: args.sidecar_cpu_request.clone(),
+        memory_request: args.sidecar_memory_request.clone(),
+        memory_limit: args.sidecar_memory_limit.clone(),
+        region: args.session.region.clone(),
+        profile_arn: args.session.profile_arn.clone(),
+        trust_anchor_arn: args.session.trust_anchor_arn.clone(),
+        broker_url: args
+            .broker_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace)),
+        ca_bundle_pem: serving_pem.to_string(),
+        native_sidecar: args.native_sidecar,
+        restrictions: args.namespace_restrictions,
+        sa_token_seconds: args.sa_token_seconds,
+        sidecar_uid: args.sidecar_uid,
+        session_name: args.session_name.clone(),
+        overrides: args.session.overrides(),
+    }
+}
+
+/// The certificate API's state, from the flags.
+fn cert_api(
+    args: &RunArgs,
+    client: &kube::Client,
+    ca: &Arc<CertificateAuthority>,
+    metrics: &Metrics,
+) -> CertApi {
+    CertApi {
+        overrides: args.session.overrides(),
         client: client.clone(),
         ca: ca.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -369,27 +415,29 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         issuance: Arc::new(crate::certapi::issuance_limiter(
             args.max_certificates_per_minute,
         )),
-    };
-    let limits = |router: Router| {
-        router
-            .layer(tower_http::limit::RequestBodyLimitLayer::new(
-                MAX_BODY_BYTES,
-            ))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                args.request_timeout,
-            ))
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                MAX_CONCURRENT,
-            ))
-    };
-    let main = limits(Router::new().route(
-        attache_api::certificates::PATH,
-        post(crate::certapi::issue).with_state(certs),
-    ));
-    let webhook_router =
-        limits(Router::new().route("/mutate", post(crate::webhook::mutate).with_state(webhook)));
-    let admin = Router::new()
+    }
+}
+
+/// The limits of the certificate API and webhook ports: body size, whole
+/// request time, concurrent requests.
+fn limited(router: Router, request_timeout: Duration) -> Router {
+    router
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT,
+        ))
+}
+
+/// `/healthz`, `/readyz` (ready once the annotation caches are listed) and
+/// `/metrics`.
+fn admin_router(metrics: &Metrics, synced: Arc<std::sync::atomic::AtomicBool>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -410,8 +458,34 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
             "/metrics",
             get(|State(m): State<Metrics>| async move { m.encode() }),
         )
-        .with_state(metrics.clone());
+        .with_state(metrics.clone())
+}
 
+/// The broker's three routers.
+struct Routers {
+    certificates: Router,
+    webhook: Router,
+    admin: Router,
+}
+
+/// The bound ports and what stops them.
+struct Served {
+    addr: SocketAddr,
+    webhook_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds the three ports and serves them until `stop` is sent: the
+/// certificate API stops first, then the webhook, then the admin port; then
+/// `background` tasks are aborted.
+async fn serve_all(
+    args: &RunArgs,
+    routers: Routers,
+    tls: tokio_rustls::TlsAcceptor,
+    background: Vec<tokio::task::JoinHandle<()>>,
+) -> Result<Served> {
     let listener = attache_rt::serve::bind(args.listen).await?;
     let webhook_listener = attache_rt::serve::bind(args.webhook_listen).await?;
     let admin_listener = attache_rt::serve::bind(args.admin_listen).await?;
@@ -420,11 +494,10 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
-    let rotation = tokio::spawn(cert.clone().rotate_forever(serving_ca, names));
     let (webhook_stop_tx, webhook_stop_rx) = oneshot::channel::<()>();
     let serve_webhook = tokio::spawn(attache_rt::serve::serve(
         webhook_listener,
-        webhook_router,
+        routers.webhook,
         Some(tls.clone()),
         async move {
             let _ = webhook_stop_rx.await;
@@ -433,6 +506,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let per_peer = attache_rt::serve::ConnectionLimits {
         per_peer: Some(args.max_connections_per_peer.max(1)),
     };
+    let main = routers.certificates;
     let serve_main = tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
@@ -442,26 +516,24 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         let _ = serve_webhook.await;
         // The admin port goes down last, after in-flight requests finished.
         let _ = admin_stop_tx.send(());
-        rotation.abort();
-        keeper.abort();
+        for task in background {
+            task.abort();
+        }
     });
     let serve_admin = tokio::spawn(attache_rt::serve::serve(
         admin_listener,
-        admin,
+        routers.admin,
         None,
         async move {
             let _ = admin_stop_rx.await;
         },
     ));
     tracing::info!(%addr, %webhook_addr, %admin_addr, "broker serving");
-    Ok(Running {
-        serving_ca_pem: serving_pem,
+    Ok(Served {
         addr,
         webhook_addr,
         admin_addr,
-        ca,
-        metrics,
-        stop: Some(stop_tx),
+        stop: stop_tx,
         tasks: vec![serve_main, serve_admin],
     })
 }

@@ -19,9 +19,9 @@
 pub mod app;
 pub mod certsource;
 pub mod cli;
+pub mod endpoint_token;
 pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod startup;
-pub mod token;
 pub mod update;

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 /// Why the token could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub enum EndpointTokenError {
     /// The file exists but cannot be read, or is empty.
     #[error("cannot use token file {path}: {reason}")]
     Unusable {
@@ -21,8 +21,8 @@ pub enum TokenError {
 /// Reads the token in `path`, or, when the file is absent, writes a fresh one
 /// (64 hex characters, mode 0644 so app containers running as another user can
 /// read it from the shared in-memory volume) and returns it.
-pub fn load_or_create(path: &Path) -> Result<Zeroizing<String>, TokenError> {
-    let err = |reason: String| TokenError::Unusable {
+pub fn load_or_create(path: &Path) -> Result<Zeroizing<String>, EndpointTokenError> {
+    let err = |reason: String| EndpointTokenError::Unusable {
         path: path.display().to_string(),
         reason,
     };

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// A single `reason`/`decision` label.
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub certificates_refused: Family<Reason, Counter>,
     /// Admission reviews by decision (`injected`, `skipped`, `denied`, `invalid`).
     pub admissions: Family<Reason, Counter>,
+    /// Seconds the webhook took to answer an admission review.
+    pub admission_duration: Histogram,
     /// TokenReview cache hits.
     pub token_cache_hits: Counter,
     /// TokenReviews sent to the API server.
@@ -45,6 +48,8 @@ impl Default for Metrics {
             certificates_issued: Counter::default(),
             certificates_refused: Family::default(),
             admissions: Family::default(),
+            // 0.1 ms .. about 3.3 s.
+            admission_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             token_cache_hits: Counter::default(),
             token_reviews: Counter::default(),
             ecr_secrets_written: Counter::default(),
@@ -65,6 +70,11 @@ impl Default for Metrics {
             "admissions",
             "Admission reviews by decision",
             m.admissions.clone(),
+        );
+        r.register(
+            "admission_duration_seconds",
+            "Seconds the webhook took to answer an admission review",
+            m.admission_duration.clone(),
         );
         r.register(
             "token_review_cache_hits",

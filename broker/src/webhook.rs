@@ -40,7 +40,16 @@ pub async fn mutate(
     State(w): State<Webhook>,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let req = match parse_review(&body) {
+    let started = std::time::Instant::now();
+    let answer = answer(&w, &body).await;
+    w.metrics
+        .admission_duration
+        .observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn answer(w: &Webhook, body: &[u8]) -> (StatusCode, Json<Value>) {
+    let req = match parse_review(body) {
         Ok(r) => r,
         Err(e) => {
             Metrics::count(&w.metrics.admissions, "invalid");

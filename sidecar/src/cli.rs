@@ -209,24 +209,48 @@ impl SourceArgs {
     /// per problem found, so a user fixes them all in one go.
     pub fn build(&self, metrics: &Metrics) -> Result<Setup, Vec<String>> {
         let mut problems = Vec::new();
+        let config = self.session_config(&mut problems);
+        let t = std::time::Instant::now();
+        let client = if problems.is_empty() {
+            SessionClient::new(config)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+        } else {
+            None
+        };
+        let client_took = t.elapsed();
+        let t = std::time::Instant::now();
+        let certs = self.cert_source(metrics).map_err(|e| problems.push(e)).ok();
+        let certificate_took = t.elapsed();
+        match (client, certs) {
+            (Some(client), Some(certs)) if problems.is_empty() => Ok(Setup {
+                client,
+                certs,
+                client_took,
+                certificate_took,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The CreateSession settings; each bad field adds one line to
+    /// `problems` (all of them, not only the first).
+    fn session_config(&self, problems: &mut Vec<String>) -> SessionConfig {
         let region = self
             .region
             .clone()
             .or_else(|| attache_aws::arn::arn_region(&self.trust_anchor_arn).map(str::to_string))
             .unwrap_or_default();
-        let extra_roots_pem = match &self.endpoint_ca_bundle {
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(s) => Some(s),
-                Err(e) => {
+        let extra_roots_pem = self.endpoint_ca_bundle.as_ref().and_then(|p| {
+            std::fs::read_to_string(p)
+                .map_err(|e| {
                     problems.push(format!(
                         "cannot read --endpoint-ca-bundle {}: {e}",
                         p.display()
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
+                    ))
+                })
+                .ok()
+        });
         let config = SessionConfig {
             region,
             endpoint: self.endpoint.clone(),
@@ -243,7 +267,6 @@ impl SourceArgs {
             request_timeout: self.request_timeout,
             extra_roots_pem,
         };
-        // Report each bad field, not only the first.
         let checks = [
             attache_aws::arn::validate_region(&config.region),
             attache_aws::arn::validate_rolesanywhere_arn(&config.profile_arn, "profile"),
@@ -256,17 +279,12 @@ impl SourceArgs {
                 .filter_map(Result::err)
                 .map(|e| e.to_string()),
         );
-        let t = std::time::Instant::now();
-        let client = if problems.is_empty() {
-            SessionClient::new(config)
-                .map_err(|e| problems.push(e.to_string()))
-                .ok()
-        } else {
-            None
-        };
-        let client_took = t.elapsed();
-        let t = std::time::Instant::now();
-        let certs = match (&self.certificate, &self.private_key, &self.broker_url) {
+        config
+    }
+
+    /// Certificates from files (checked now) or from the broker.
+    fn cert_source(&self, metrics: &Metrics) -> Result<CertSource, String> {
+        match (&self.certificate, &self.private_key, &self.broker_url) {
             (Some(cert), Some(key), _) => {
                 let files = FileSource::new(
                     FileSourceConfig {
@@ -276,13 +294,10 @@ impl SourceArgs {
                     },
                     metrics.clone(),
                 );
-                match files.load(time::OffsetDateTime::now_utc()) {
-                    Ok(_) => Some(CertSource::Files(files)),
-                    Err(e) => {
-                        problems.push(e.to_string());
-                        None
-                    }
-                }
+                files
+                    .load(time::OffsetDateTime::now_utc())
+                    .map(|_| CertSource::Files(files))
+                    .map_err(|e| e.to_string())
             }
             (_, _, Some(url)) => BrokerSource::new(
                 BrokerSourceConfig {
@@ -296,25 +311,11 @@ impl SourceArgs {
                 metrics.clone(),
             )
             .map(CertSource::Broker)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok(),
-            _ => {
-                problems.push(
-                    "no certificate source: give --certificate and --private-key, or --broker-url"
-                        .into(),
-                );
-                None
-            }
-        };
-        let certificate_took = t.elapsed();
-        match (client, certs) {
-            (Some(client), Some(certs)) if problems.is_empty() => Ok(Setup {
-                client,
-                certs,
-                client_took,
-                certificate_took,
-            }),
-            _ => Err(problems),
+            .map_err(|e| e.to_string()),
+            _ => Err(
+                "no certificate source: give --certificate and --private-key, or --broker-url"
+                    .into(),
+            ),
         }
     }
 }

@@ -8,6 +8,22 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 
 use super::*;
 
+/// What a ServiceAccount asks for, checked.
+struct Wanted {
+    registries: Vec<super::super::registry::Registry>,
+    role: String,
+    profile: String,
+    anchor: String,
+}
+
+/// Why nothing is written: leave the pull secret as it is, remove it, or
+/// (the annotation is gone) remove it and forget the ServiceAccount's session.
+enum Unwanted {
+    Leave,
+    Remove,
+    Unannotated,
+}
+
 impl Controller {
     /// Brings one ServiceAccount's pull Secret and `imagePullSecrets` to the desired state.
     pub async fn reconcile(&self, key: &Key) -> Result<(), ReconcileError> {
@@ -28,22 +44,76 @@ impl Controller {
             lock(&self.foreign).remove(key);
             return Ok(());
         };
+        let wanted = match self.wanted(key, &sa, &ns).await {
+            Ok(w) => w,
+            Err(Unwanted::Leave) => return Ok(()),
+            Err(Unwanted::Remove) => return self.clean_up(key, &sa, existing).await,
+            Err(Unwanted::Unannotated) => {
+                self.sessions.forget(key);
+                return self.clean_up(key, &sa, existing).await;
+            }
+        };
+        let pairs: Vec<Pair> = regions(&wanted.registries)
+            .into_iter()
+            .map(|r| (wanted.role.clone(), r, wanted.profile.clone()))
+            .collect();
+        let targets: Vec<Target> = pairs
+            .iter()
+            .map(|p| {
+                self.sessions
+                    .settings()
+                    .target(&p.0, &p.2, &wanted.anchor, &p.1)
+            })
+            .collect();
+        lock(&self.deps).set(key, pairs.clone());
+        let recheck = lock(&self.foreign).get(key).copied();
+        if existing.is_none() && recheck.is_some_and(|t| self.clock.now() < t) {
+            return Ok(());
+        }
+        // Nothing is fetched for a ServiceAccount AWS has not accepted for the role.
+        let need_aws = pairs.iter().any(|p| self.tokens.held(p).is_none());
+        if need_aws && !self.admit(key, &sa, &targets, &existing).await? {
+            return Ok(());
+        }
+        let Some(tokens) = self.tokens_for(key, &sa, &pairs, &targets).await else {
+            return Ok(());
+        };
+        let desired = secret::desired(&key.1, &wanted.role, &wanted.registries, &tokens);
+        let current = existing
+            .as_ref()
+            .is_some_and(|info| up_to_date(info, &key.1, &sa, &desired));
+        // Nothing new is written for a ServiceAccount AWS has not accepted for the role.
+        if !current && !self.admit(key, &sa, &targets, &existing).await? {
+            return Ok(());
+        }
+        if !self.ensure_secret(key, &sa, existing, &desired).await? {
+            return Ok(());
+        }
+        self.ensure_listed(key, &sa, &desired.name, true).await?;
+        self.clear_warning(key);
+        Ok(())
+    }
+
+    /// What `key` asks for (registries, role, profile, trust anchor), checked
+    /// against the namespace policy and the allowed overrides; a problem is
+    /// reported as a Warning Event and says whether the pull secret goes.
+    async fn wanted(&self, key: &Key, sa: &SaInfo, ns: &NsInfo) -> Result<Wanted, Unwanted> {
         let (value, source) = match (&sa.registries, &ns.registries) {
             (Some(v), _) => (v.clone(), "ServiceAccount"),
             (None, Some(v)) => (v.clone(), "namespace"),
             (None, None) => (String::new(), ""),
         };
         if value.trim().is_empty() {
-            self.sessions.forget(key);
-            return self.clean_up(key, &sa, existing).await;
+            return Err(Unwanted::Unannotated);
         }
         let registries = match parse_registries(&value) {
             Ok(r) => r,
             Err(e) => {
                 let note =
                     format!("{source} annotation {ANN_ECR_REGISTRIES}: {e}; nothing was changed");
-                self.warn(key, &sa.uid, "InvalidEcrRegistries", note).await;
-                return Ok(());
+                return Err(self
+                    .refuse(key, sa, "InvalidEcrRegistries", note, Unwanted::Leave)
+                    .await);
             }
         };
         let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
@@ -51,18 +121,15 @@ impl Controller {
                 "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
                 attache_api::names::ANN_ECR_ROLE_ARN
             );
-            self.warn(key, &sa.uid, "NoEcrRole", note).await;
-            return Ok(());
+            return Err(self
+                .refuse(key, sa, "NoEcrRole", note, Unwanted::Leave)
+                .await);
         };
         if let Err(e) = attache_aws::arn::validate_role_arn(&role) {
-            self.warn(
-                key,
-                &sa.uid,
-                "InvalidEcrRole",
-                format!("{}: {e}", attache_api::names::ANN_ECR_ROLE_ARN),
-            )
-            .await;
-            return Ok(());
+            let note = format!("{}: {e}", attache_api::names::ANN_ECR_ROLE_ARN);
+            return Err(self
+                .refuse(key, sa, "InvalidEcrRole", note, Unwanted::Leave)
+                .await);
         }
         if let Err(e) = crate::policy::check_role(
             &key.0,
@@ -72,14 +139,10 @@ impl Controller {
         ) {
             // Fail closed: a role the namespace no longer allows loses its pull secret now,
             // not when the token runs out.
-            self.warn(
-                key,
-                &sa.uid,
-                "EcrRoleNotAllowed",
-                format!("ECR pull secret removed: {e}"),
-            )
-            .await;
-            return self.clean_up(key, &sa, existing).await;
+            let note = format!("ECR pull secret removed: {e}");
+            return Err(self
+                .refuse(key, sa, "EcrRoleNotAllowed", note, Unwanted::Remove)
+                .await);
         }
         // Profile and trust anchor overrides: only those the operator allows
         // (checked exactly as the webhook and the certificate API check them).
@@ -88,14 +151,10 @@ impl Controller {
             .overrides
             .check(&key.0, &key.1, &sa.override_annotations())
         {
-            self.warn(
-                key,
-                &sa.uid,
-                "EcrProfileNotAllowed",
-                format!("ECR pull secret removed: {e}"),
-            )
-            .await;
-            return self.clean_up(key, &sa, existing).await;
+            let note = format!("ECR pull secret removed: {e}");
+            return Err(self
+                .refuse(key, sa, "EcrProfileNotAllowed", note, Unwanted::Remove)
+                .await);
         }
         let profile = sa
             .profile
@@ -114,36 +173,50 @@ impl Controller {
             ),
         ] {
             if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
-                self.warn(key, &sa.uid, "InvalidEcrProfile", format!("{what}: {e}"))
-                    .await;
-                return Ok(());
+                let note = format!("{what}: {e}");
+                return Err(self
+                    .refuse(key, sa, "InvalidEcrProfile", note, Unwanted::Leave)
+                    .await);
             }
         }
-        let pairs: Vec<Pair> = regions(&registries)
-            .into_iter()
-            .map(|r| (role.clone(), r, profile.clone()))
-            .collect();
-        let targets: Vec<Target> = pairs
-            .iter()
-            .map(|p| self.sessions.settings().target(&p.0, &p.2, &anchor, &p.1))
-            .collect();
-        lock(&self.deps).set(key, pairs.clone());
-        let recheck = lock(&self.foreign).get(key).copied();
-        if existing.is_none() && recheck.is_some_and(|t| self.clock.now() < t) {
-            return Ok(());
-        }
-        // Nothing is fetched for a ServiceAccount AWS has not accepted for the role.
-        let need_aws = pairs.iter().any(|p| self.tokens.held(p).is_none());
-        if need_aws && !self.admit(key, &sa, &targets, &existing).await? {
-            return Ok(());
-        }
+        Ok(Wanted {
+            registries,
+            role,
+            profile,
+            anchor,
+        })
+    }
+
+    /// Reports `note` as a Warning Event with `reason`, and passes `then` on.
+    async fn refuse(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        reason: &'static str,
+        note: String,
+        then: Unwanted,
+    ) -> Unwanted {
+        self.warn(key, &sa.uid, reason, note).await;
+        then
+    }
+
+    /// The ECR token of every pair, by region; `None` (after a Warning Event)
+    /// when one cannot be had: any existing pull secret is kept, and the
+    /// token scheduler re-queues `key` once the pair recovers.
+    async fn tokens_for(
+        &self,
+        key: &Key,
+        sa: &SaInfo,
+        pairs: &[Pair],
+        targets: &[Target],
+    ) -> Option<BTreeMap<String, super::super::tokens::Token>> {
         let mut tokens = BTreeMap::new();
-        for (pair, target) in pairs.iter().zip(&targets) {
-            let result = self
+        for (pair, target) in pairs.iter().zip(targets) {
+            match self
                 .tokens
                 .get(pair, || self.sessions.credentials(key, target))
-                .await;
-            match result {
+                .await
+            {
                 Ok(t) => {
                     tokens.insert(pair.1.clone(), t);
                 }
@@ -153,25 +226,11 @@ impl Controller {
                         pair.0, pair.1, f.message
                     );
                     self.warn(key, &sa.uid, "EcrTokenFailed", note).await;
-                    // The token scheduler re-queues this key once the pair recovers.
-                    return Ok(());
+                    return None;
                 }
             }
         }
-        let desired = secret::desired(&key.1, &role, &registries, &tokens);
-        let current = existing
-            .as_ref()
-            .is_some_and(|info| up_to_date(info, &key.1, &sa, &desired));
-        // Nothing new is written for a ServiceAccount AWS has not accepted for the role.
-        if !current && !self.admit(key, &sa, &targets, &existing).await? {
-            return Ok(());
-        }
-        if !self.ensure_secret(key, &sa, existing, &desired).await? {
-            return Ok(());
-        }
-        self.ensure_listed(key, &sa, &desired.name, true).await?;
-        self.clear_warning(key);
-        Ok(())
+        Some(tokens)
     }
 
     /// Whether AWS accepts `key`'s own identity for every target (a recorded

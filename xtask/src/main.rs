@@ -15,16 +15,19 @@
 //!   `build` stage is replaced by the release binaries built on the host
 //!   (`cargo build --release --locked -p attache-broker -p attache-sidecar`
 //!   into `<target>/image`, so it never waits for the main target dir's
-//!   lock), and its `BASE` by a local equivalent of distroless
-//!   `cc-debian12:nonroot` made from the host's Debian packages (libc6,
-//!   libssl3, libgcc-s1, libgomp1, libstdc++6, base-files, netbase, tzdata,
-//!   the CA bundle, user 65532, no shell). Then, inside the image: both
-//!   binaries' `--version`, `attache-broker ca init` / `ca issue` for an
-//!   openssl CSR, and `attache-sidecar credential-process` against the AWS
-//!   emulator (built from `tests/emulator`, HTTPS on loopback, trusting that
-//!   CA); and on the image: user 65532, entrypoint `/attache-sidecar`, no
-//!   shell, CA certificates present, compressed size within budget. Any
-//!   mismatch fails the task. It prints one line on stdout,
+//!   lock) and the host's copies of the shared libraries they load (`ldd`),
+//!   and its `BASE` by a local equivalent of distroless
+//!   `static-debian12:nonroot` made from the host's Debian packages
+//!   (base-files, netbase, tzdata, the CA bundle, user 65532; no libc, no
+//!   shell). Then, inside the image: both binaries' `--version`,
+//!   `attache-broker ca init` / `ca issue` for an openssl CSR, and
+//!   `attache-sidecar credential-process` against the AWS emulator (built
+//!   in the default target dir exactly as `cargo xtask test` builds it, so
+//!   not again after it; HTTPS on loopback, trusting that CA); and
+//!   on the image: user 65532, entrypoint `/attache-sidecar`, no shell, CA
+//!   certificates present, exactly the shared libraries the binaries load,
+//!   compressed size within budget. Any mismatch fails the task. It prints
+//!   one line on stdout,
 //!   `image size_mb=<compressed> uncompressed_mb=<n> user=<uid> entrypoint=<path>`,
 //!   and leaves the image as an OCI layout in `<target>/image/oci` (tag `dev`).
 //!
@@ -71,9 +74,10 @@ enum Task {
         name: String,
     },
     /// Build the image from deploy/Dockerfile offline with buildah (host-built
-    /// binaries, a local distroless-equivalent base) and check it: run both
-    /// binaries and a credentials round trip inside it, user, entrypoint, no
-    /// shell, CA certificates, size. Needs root, buildah, openssl, dpkg.
+    /// binaries and their libraries, a local distroless-equivalent base) and
+    /// check it: run both binaries and a credentials round trip inside it,
+    /// user, entrypoint, no shell, CA certificates, shared libraries, size.
+    /// Needs root, buildah, openssl, dpkg, ldd.
     Image,
 }
 

@@ -1,10 +1,10 @@
 //! The local stand-in for deploy/Dockerfile's `BASE`
-//! (`gcr.io/distroless/cc-debian12:nonroot`), which cannot be pulled offline:
-//! the same Debian packages distroless puts in `cc-debian12`, copied from the
-//! host's installation (`dpkg-query -L`), plus what distroless generates
-//! (CA bundle, passwd/group with `nonroot` 65532, nsswitch.conf, /tmp) and
-//! its image config (user 65532, workdir /home/nonroot). No shell: none of
-//! these packages ships one.
+//! (`gcr.io/distroless/static-debian12:nonroot`), which cannot be pulled
+//! offline: the same Debian packages distroless puts in `static-debian12`,
+//! copied from the host's installation (`dpkg-query -L`), plus what
+//! distroless generates (CA bundle, passwd/group with `nonroot` 65532,
+//! nsswitch.conf, /tmp) and its image config (user 65532, workdir
+//! /home/nonroot). No libc, no shell: none of these packages ships one.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt as _, chown, symlink};
@@ -15,19 +15,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use super::Buildah;
 use crate::run;
 
-/// distroless `cc-debian12`'s packages: `static` (base-files, netbase,
-/// tzdata), `base` (libc6, libssl3), `cc` (libgcc-s1, libgomp1, libstdc++6).
-/// ca-certificates contributes only its generated bundle.
-const PACKAGES: &[&str] = &[
-    "base-files",
-    "netbase",
-    "tzdata",
-    "libc6",
-    "libssl3",
-    "libgcc-s1",
-    "libgomp1",
-    "libstdc++6",
-];
+/// distroless `static-debian12`'s packages (its `base` and `cc` images add
+/// libc6, libssl3, libgcc-s1, libgomp1, libstdc++6; the Dockerfile copies
+/// only the libraries the binaries load instead). ca-certificates
+/// contributes only its generated bundle.
+const PACKAGES: &[&str] = &["base-files", "netbase", "tzdata"];
 
 /// The host's CA bundle (package ca-certificates), as distroless ships it.
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";

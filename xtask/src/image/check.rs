@@ -1,10 +1,11 @@
 //! What `cargo xtask image` checks inside the built image: its root file
-//! system (no shell, CA bundle, user 65532, the binaries), both binaries'
-//! `--version`, and a credentials round trip run by the image's own binaries
-//! (`attache-broker ca init` / `ca issue`, then `attache-sidecar
-//! credential-process` against the AWS emulator on host loopback over HTTPS).
+//! system (no shell, CA bundle, user 65532, the binaries, exactly the shared
+//! libraries they load), both binaries' `--version`, and a credentials round
+//! trip run by the image's own binaries (`attache-broker ca init` / `ca
+//! issue`, then `attache-sidecar credential-process` against the AWS emulator
+//! on host loopback over HTTPS).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::{BufRead as _, BufReader, Lines};
 use std::os::unix::fs::{MetadataExt as _, chown};
@@ -92,9 +93,10 @@ impl Drop for Container<'_> {
 }
 
 /// No shell, the CA bundle, `nonroot` 65532 in /etc/passwd, both binaries
-/// root-owned and executable. Returns the root's size in bytes (regular
-/// files, each inode once).
-pub fn rootfs(ctr: &Container) -> Result<u64> {
+/// root-owned and executable, the shared libraries they load (`libs`, paths
+/// as `ldd` resolved them) at those paths and no other shared object.
+/// Returns the root's size in bytes (regular files, each inode once).
+pub fn rootfs(ctr: &Container, libs: &[PathBuf]) -> Result<u64> {
     let root = &ctr.rootfs;
     for shell in SHELLS {
         ensure!(
@@ -127,12 +129,44 @@ pub fn rootfs(ctr: &Container) -> Result<u64> {
             meta.mode() & 0o7777
         );
     }
-    tree_size(root)
+    let mut want = BTreeSet::new();
+    for lib in libs {
+        let rel = lib.strip_prefix("/").context("an absolute library path")?;
+        ensure!(
+            fs::metadata(root.join(rel)).is_ok_and(|m| m.is_file()),
+            "the image has no {} (the binaries load it)",
+            lib.display()
+        );
+        want.insert(file_name(lib));
+    }
+    let (size, shared) = walk(root)?;
+    let have: BTreeSet<String> = shared.iter().map(|p| file_name(p)).collect();
+    ensure!(
+        have == want,
+        "the image's shared objects are {shared:?}, expected only what the binaries load: {want:?}"
+    );
+    Ok(size)
 }
 
-fn tree_size(root: &Path) -> Result<u64> {
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether `name` is a shared object's: `*.so` or `*.so.<version>`.
+fn is_shared_object(name: &str) -> bool {
+    name.ends_with(".so") || name.contains(".so.")
+}
+
+/// The size of the tree below `root` (regular files, each inode once) and
+/// its shared objects (files or symlinks, paths relative to `root`). Does
+/// not follow symlinks.
+fn walk(root: &Path) -> Result<(u64, Vec<PathBuf>)> {
     let mut seen = HashSet::new();
     let mut total = 0;
+    let mut shared = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -140,12 +174,18 @@ fn tree_size(root: &Path) -> Result<u64> {
             let meta = entry.metadata()?;
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() && seen.insert(meta.ino()) {
+                continue;
+            }
+            if is_shared_object(&entry.file_name().to_string_lossy()) {
+                shared.push(entry.path().strip_prefix(root)?.to_path_buf());
+            }
+            if meta.is_file() && seen.insert(meta.ino()) {
                 total += meta.len();
             }
         }
     }
-    Ok(total)
+    shared.sort();
+    Ok((total, shared))
 }
 
 /// Each binary's `--version`, run inside the image, is `<name> <version>`.
@@ -375,6 +415,26 @@ impl Drop for Emulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_objects_are_told_by_name() {
+        for name in [
+            "libc.so.6",
+            "ld-linux-x86-64.so.2",
+            "libgcc_s.so.1",
+            "gconv.so",
+        ] {
+            assert!(is_shared_object(name), "{name}");
+        }
+        for name in [
+            "ca-certificates.crt",
+            "os-release",
+            "attache-broker",
+            "solo",
+        ] {
+            assert!(!is_shared_object(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_credential_process_document_passes_and_a_bad_one_fails_without_echoing_it() {

@@ -24,17 +24,28 @@ pub const TOOLS_DIR_ENV: &str = "ATTACHE_TOOLS_DIR";
 /// Read at run time, so a test binary built from another checkout that
 /// shares the target directory still finds this checkout's tools.
 pub fn workspace_root() -> PathBuf {
-    let start = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    start
-        .ancestors()
-        .find(|dir| {
-            std::fs::read_to_string(dir.join("Cargo.toml"))
-                .is_ok_and(|toml| toml.contains("[workspace]"))
-        })
-        .map(Path::to_path_buf)
-        .unwrap_or(start)
+    // Cargo sets CARGO_MANIFEST_DIR for tests but not always for benches,
+    // which run in their package's directory; the compile-time path comes
+    // last, as it is stale when the crate was built from another checkout.
+    let candidates = [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ];
+    let workspace = |start: &Path| {
+        start
+            .ancestors()
+            .find(|dir| {
+                std::fs::read_to_string(dir.join("Cargo.toml"))
+                    .is_ok_and(|toml| toml.contains("[workspace]"))
+            })
+            .map(Path::to_path_buf)
+    };
+    candidates
+        .iter()
+        .flatten()
+        .find_map(|start| workspace(start))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// `<target dir>/tools`: `$ATTACHE_TOOLS_DIR`, else `$CARGO_TARGET_DIR/tools`,

@@ -287,17 +287,12 @@ impl CredentialCache {
 }
 
 /// What the refresh engine reports as it goes: the hook a binary's metrics
-/// hang on. `()` reports nothing.
+/// hang on.
 pub trait RefreshObserver: Send + Sync + 'static {
     /// A refresh obtained new credentials.
     fn refreshed(&self);
     /// A refresh failed; `kind` is [`FetchError::kind`].
     fn failed(&self, kind: &'static str);
-}
-
-impl RefreshObserver for () {
-    fn refreshed(&self) {}
-    fn failed(&self, _kind: &'static str) {}
 }
 
 /// Starts the refresh task and returns the cache it fills. The task runs

@@ -15,6 +15,3 @@ pub mod ecr;
 pub mod request;
 pub mod session;
 pub mod sigv4;
-
-/// The clock the engine runs on (re-exported for callers of this crate).
-pub use attache_rt::clock;

@@ -311,8 +311,6 @@ fn credentials_from_reply(
     })
 }
 
-pub use crate::request::error_chain;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use attache_pki::{KeyType, PrivateKey, X509Signer, should_renew};
 use tokio::sync::Mutex;
 
 use attache_aws::cache::FetchError;
-use attache_aws::session::error_chain;
+use attache_aws::request::error_chain;
 use attache_rt::clock::Clock;
 
 /// Why a certificate could not be obtained.

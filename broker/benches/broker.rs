@@ -15,7 +15,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attache_e2e::{ApiServer, TokenSpec};
+use attache_e2e::ApiServer;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -177,18 +177,7 @@ async fn bench() {
     let mutate = paced(&http, &mutate_url, REVIEW, RATE).await;
 
     // Issuance with the TokenReview decision cached (one token, fresh CSRs).
-    let token = server
-        .token(
-            "team-a",
-            "app",
-            TokenSpec {
-                audiences: &["attache-broker"],
-                seconds: 3600,
-                pod: None,
-            },
-        )
-        .await
-        .unwrap();
+    let token = common::app_token(&server, "team-a").await;
     let csrs: Arc<Vec<String>> = Arc::new(
         (0..CERTS)
             .map(|_| {

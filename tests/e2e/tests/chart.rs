@@ -5,35 +5,19 @@
 //! `deploy/overlays/my-cluster`) render the same objects, but for the
 //! differences [`normalise`] lists, each with its reason.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use attache_e2e::ApiServer;
+use common::{root, run_ok};
 use serde_json::Value;
 
 const NAMESPACE: &str = "attache-system";
 
-fn root() -> PathBuf {
-    attache_testkit::workspace_root()
-}
-
 fn chart() -> PathBuf {
     root().join("deploy/helm/attache")
-}
-
-/// Runs a command, failing the test with its output when it fails.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// The objects of a multi-document YAML stream.

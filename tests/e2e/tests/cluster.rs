@@ -30,6 +30,21 @@ fn pod(name: &str, sa: &str) -> Pod {
     .unwrap()
 }
 
+/// The AdmissionReview the API server sends for creating pod `web` of
+/// ServiceAccount `sa` in `ns`.
+fn pod_review(ns: &str, sa: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "0", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": ns, "operation": "CREATE", "name": "web",
+            "userInfo": {"username": "admin"},
+            "object": serde_json::to_value(pod("web", sa)).unwrap(),
+        }
+    })
+}
+
 fn env_of(c: &Value) -> BTreeMap<String, String> {
     c["env"]
         .as_array()
@@ -777,22 +792,6 @@ fn http_from(source: [u8; 4], ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// A token of ServiceAccount `app` for the broker, bound to no pod.
-async fn app_token(server: &ApiServer, ns: &str) -> String {
-    server
-        .token(
-            ns,
-            "app",
-            TokenSpec {
-                audiences: &["attache-broker"],
-                seconds: 3600,
-                pod: None,
-            },
-        )
-        .await
-        .unwrap()
-}
-
 /// A CSR for a new P-256 key.
 fn fresh_csr() -> String {
     attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256)
@@ -840,16 +839,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     );
 
     // Meanwhile admission, on its own port and pool, answers at once ...
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "0", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": ns, "operation": "CREATE", "name": "web",
-            "userInfo": {"username": "admin"},
-            "object": serde_json::to_value(pod("web", "app")).unwrap(),
-        }
-    });
+    let review = pod_review(&ns, "app");
     let mutate = running_http(&ca_pem)
         .post(format!("https://{}/mutate", running.webhook_addr))
         .json(&review)
@@ -1091,20 +1081,8 @@ async fn admission_reads_annotations_from_a_watch_cache() {
         },
     )
     .await;
-    let review = |sa: &str| {
-        json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "0", "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": ns, "operation": "CREATE", "name": "web",
-                "userInfo": {"username": "admin"},
-                "object": serde_json::to_value(pod("web", sa)).unwrap(),
-            }
-        })
-    };
     let admit = |sa: &'static str| {
-        let (http, body) = (http.clone(), review(sa));
+        let (http, body) = (http.clone(), pod_review(&ns, sa));
         let url = format!("https://{}/mutate", running.webhook_addr);
         async move {
             let reply: Value = http

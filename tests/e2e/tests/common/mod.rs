@@ -382,3 +382,19 @@ pub fn assert_broker_calls_allowed_and_listed(server: &ApiServer, user: &str, ow
         );
     }
 }
+
+/// A token of ServiceAccount `app` for the broker, bound to no pod.
+pub async fn app_token(server: &ApiServer, ns: &str) -> String {
+    server
+        .token(
+            ns,
+            "app",
+            TokenSpec {
+                audiences: &["attache-broker"],
+                seconds: 3600,
+                pod: None,
+            },
+        )
+        .await
+        .unwrap()
+}

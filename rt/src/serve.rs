@@ -1,21 +1,64 @@
 //! Serving a tower service (an axum router, the sidecar endpoint) over plain TCP or TLS with the limits every attache
-//! listener has: header read timeout, graceful shutdown that lets in-flight
+//! listener has: header read and idle timeouts, graceful shutdown that lets in-flight
 //! requests finish.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send a request's headers, from their first
+/// byte (and to finish a TLS handshake).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a kept-alive connection may wait for its next request. Longer
+/// than the 90 s after which Go's HTTP transport (the API server calling the
+/// webhook, the Go SDKs) and the other SDKs' pools drop an idle connection,
+/// so that the client closes first: a server closing an idle connection races
+/// the client's next request on it, which then fails with a broken pipe (for
+/// the webhook: a pod refused).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a listener serves: an axum `Router` or any tower service answering
+/// hyper requests.
+pub trait HttpService:
+    tower::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<Self::Body>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The response body.
+    type Body: hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: tower::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
 
 /// Limits of one listener beyond the ones every listener has.
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,22 +102,12 @@ impl Drop for PeerSlot {
 /// [`SHUTDOWN_GRACE`] for open connections to finish. With `tls`, every
 /// connection is a TLS handshake first (the acceptor may rotate certificates
 /// through its resolver).
-pub async fn serve<S, B>(
+pub async fn serve<S: HttpService>(
     listener: TcpListener,
     service: S,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
-) where
-    S: tower::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     serve_limited(
         listener,
         service,
@@ -86,23 +119,13 @@ pub async fn serve<S, B>(
 }
 
 /// [`serve`] with [`ConnectionLimits`].
-pub async fn serve_limited<S, B>(
+pub async fn serve_limited<S: HttpService>(
     listener: TcpListener,
     service: S,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
     limits: ConnectionLimits,
-) where
-    S: tower::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let peers = PeerCounts::default();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -128,38 +151,22 @@ pub async fn serve_limited<S, B>(
             },
             None => None,
         };
-        let service = TowerToHyperService::new(service.clone());
-        let builder = {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            b
-        };
-        match &tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = fut.await;
-                    drop(slot);
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+        let watcher = graceful.watcher();
+        let service = service.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, service, watcher).await,
+                Some(acceptor) => {
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                            let _ = watcher.watch(conn).await;
-                        }
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, service, watcher).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                    drop(slot);
-                });
+                }
             }
-        }
+            drop(slot);
+        });
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -167,6 +174,231 @@ pub async fn serve_limited<S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace period ended with connections still open");
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection until the client closes it, it
+/// stays idle past [`IDLE_TIMEOUT`], a request's headers take longer than
+/// [`HEADER_READ_TIMEOUT`] from their first byte, or graceful shutdown ends it.
+///
+/// hyper's own header timeout is off: it also runs while a kept-alive
+/// connection waits for its next request, so it would close idle connections
+/// after 5 s, racing the client's next request on them.
+async fn serve_connection<IO, S: HttpService>(
+    io: IO,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = Watched {
+        inner: io,
+        activity: activity.clone(),
+    };
+    let service = TowerToHyperService::new(Tracked {
+        inner: service,
+        activity: activity.clone(),
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .serve_connection(TokioIo::new(io), service);
+    let conn = watcher.watch(conn);
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        let deadline = activity.deadline();
+        tokio::select! {
+            _ = &mut conn => return,
+            () = activity.changed() => {}
+            () = sleep_until(deadline) => {
+                if let Some(why) = activity.expired() {
+                    tracing::debug!(why, "connection closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a connection is between requests.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Waiting for the next request since then.
+    Idle(Instant),
+    /// The first bytes of a request arrived then; its headers are not all in.
+    Headers(Instant),
+    /// This many requests are being answered (bounded by the router's own
+    /// request timeout, not here).
+    Busy(usize),
+}
+
+/// A connection's [`Phase`], shared by its reader ([`Watched`]), its service
+/// ([`Tracked`]) and the task that closes it when a deadline passes.
+#[derive(Clone)]
+struct Activity(Arc<(Mutex<Phase>, Notify)>);
+
+impl Activity {
+    /// A new connection owes its first request's headers at once: clients
+    /// open a connection to send a request.
+    fn new() -> Self {
+        Activity(Arc::new((
+            Mutex::new(Phase::Headers(Instant::now())),
+            Notify::new(),
+        )))
+    }
+
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        let mut phase = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        *phase = change(*phase);
+        self.0.1.notify_one();
+    }
+
+    fn phase(&self) -> Phase {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes arrived: on an idle connection they start a request's headers.
+    fn bytes_read(&self) {
+        if matches!(self.phase(), Phase::Idle(_)) {
+            self.update(|p| match p {
+                Phase::Idle(_) => Phase::Headers(Instant::now()),
+                other => other,
+            });
+        }
+    }
+
+    /// A request's headers are in and it is being answered until the guard drops.
+    fn request_started(&self) -> BusyGuard {
+        self.update(|p| match p {
+            Phase::Busy(n) => Phase::Busy(n + 1),
+            _ => Phase::Busy(1),
+        });
+        BusyGuard(self.clone())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase() {
+            Phase::Idle(since) => Some(since + IDLE_TIMEOUT),
+            Phase::Headers(since) => Some(since + HEADER_READ_TIMEOUT),
+            Phase::Busy(_) => None,
+        }
+    }
+
+    /// Why the connection must close now, if it must.
+    fn expired(&self) -> Option<&'static str> {
+        let now = Instant::now();
+        match self.phase() {
+            Phase::Idle(since) if now >= since + IDLE_TIMEOUT => Some("idle"),
+            Phase::Headers(since) if now >= since + HEADER_READ_TIMEOUT => {
+                Some("request headers too slow")
+            }
+            _ => None,
+        }
+    }
+
+    async fn changed(&self) {
+        self.0.1.notified().await;
+    }
+}
+
+struct BusyGuard(Activity);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.update(|p| match p {
+            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+            _ => Phase::Idle(Instant::now()),
+        });
+    }
+}
+
+/// The connection's byte stream, reporting reads to its [`Activity`].
+struct Watched<IO> {
+    inner: IO,
+    activity: Activity,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The service, marking the connection busy while it answers a request.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let busy = self.activity.request_started();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            drop(busy);
+            answered
+        })
     }
 }
 

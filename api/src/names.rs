@@ -48,5 +48,10 @@ pub const CA_SECRET: &str = "attache-ca";
 pub const SERVING_CA_SECRET: &str = "attache-serving-ca";
 /// ConfigMap publishing the CA bundle (in the broker's namespace).
 pub const CA_BUNDLE_CONFIGMAP: &str = "attache-ca-bundle";
+/// ConfigMap holding the revocation ledger and the signed CRL (in the
+/// broker's namespace; only attache writes it).
+pub const CRL_CONFIGMAP: &str = "attache-crl";
+/// Path of the broker's CRL (`GET`, PEM), on the certificate API port.
+pub const CRL_PATH: &str = "/v1/crl";
 /// Label on every object attache manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "attache");

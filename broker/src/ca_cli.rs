@@ -1,5 +1,6 @@
-//! `attache-broker ca init|issue|show`: manage the cluster CA kept in a directory
-//! as `ca.pem` (the Roles Anywhere trust anchor) and `ca-key.pem` (mode 0600).
+//! `attache-broker ca init|issue|show|crl`: manage a CA kept in a directory as
+//! `ca.pem` (the Roles Anywhere trust anchor) and `ca-key.pem` (mode 0600);
+//! `ca revoke`: revoke certificates of the broker's in-cluster CA.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,64 @@ pub enum CaCommand {
     Issue(IssueArgs),
     /// Print the CA's subject, key type, validity and SHA-256 fingerprint.
     Show(ShowArgs),
+    /// Sign a CRL with the CA in a directory (for a CA you manage yourself).
+    Crl(CrlArgs),
+    /// Revoke certificates of the broker's CA: recorded in the ConfigMap
+    /// attache-crl; the broker re-signs its CRL within 30 s and the ECR
+    /// controller pushes it to Roles Anywhere.
+    Revoke(RevokeArgs),
+}
+
+/// Arguments of `ca crl`.
+#[derive(Debug, Args)]
+pub struct CrlArgs {
+    /// Directory holding ca.pem and ca-key.pem.
+    #[arg(long, env = "ATTACHE_CA_DIR")]
+    pub dir: PathBuf,
+    /// A serial to list (decimal, 0x-hex, or aa:bb:… hex); repeatable.
+    #[arg(long)]
+    pub serial: Vec<String>,
+    /// A certificate (PEM file) to list; repeatable. Its own expiry bounds
+    /// the entry, so it is left out once expired.
+    #[arg(long)]
+    pub cert: Vec<PathBuf>,
+    /// CRL number (must grow with every CRL; default: the current Unix time).
+    #[arg(long)]
+    pub number: Option<u64>,
+    /// How long the CRL is valid (nextUpdate).
+    #[arg(long, default_value = "7d", value_parser = duration)]
+    pub validity: Duration,
+    /// Output encoding: pem (for openssl) or der (for `aws rolesanywhere
+    /// import-crl --crl-data fileb://…`).
+    #[arg(long, default_value = "pem", value_parser = ["pem", "der"])]
+    pub format: String,
+    /// Write the CRL here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `ca revoke`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["serial", "cert", "pod", "service_account"])))]
+pub struct RevokeArgs {
+    /// Namespace the broker runs in (holds the ConfigMap attache-crl).
+    #[arg(long, env = "ATTACHE_NAMESPACE", default_value = "attache-system")]
+    pub namespace: String,
+    /// A serial to revoke (decimal, 0x-hex, or aa:bb:… hex); repeatable.
+    #[arg(long)]
+    pub serial: Vec<String>,
+    /// A certificate (PEM file) to revoke; repeatable.
+    #[arg(long)]
+    pub cert: Vec<PathBuf>,
+    /// Revoke every certificate issued so far to pod NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// Revoke every certificate issued so far to ServiceAccount NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub service_account: Option<String>,
+    /// Why (kept in the ledger).
+    #[arg(long, default_value = "revoked by an operator")]
+    pub reason: String,
 }
 
 /// Arguments of `ca init`.
@@ -93,7 +152,136 @@ pub fn run(cmd: CaCommand, out: &mut dyn std::io::Write) -> Result<()> {
         CaCommand::Init(a) => init(a, now, out),
         CaCommand::Issue(a) => issue(a, now, out),
         CaCommand::Show(a) => show(a, out),
+        CaCommand::Crl(a) => crl(a, now, out),
+        CaCommand::Revoke(_) => bail!("ca revoke needs the cluster: run it through revoke()"),
     }
+}
+
+/// The serials (decimal) and expiries named by `--serial` and `--cert`;
+/// a bare serial's expiry is unknown (`None`).
+fn named_serials(
+    serials: &[String],
+    certs: &[PathBuf],
+) -> Result<Vec<(String, Option<OffsetDateTime>)>> {
+    let mut named = Vec::new();
+    for s in serials {
+        named.push((attache_pki::crl::parse_serial(s)?, None));
+    }
+    for path in certs {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let (_, info) = attache_pki::cert::parse_certificate_pem(&text)
+            .with_context(|| format!("{} is not a certificate", path.display()))?;
+        named.push((info.serial, Some(info.not_after)));
+    }
+    Ok(named)
+}
+
+fn crl(a: CrlArgs, now: OffsetDateTime, out: &mut dyn std::io::Write) -> Result<()> {
+    let ca = load_ca(&a.dir)?;
+    let keep = time::Duration::try_from(a.validity).context("--validity")?;
+    let revoked: Vec<attache_pki::Revoked> = named_serials(&a.serial, &a.cert)?
+        .into_iter()
+        .map(|(serial, not_after)| attache_pki::Revoked {
+            serial,
+            revoked_at: now,
+            // An unknown expiry is listed for the CRL's whole validity.
+            not_after: not_after.unwrap_or(now + keep),
+        })
+        .collect();
+    let number = a.number.unwrap_or(now.unix_timestamp().max(1) as u64);
+    let signed = ca.sign_crl(&revoked, number, now, a.validity)?;
+    let bytes = if a.format == "der" {
+        signed.der.clone()
+    } else {
+        signed.pem.clone().into_bytes()
+    };
+    match a.out {
+        Some(path) => {
+            write_atomic(&path, &bytes, 0o644, true)?;
+            writeln!(
+                out,
+                "wrote CRL number {} listing {} certificate(s), next update {}, to {}",
+                signed.number,
+                signed.serials.len(),
+                signed.next_update,
+                path.display()
+            )?;
+        }
+        None => out.write_all(&bytes)?,
+    }
+    Ok(())
+}
+
+/// `ca revoke`: records the revocations in the broker's ledger. The broker
+/// (which holds the CA key; this command does not need it) re-signs the CRL
+/// at its next sync.
+pub async fn revoke(
+    a: RevokeArgs,
+    client: kube::Client,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    use crate::revocation::{Entry, LedgerStore, Request, UNKNOWN_EXPIRY_KEEP};
+    let now = OffsetDateTime::now_utc();
+    let split = |flag: &str, v: &str| -> Result<(String, String)> {
+        match v.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok((ns.to_string(), name.to_string()))
+            }
+            _ => bail!("--{flag} {v:?}: expected NAMESPACE/NAME"),
+        }
+    };
+    let keep = time::Duration::try_from(UNKNOWN_EXPIRY_KEEP).unwrap_or(time::Duration::WEEK);
+    let entries: Vec<Entry> = named_serials(&a.serial, &a.cert)?
+        .into_iter()
+        .map(|(serial, not_after)| Entry {
+            serial,
+            revoked_at: now,
+            not_after: not_after.unwrap_or(now + keep),
+            reason: a.reason.clone(),
+        })
+        .collect();
+    let mut requests = Vec::new();
+    if let Some(p) = &a.pod {
+        let (namespace, pod) = split("pod", p)?;
+        requests.push(Request {
+            namespace,
+            service_account: None,
+            pod: Some(pod),
+            before: now,
+            reason: a.reason.clone(),
+        });
+    }
+    if let Some(s) = &a.service_account {
+        let (namespace, sa) = split("service-account", s)?;
+        requests.push(Request {
+            namespace,
+            service_account: Some(sa),
+            pod: None,
+            before: now,
+            reason: a.reason.clone(),
+        });
+    }
+    let store = LedgerStore::new(client, &a.namespace);
+    store
+        .update(|ledger, _| {
+            ledger.revoked.extend(entries.iter().cloned());
+            ledger.requests.extend(requests.iter().cloned());
+            // Due now: the broker re-signs at its next sync.
+            ledger.next_update = None;
+            Ok(None)
+        })
+        .await?;
+    writeln!(
+        out,
+        "recorded {} serial(s) and {} pod/ServiceAccount revocation(s) in ConfigMap {}/{}; the broker re-signs its CRL within {}s",
+        entries.len(),
+        requests.len(),
+        a.namespace,
+        crate::revocation::CRL_CONFIGMAP,
+        crate::revocation::SYNC_INTERVAL.as_secs()
+    )?;
+    Ok(())
 }
 
 fn init(a: InitArgs, now: OffsetDateTime, out: &mut dyn std::io::Write) -> Result<()> {

@@ -44,7 +44,7 @@ pub enum CaStoreError {
     Ca(#[from] attache_pki::CaError),
 }
 
-fn labels() -> BTreeMap<String, String> {
+pub(crate) fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())])
 }
 

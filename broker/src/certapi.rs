@@ -78,6 +78,8 @@ pub struct CertApi {
     pub issuance: Arc<IssuanceLimiter>,
     /// Profile / trust anchor overrides a ServiceAccount may make (as the webhook checks them).
     pub overrides: crate::policy::ArnOverrides,
+    /// What this replica issued, for revocation.
+    pub revocations: crate::revocation::Revocations,
 }
 
 /// Who a certificate is issued to, for rate limiting.
@@ -460,14 +462,10 @@ impl CertApi {
             &caller.service_account,
         )
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_identity", e.to_string()))?;
+        let now = OffsetDateTime::now_utc();
         let leaf = self
             .ca
-            .issue_workload(
-                &csr,
-                &identity,
-                self.leaf_lifetime,
-                OffsetDateTime::now_utc(),
-            )
+            .issue_workload(&csr, &identity, self.leaf_lifetime, now)
             .map_err(|e| {
                 Refusal::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -484,6 +482,7 @@ impl CertApi {
             not_after = %leaf.not_after,
             "issued workload certificate"
         );
+        self.revocations.record(&caller, &leaf, now);
         self.metrics.certificates_issued.inc();
         Ok(CertificateReply {
             certificate: leaf.pem,

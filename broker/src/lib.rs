@@ -25,6 +25,7 @@ pub mod informer;
 pub mod inject;
 pub mod metrics;
 pub mod policy;
+pub mod revocation;
 pub mod run;
 pub mod tls;
 pub mod webhook;

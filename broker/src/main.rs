@@ -52,6 +52,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Ca(CaCommand::Revoke(args)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let client = kube_client().await?;
+                    ca_cli::revoke(args, client, &mut std::io::stdout().lock()).await
+                })
+            }),
         Command::Ca(cmd) => ca_cli::run(cmd, &mut std::io::stdout().lock()),
         Command::AwsPolicy(a) => {
             attache_broker::aws_policy::run(&a, &mut std::io::stdout().lock()).map_err(Into::into)

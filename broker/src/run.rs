@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use crate::certapi::CertApi;
 use crate::inject::InjectConfig;
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::tls::{RotatingCert, service_names};
 use crate::webhook::Webhook;
 
@@ -296,13 +297,24 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         ),
         metrics: metrics.clone(),
     };
-    let certs = cert_api(&args, &client, &ca, &metrics);
+    let revocations = Revocations::new(
+        client.clone(),
+        &args.namespace,
+        ca.clone(),
+        args.leaf_lifetime,
+    );
+    let certs = cert_api(&args, &client, &ca, &metrics, &revocations);
     let routers = Routers {
         certificates: limited(
-            Router::new().route(
-                attache_api::certificates::PATH,
-                post(crate::certapi::issue).with_state(certs),
-            ),
+            Router::new()
+                .route(
+                    attache_api::certificates::PATH,
+                    post(crate::certapi::issue).with_state(certs),
+                )
+                .route(
+                    attache_api::names::CRL_PATH,
+                    get(serve_crl).with_state(revocations.clone()),
+                ),
             args.request_timeout,
         ),
         webhook: limited(
@@ -312,7 +324,9 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         admin: admin_router(&metrics, synced),
     };
     let rotation = tokio::spawn(cert.clone().rotate_forever(serving_ca, names));
-    let served = serve_all(&args, routers, tls, vec![rotation, keeper]).await?;
+    let mut background = vec![rotation, keeper];
+    background.extend(revocations.spawn(client.clone()));
+    let served = serve_all(&args, routers, tls, background).await?;
     Ok(Running {
         serving_ca_pem: serving_pem,
         addr: served.addr,
@@ -398,8 +412,10 @@ fn cert_api(
     client: &kube::Client,
     ca: &Arc<CertificateAuthority>,
     metrics: &Metrics,
+    revocations: &Revocations,
 ) -> CertApi {
     CertApi {
+        revocations: revocations.clone(),
         overrides: args.session.overrides(),
         client: client.clone(),
         ca: ca.clone(),
@@ -415,6 +431,23 @@ fn cert_api(
         issuance: Arc::new(crate::certapi::issuance_limiter(
             args.max_certificates_per_minute,
         )),
+    }
+}
+
+/// `GET /v1/crl`: the CA's current CRL (PEM), 503 until the first sync.
+async fn serve_crl(State(revocations): State<Revocations>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match revocations.crl_pem() {
+        Some(pem) => (
+            [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+            pem,
+        )
+            .into_response(),
+        None => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "the CRL is not signed yet; retry shortly\n",
+        )
+            .into_response(),
     }
 }
 

@@ -27,6 +27,22 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `args` split on whitespace (paths here have none).
+fn words(args: &str) -> Vec<&str> {
+    args.split_whitespace().collect()
+}
+
+/// An openssl P-256 key (`NAME-key.pem`) and CSR (`NAME.csr`) in `dir`.
+fn openssl_csr(dir: &Path, name: &str) {
+    let o = openssl(
+        dir,
+        &words(&format!(
+            "req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}-key.pem -subj /CN=whatever -out {name}.csr"
+        )),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A failure is one line on stderr, a non-zero exit, and never a panic.
 fn assert_clean_failure(o: &Output, expect: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -59,25 +75,7 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
     assert_clean_failure(&broker(&["ca", "init", "--dir", ca]), "already exists");
     assert_eq!(std::fs::read(ca_dir.join("ca.pem")).unwrap(), before);
 
-    let o = openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "leaf-key.pem",
-            "-subj",
-            "/CN=whatever",
-            "-out",
-            "leaf.csr",
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    openssl_csr(d, "leaf");
     let o = broker(&[
         "ca",
         "issue",
@@ -266,5 +264,79 @@ fn bad_inputs_fail_with_one_clear_line() {
         !o.status.success() && text(&o).contains("invalid duration"),
         "{}",
         text(&o)
+    );
+}
+
+/// `ca crl` for a CA the user manages: openssl verifies the CRL's signature
+/// with the CA, lists the revoked serials, and `verify -crl_check` then
+/// refuses the revoked certificate while accepting another one.
+#[test]
+fn a_crl_signed_by_ca_crl_revokes_in_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = format!("{}/ca", d.display());
+    let run = |args: String| {
+        let o = broker(&words(&args));
+        assert!(o.status.success(), "{args}: {}", text(&o));
+        text(&o)
+    };
+    run(format!("ca init --dir {ca}"));
+    for name in ["revoked", "kept"] {
+        openssl_csr(d, name);
+        run(format!(
+            "ca issue --dir {ca} --csr {0}/{name}.csr --namespace team-a --service-account {name} --out {0}/{name}.pem",
+            d.display()
+        ));
+    }
+    let kept_serial = text(&openssl(d, &words("x509 -in kept.pem -noout -serial")));
+    let wrote = run(format!(
+        "ca crl --dir {ca} --cert {0}/revoked.pem --serial 0x1234 --out {0}/crl.pem",
+        d.display()
+    ));
+    assert!(wrote.contains("listing 2 certificate(s)"), "{wrote}");
+
+    let shown = text(&openssl(
+        d,
+        &words("crl -in crl.pem -CAfile ca/ca.pem -noout -text"),
+    ));
+    assert!(shown.contains("verify OK"), "{shown}");
+    assert!(shown.contains("Serial Number: 1234"), "{shown}");
+    let kept_hex = kept_serial.trim().trim_start_matches("serial=");
+    assert!(!shown.contains(kept_hex), "{shown}");
+
+    let verify = |leaf: &str| {
+        openssl(
+            d,
+            &words(&format!(
+                "verify -crl_check -CAfile ca/ca.pem -CRLfile crl.pem {leaf}"
+            )),
+        )
+    };
+    let o = verify("revoked.pem");
+    assert!(
+        !o.status.success() && text(&o).contains("revoked"),
+        "{}",
+        text(&o)
+    );
+    assert!(verify("kept.pem").status.success());
+
+    // DER for `aws rolesanywhere import-crl --crl-data fileb://…`.
+    run(format!(
+        "ca crl --dir {ca} --serial 77 --format der --out {}/crl.der",
+        d.display()
+    ));
+    let o = openssl(
+        d,
+        &words("crl -inform DER -in crl.der -CAfile ca/ca.pem -noout"),
+    );
+    assert!(text(&o).contains("verify OK"), "{}", text(&o));
+
+    assert_clean_failure(
+        &broker(&words(&format!("ca crl --dir {ca} --serial 12ab"))),
+        "not a certificate serial",
+    );
+    assert_clean_failure(
+        &broker(&words(&format!("ca crl --dir {}/nowhere", d.display()))),
+        "cannot read",
     );
 }

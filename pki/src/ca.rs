@@ -282,6 +282,10 @@ impl CertificateAuthority {
         Ok(params)
     }
 
+    pub(crate) fn issuer(&self) -> &Issuer<'static, PrivateKey> {
+        &self.issuer
+    }
+
     fn sign(
         &self,
         params: &CertificateParams,

@@ -2,6 +2,7 @@
 //!
 //! - [`ca`]: the cluster CA whose certificate is the Roles Anywhere trust anchor,
 //!   and the workload / server certificates it issues.
+//! - [`crl`]: revocation lists the CA signs, for Roles Anywhere and `openssl crl`.
 //! - [`csr`]: PKCS#10 parsing, signature check and key policy.
 //! - [`identity`]: the Kubernetes identity a workload certificate names.
 //! - [`cert`]: reading certificates, renewal timing, chain verification.
@@ -14,6 +15,7 @@
 
 pub mod ca;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod files;
 pub mod identity;
@@ -23,6 +25,7 @@ pub mod sigv4;
 
 pub use ca::{CaError, CaOptions, CertificateAuthority, IssuedCertificate};
 pub use cert::{CertError, CertificateInfo, should_renew, verify_chain};
+pub use crl::{CrlError, Revoked, SignedCrl};
 pub use csr::{CsrError, VerifiedCsr};
 pub use identity::{IdentityError, WorkloadIdentity};
 pub use key::{KeyError, KeyType, PrivateKey};

@@ -1,0 +1,696 @@
+//! Revocation: which certificate went to which pod, the revoked serials, and
+//! the CRL the CA signs over them.
+//!
+//! - Each replica remembers, in memory, the serial, pod and expiry of every
+//!   certificate it issued ([`Revocations::record`]).
+//! - A pod deleted before its certificates expire has them revoked: a
+//!   metadata watch of pods reports the deletion (or its absence from a
+//!   relist, for deletions the watch missed).
+//! - `attache-broker ca revoke` writes requests (by serial, by pod, by
+//!   ServiceAccount) into the same ledger; every replica turns the requests
+//!   it can match into serials at its next sync.
+//! - The ledger and the signed CRL live in the ConfigMap [`CRL_CONFIGMAP`]
+//!   in the broker's namespace (only attache writes there), changed with
+//!   optimistic concurrency so replicas never lose each other's entries.
+//!   The CRL is served at `GET /v1/crl`; the ECR controller pushes it to
+//!   Roles Anywhere.
+//!
+//! Limit: the serial-to-pod records are per replica and in memory. After a
+//! replica restarts, certificates it issued before cannot be revoked by pod
+//! or ServiceAccount (by serial still works); they expire within
+//! `--leaf-lifetime`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use attache_pki::crl::{CrlError, Revoked, SignedCrl};
+use attache_pki::{CertificateAuthority, IssuedCertificate};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ObjectMeta, PartialObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::certapi::Caller;
+
+pub use attache_api::names::CRL_CONFIGMAP;
+/// Its key holding the ledger ([`Ledger`], JSON).
+pub const LEDGER_KEY: &str = "revocations.json";
+/// Its key holding the signed CRL (PEM).
+pub const CRL_KEY: &str = "crl.pem";
+/// How long a signed CRL is valid (`nextUpdate`); it is re-signed at half.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often a replica reads the ledger, applies requests and re-signs.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a revocation by serial whose certificate's expiry is unknown
+/// stays listed.
+pub const UNKNOWN_EXPIRY_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Deleted pods are revoked in batches gathered over this long.
+const BATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// What the ConfigMap records: revoked serials and pending requests.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    /// The number of the last CRL signed.
+    #[serde(default)]
+    pub number: u64,
+    /// `nextUpdate` of the last CRL signed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub next_update: Option<OffsetDateTime>,
+    /// SHA-256 fingerprint of the CA that signed it.
+    #[serde(default)]
+    pub signed_by: String,
+    /// Revoked certificates.
+    #[serde(default)]
+    pub revoked: Vec<Entry>,
+    /// Revocations by pod or ServiceAccount, matched by every replica
+    /// against the certificates it issued.
+    #[serde(default)]
+    pub requests: Vec<Request>,
+}
+
+/// One revoked certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// Serial, decimal.
+    pub serial: String,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    /// When the certificate expires (the entry is dropped then).
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// Why, for people reading the ConfigMap.
+    pub reason: String,
+}
+
+/// A revocation of every certificate issued before `before` to a pod or a
+/// ServiceAccount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// The namespace.
+    pub namespace: String,
+    /// The ServiceAccount (every pod of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The pod, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Certificates issued before this are revoked.
+    #[serde(with = "time::serde::rfc3339")]
+    pub before: OffsetDateTime,
+    /// Why.
+    pub reason: String,
+}
+
+impl Request {
+    fn matches(&self, issued: &Issued) -> bool {
+        issued.namespace == self.namespace
+            && issued.issued_at < self.before
+            && self
+                .service_account
+                .as_ref()
+                .is_none_or(|sa| *sa == issued.service_account)
+            && self
+                .pod
+                .as_ref()
+                .is_none_or(|p| Some(p) == issued.pod_name.as_ref())
+    }
+}
+
+/// A certificate this replica issued.
+#[derive(Clone, Debug)]
+struct Issued {
+    serial: String,
+    namespace: String,
+    service_account: String,
+    pod_name: Option<String>,
+    pod_uid: Option<String>,
+    issued_at: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Issued {
+    fn entry(&self, reason: &str, now: OffsetDateTime) -> Entry {
+        Entry {
+            serial: self.serial.clone(),
+            revoked_at: now,
+            not_after: self.not_after,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Why the ledger could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// The API server refused or failed.
+    #[error("{action} ConfigMap {namespace}/{CRL_CONFIGMAP}: {source}")]
+    Kube {
+        /// What was tried.
+        action: &'static str,
+        /// The broker's namespace.
+        namespace: String,
+        /// The failure.
+        #[source]
+        source: kube::Error,
+    },
+    /// The ledger is not valid JSON.
+    #[error("ConfigMap {CRL_CONFIGMAP} key {LEDGER_KEY} is not a valid ledger: {0}")]
+    Ledger(#[source] serde_json::Error),
+    /// The CRL could not be signed.
+    #[error(transparent)]
+    Crl(#[from] CrlError),
+    /// Other writers kept changing the ConfigMap.
+    #[error("ConfigMap {CRL_CONFIGMAP} kept changing; gave up after {0} attempts")]
+    Conflict(usize),
+}
+
+/// Reads and changes the ledger in `namespace` (used by the broker and by
+/// `attache-broker ca revoke`).
+#[derive(Clone)]
+pub struct LedgerStore {
+    api: Api<ConfigMap>,
+    namespace: String,
+}
+
+impl LedgerStore {
+    /// The ledger of the broker in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        LedgerStore {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    fn kube(&self, action: &'static str) -> impl FnOnce(kube::Error) -> RevocationError + '_ {
+        move |source| RevocationError::Kube {
+            action,
+            namespace: self.namespace.clone(),
+            source,
+        }
+    }
+
+    /// The ledger and the signed CRL (PEM), if the ConfigMap exists.
+    pub async fn read(&self) -> Result<Option<(Ledger, Option<String>)>, RevocationError> {
+        let Some(cm) = self
+            .api
+            .get_opt(CRL_CONFIGMAP)
+            .await
+            .map_err(self.kube("reading"))?
+        else {
+            return Ok(None);
+        };
+        let data = cm.data.unwrap_or_default();
+        let ledger = match data.get(LEDGER_KEY) {
+            Some(json) => serde_json::from_str(json).map_err(RevocationError::Ledger)?,
+            None => Ledger::default(),
+        };
+        Ok(Some((ledger, data.get(CRL_KEY).cloned())))
+    }
+
+    /// Applies `change` to the ledger and stores it, retrying on conflicts.
+    /// `change` returns the CRL to store with it, or `None` to keep the
+    /// stored one; returns whether anything was written and the CRL stored.
+    pub async fn update(
+        &self,
+        mut change: impl FnMut(&mut Ledger, Option<&str>) -> Result<Option<SignedCrl>, CrlError>,
+    ) -> Result<Option<String>, RevocationError> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let existing = self
+                .api
+                .get_opt(CRL_CONFIGMAP)
+                .await
+                .map_err(self.kube("reading"))?;
+            let data = existing
+                .as_ref()
+                .and_then(|cm| cm.data.clone())
+                .unwrap_or_default();
+            let mut ledger: Ledger = match data.get(LEDGER_KEY) {
+                Some(json) => serde_json::from_str(json).map_err(RevocationError::Ledger)?,
+                None => Ledger::default(),
+            };
+            let before = ledger.clone();
+            let stored_crl = data.get(CRL_KEY).map(String::as_str);
+            let signed = change(&mut ledger, stored_crl)?;
+            if signed.is_none() && ledger == before {
+                return Ok(stored_crl.map(str::to_string));
+            }
+            let crl_pem = signed.map(|c| c.pem).or(stored_crl.map(str::to_string));
+            let mut new_data = BTreeMap::from([(
+                LEDGER_KEY.to_string(),
+                serde_json::to_string_pretty(&ledger).map_err(RevocationError::Ledger)?,
+            )]);
+            if let Some(pem) = &crl_pem {
+                new_data.insert(CRL_KEY.to_string(), pem.clone());
+            }
+            let written = match existing {
+                Some(mut cm) => {
+                    cm.data = Some(new_data);
+                    self.api
+                        .replace(CRL_CONFIGMAP, &PostParams::default(), &cm)
+                        .await
+                        .map(|_| ())
+                }
+                None => {
+                    let cm = ConfigMap {
+                        metadata: ObjectMeta {
+                            name: Some(CRL_CONFIGMAP.to_string()),
+                            namespace: Some(self.namespace.clone()),
+                            labels: Some(crate::castore::labels()),
+                            ..Default::default()
+                        },
+                        data: Some(new_data),
+                        ..Default::default()
+                    };
+                    self.api
+                        .create(&PostParams::default(), &cm)
+                        .await
+                        .map(|_| ())
+                }
+            };
+            match written {
+                Ok(()) => return Ok(crl_pem),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(self.kube("writing")(e)),
+            }
+        }
+        Err(RevocationError::Conflict(ATTEMPTS))
+    }
+}
+
+/// Signs a new CRL over `ledger` if it changed, the stored one is missing,
+/// was signed by another CA, or is past half its validity; prunes expired
+/// entries and requests no certificate can match any more.
+pub fn refresh(
+    ca: &CertificateAuthority,
+    ledger: &mut Ledger,
+    stored_crl: Option<&str>,
+    changed: bool,
+    max_lifetime: Duration,
+    now: OffsetDateTime,
+) -> Result<Option<SignedCrl>, CrlError> {
+    let before = ledger.revoked.len() + ledger.requests.len();
+    ledger.revoked.retain(|e| e.not_after > now);
+    let lifetime = time::Duration::try_from(max_lifetime).unwrap_or(time::Duration::DAY);
+    ledger.requests.retain(|r| r.before + lifetime > now);
+    let pruned = ledger.revoked.len() + ledger.requests.len() != before;
+    let fingerprint = &ca.info().sha256_fingerprint;
+    let half = time::Duration::try_from(CRL_VALIDITY / 2).unwrap_or(time::Duration::DAY);
+    let stale = ledger.next_update.is_none_or(|next| next - half <= now);
+    if !(changed || pruned || stale || stored_crl.is_none() || ledger.signed_by != *fingerprint) {
+        return Ok(None);
+    }
+    let revoked: Vec<Revoked> = ledger
+        .revoked
+        .iter()
+        .map(|e| Revoked {
+            serial: e.serial.clone(),
+            revoked_at: e.revoked_at,
+            not_after: e.not_after,
+        })
+        .collect();
+    let crl = ca.sign_crl(&revoked, ledger.number + 1, now, CRL_VALIDITY)?;
+    ledger.number = crl.number;
+    ledger.next_update = Some(crl.next_update);
+    ledger.signed_by = fingerprint.clone();
+    Ok(Some(crl))
+}
+
+/// The broker's revocation state: what this replica issued, the current CRL.
+#[derive(Clone)]
+pub struct Revocations {
+    store: LedgerStore,
+    ca: Arc<CertificateAuthority>,
+    max_lifetime: Duration,
+    issued: Arc<Mutex<Vec<Issued>>>,
+    crl: Arc<RwLock<Option<String>>>,
+}
+
+impl Revocations {
+    /// Revocation for the broker in `namespace` whose certificates live at
+    /// most `max_lifetime`.
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        ca: Arc<CertificateAuthority>,
+        max_lifetime: Duration,
+    ) -> Self {
+        Revocations {
+            store: LedgerStore::new(client, namespace),
+            ca,
+            max_lifetime,
+            issued: Arc::default(),
+            crl: Arc::default(),
+        }
+    }
+
+    /// Remembers a certificate issued to `caller`.
+    pub fn record(&self, caller: &Caller, leaf: &IssuedCertificate, now: OffsetDateTime) {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.retain(|i| i.not_after > now);
+        issued.push(Issued {
+            serial: leaf.serial.clone(),
+            namespace: caller.namespace.clone(),
+            service_account: caller.service_account.clone(),
+            pod_name: caller.pod_name.clone(),
+            pod_uid: caller.pod_uid.clone(),
+            issued_at: now,
+            not_after: leaf.not_after,
+        });
+    }
+
+    /// The current CRL (PEM), once the first sync has signed or read one.
+    pub fn crl_pem(&self) -> Option<String> {
+        self.crl.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn unexpired(&self, now: OffsetDateTime, keep: impl Fn(&Issued) -> bool) -> Vec<Issued> {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued
+            .iter()
+            .filter(|i| i.not_after > now && keep(i))
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `entries` (plus whatever the ledger's requests match here) to
+    /// the ledger, re-signing the CRL when anything changed or is due.
+    async fn write(&self, entries: Vec<Entry>) -> Result<(), RevocationError> {
+        let now = OffsetDateTime::now_utc();
+        let mine = self.unexpired(now, |_| true);
+        let crl = self
+            .store
+            .update(|ledger, stored| {
+                let listed: HashSet<String> =
+                    ledger.revoked.iter().map(|e| e.serial.clone()).collect();
+                let mut added = HashSet::new();
+                let requested = mine.iter().filter_map(|i| {
+                    let r = ledger.requests.iter().find(|r| r.matches(i))?;
+                    Some(i.entry(&r.reason, now))
+                });
+                let new: Vec<Entry> = entries
+                    .iter()
+                    .cloned()
+                    .chain(requested.collect::<Vec<_>>())
+                    .filter(|e| !listed.contains(&e.serial) && added.insert(e.serial.clone()))
+                    .collect();
+                let changed = !new.is_empty();
+                ledger.revoked.extend(new);
+                refresh(&self.ca, ledger, stored, changed, self.max_lifetime, now)
+            })
+            .await?;
+        if let Some(pem) = crl {
+            *self.crl.write().unwrap_or_else(|e| e.into_inner()) = Some(pem);
+        }
+        Ok(())
+    }
+
+    /// Revokes the unexpired certificates this replica issued to the pods
+    /// with these uids.
+    pub async fn revoke_pods(&self, uids: &HashSet<String>) -> Result<usize, RevocationError> {
+        let now = OffsetDateTime::now_utc();
+        let entries: Vec<Entry> = self
+            .unexpired(now, |i| {
+                i.pod_uid.as_ref().is_some_and(|u| uids.contains(u))
+            })
+            .iter()
+            .map(|i| i.entry("pod deleted", now))
+            .collect();
+        let n = entries.len();
+        if n > 0 {
+            self.write(entries).await?;
+            tracing::info!(
+                certificates = n,
+                pods = uids.len(),
+                "revoked the certificates of deleted pods"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Reads the ledger, applies its requests to this replica's
+    /// certificates, and re-signs the CRL when due.
+    pub async fn sync(&self) -> Result<(), RevocationError> {
+        self.write(Vec::new()).await
+    }
+
+    /// The pod uids this replica issued unexpired certificates to before `t`.
+    fn pod_uids_issued_before(&self, t: OffsetDateTime) -> HashSet<String> {
+        let now = OffsetDateTime::now_utc();
+        self.unexpired(now, |i| i.issued_at < t)
+            .into_iter()
+            .filter_map(|i| i.pod_uid)
+            .collect()
+    }
+
+    /// Runs forever: syncs every [`SYNC_INTERVAL`] and revokes the
+    /// certificates of pods deleted (seen by a metadata watch of pods, or
+    /// missing from its relist).
+    pub fn spawn(self, client: kube::Client) -> Vec<tokio::task::JoinHandle<()>> {
+        let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let syncer = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = me.sync().await {
+                        tracing::warn!(error = %e, "revocation sync failed; retrying");
+                    }
+                    tokio::time::sleep(SYNC_INTERVAL).await;
+                }
+            })
+        };
+        let batcher = tokio::spawn(self.clone().revoke_batches(deleted_rx));
+        let watcher = tokio::spawn(self.watch_pods(client, deleted_tx));
+        vec![syncer, batcher, watcher]
+    }
+
+    async fn revoke_batches(self, mut deleted: tokio::sync::mpsc::UnboundedReceiver<String>) {
+        while let Some(first) = deleted.recv().await {
+            tokio::time::sleep(BATCH_DELAY).await;
+            let mut uids = HashSet::from([first]);
+            while let Ok(more) = deleted.try_recv() {
+                uids.insert(more);
+            }
+            if let Err(e) = self.revoke_pods(&uids).await {
+                tracing::warn!(error = %e, pods = uids.len(), "revoking deleted pods' certificates failed; retrying after the sync interval");
+                self.retry_later(uids);
+            }
+        }
+    }
+
+    fn retry_later(&self, uids: HashSet<String>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SYNC_INTERVAL).await;
+            if let Err(e) = me.revoke_pods(&uids).await {
+                tracing::warn!(error = %e, pods = uids.len(), "revoking deleted pods' certificates failed again");
+            }
+        });
+    }
+
+    async fn watch_pods(
+        self,
+        client: kube::Client,
+        deleted: tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        let api: Api<PartialObjectMeta<Pod>> = Api::all(client);
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        // Pods listed by the current relist, and when it started.
+        let mut listed: Option<(HashSet<String>, OffsetDateTime)> = None;
+        while let Some(event) = events.next().await {
+            let uid = |o: &PartialObjectMeta<Pod>| o.metadata.uid.clone().unwrap_or_default();
+            match event {
+                Ok(watcher::Event::Delete(pod)) => {
+                    let _ = deleted.send(uid(&pod));
+                }
+                Ok(watcher::Event::Init) => {
+                    listed = Some((HashSet::new(), OffsetDateTime::now_utc()));
+                }
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let Some((present, _)) = listed.as_mut() {
+                        present.insert(uid(&pod));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    // A pod issued a certificate before the relist began
+                    // existed then; if the relist does not show it, it was
+                    // deleted while the watch was away. (Pods created during
+                    // the relist may be missing from it, so are not judged.)
+                    if let Some((present, started)) = listed.take() {
+                        for gone in self.pod_uids_issued_before(started).difference(&present) {
+                            let _ = deleted.send(gone.clone());
+                        }
+                    }
+                }
+                Ok(watcher::Event::Apply(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca() -> CertificateAuthority {
+        CertificateAuthority::create(&Default::default(), OffsetDateTime::now_utc()).unwrap()
+    }
+
+    fn issued(pod: &str, sa: &str, issued_at: OffsetDateTime) -> Issued {
+        Issued {
+            serial: "1".into(),
+            namespace: "team-a".into(),
+            service_account: sa.into(),
+            pod_name: Some(pod.into()),
+            pod_uid: Some(format!("uid-{pod}")),
+            issued_at,
+            not_after: issued_at + time::Duration::HOUR,
+        }
+    }
+
+    #[test]
+    fn requests_match_by_namespace_pod_or_service_account_and_only_earlier_certificates() {
+        let now = OffsetDateTime::now_utc();
+        let by_pod = Request {
+            namespace: "team-a".into(),
+            service_account: None,
+            pod: Some("web-1".into()),
+            before: now,
+            reason: "test".into(),
+        };
+        let by_sa = Request {
+            service_account: Some("web".into()),
+            pod: None,
+            ..by_pod.clone()
+        };
+        let earlier = now - time::Duration::MINUTE;
+        assert!(by_pod.matches(&issued("web-1", "web", earlier)));
+        assert!(!by_pod.matches(&issued("web-2", "web", earlier)));
+        assert!(!by_pod.matches(&issued("web-1", "web", now + time::Duration::SECOND)));
+        assert!(by_sa.matches(&issued("web-2", "web", earlier)));
+        assert!(!by_sa.matches(&issued("web-2", "api", earlier)));
+        let mut other_ns = issued("web-1", "web", earlier);
+        other_ns.namespace = "team-b".into();
+        assert!(!by_pod.matches(&other_ns) && !by_sa.matches(&other_ns));
+    }
+
+    #[test]
+    fn the_crl_is_re_signed_when_changed_due_or_from_another_ca_and_prunes_what_expired() {
+        let now = OffsetDateTime::now_utc();
+        let ca = ca();
+        let entry = |serial: &str, not_after| Entry {
+            serial: serial.into(),
+            revoked_at: now - time::Duration::HOUR,
+            not_after,
+            reason: "test".into(),
+        };
+        let mut ledger = Ledger {
+            revoked: vec![
+                entry("11", now + time::Duration::HOUR),
+                entry("22", now - time::Duration::MINUTE),
+            ],
+            requests: vec![Request {
+                namespace: "a".into(),
+                service_account: Some("b".into()),
+                pod: None,
+                before: now - time::Duration::hours(3),
+                reason: "old".into(),
+            }],
+            ..Ledger::default()
+        };
+        let hour = Duration::from_secs(3600);
+        let crl = refresh(&ca, &mut ledger, None, false, hour, now)
+            .unwrap()
+            .expect("no CRL yet: one is signed");
+        assert_eq!(crl.serials, vec!["11".to_string()]);
+        assert_eq!(
+            ca.verify_crl(crl.pem.as_bytes()).unwrap(),
+            vec!["11".to_string()]
+        );
+        assert_eq!(ledger.revoked.len(), 1, "expired entry pruned");
+        assert!(
+            ledger.requests.is_empty(),
+            "a request older than any certificate is pruned"
+        );
+        assert_eq!(
+            (ledger.number, ledger.signed_by.clone()),
+            (1, ca.info().sha256_fingerprint.clone())
+        );
+
+        // Nothing changed and the CRL is fresh: nothing to sign.
+        assert!(
+            refresh(&ca, &mut ledger, Some(&crl.pem), false, hour, now)
+                .unwrap()
+                .is_none()
+        );
+        // A change, a writer without the key asking (next_update cleared), a
+        // CRL past half its validity, or a new CA: signed again, numbers grow.
+        assert_eq!(
+            refresh(&ca, &mut ledger, Some(&crl.pem), true, hour, now)
+                .unwrap()
+                .unwrap()
+                .number,
+            2
+        );
+        ledger.next_update = None;
+        assert_eq!(
+            refresh(&ca, &mut ledger, Some(&crl.pem), false, hour, now)
+                .unwrap()
+                .unwrap()
+                .number,
+            3
+        );
+        let later = now + CRL_VALIDITY / 2;
+        ledger.revoked[0].not_after = later + time::Duration::HOUR;
+        assert_eq!(
+            refresh(&ca, &mut ledger, Some(&crl.pem), false, hour, later)
+                .unwrap()
+                .unwrap()
+                .number,
+            4
+        );
+        let other = self::ca();
+        let crl = refresh(&other, &mut ledger, Some(&crl.pem), false, hour, later)
+            .unwrap()
+            .unwrap();
+        assert_eq!(other.verify_crl(&crl.der).unwrap(), vec!["11".to_string()]);
+    }
+
+    #[test]
+    fn the_ledger_reads_back_what_it_wrote_and_refuses_garbage_clearly() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let ledger = Ledger {
+            number: 4,
+            next_update: Some(now),
+            signed_by: "ab".into(),
+            revoked: vec![Entry {
+                serial: "5".into(),
+                revoked_at: now,
+                not_after: now,
+                reason: "pod deleted".into(),
+            }],
+            requests: vec![],
+        };
+        let json = serde_json::to_string(&ledger).unwrap();
+        assert!(
+            json.contains("\"notAfter\"") && json.contains("\"revokedAt\""),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Ledger>(&json).unwrap(), ledger);
+        let err = serde_json::from_str::<Ledger>("{\"revoked\": 3}")
+            .map_err(RevocationError::Ledger)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(LEDGER_KEY), "{err}");
+    }
+}

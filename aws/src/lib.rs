@@ -1,7 +1,8 @@
 //! attache's AWS side, shared by the sidecar, the broker's ECR controller and
 //! the emulator's client: ARN validation ([`arn`]), temporary
 //! [`credentials`], SigV4 signing and AWS error replies ([`sigv4`]), the IAM
-//! Roles Anywhere `CreateSession` client ([`session`]) and the refresh engine
+//! Roles Anywhere `CreateSession` client ([`session`]), its CRL client
+//! ([`crl`]: keeps a trust anchor's CRL in step) and the refresh engine
 //! that keeps credentials fresh from any [`cache::CredentialSource`]
 //! ([`cache`]), reporting through a [`cache::RefreshObserver`] hook.
 //!
@@ -11,6 +12,7 @@
 pub mod arn;
 pub mod cache;
 pub mod credentials;
+pub mod crl;
 pub mod ecr;
 pub mod request;
 pub mod session;

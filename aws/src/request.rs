@@ -19,11 +19,24 @@ pub struct Operation {
     pub name: &'static str,
 }
 
+/// An IAM Roles Anywhere operation.
+const fn roles_anywhere(name: &'static str) -> Operation {
+    Operation {
+        service: "Roles Anywhere",
+        name,
+    }
+}
+
 /// IAM Roles Anywhere `CreateSession`.
-pub const CREATE_SESSION: Operation = Operation {
-    service: "Roles Anywhere",
-    name: "CreateSession",
-};
+pub const CREATE_SESSION: Operation = roles_anywhere("CreateSession");
+/// IAM Roles Anywhere `ImportCrl`.
+pub const IMPORT_CRL: Operation = roles_anywhere("ImportCrl");
+/// IAM Roles Anywhere `UpdateCrl`.
+pub const UPDATE_CRL: Operation = roles_anywhere("UpdateCrl");
+/// IAM Roles Anywhere `ListCrls`.
+pub const LIST_CRLS: Operation = roles_anywhere("ListCrls");
+/// IAM Roles Anywhere `EnableCrl`.
+pub const ENABLE_CRL: Operation = roles_anywhere("EnableCrl");
 /// ECR `GetAuthorizationToken`.
 pub const GET_AUTHORIZATION_TOKEN: Operation = Operation {
     service: "ECR",
@@ -86,6 +99,16 @@ pub enum AwsError {
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A CRL over Roles Anywhere's `crlData` limit, refused before sending.
+    #[error("{} refused before sending: the CRL is {len} bytes, over Roles Anywhere's limit of {max} bytes", .operation.name)]
+    CrlTooLarge {
+        /// The call.
+        operation: Operation,
+        /// The CRL's size in bytes (PEM, what `crlData` carries).
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
 }
 
 impl AwsError {
@@ -112,7 +135,7 @@ impl AwsError {
             AwsError::Timeout { .. } | AwsError::Transport { .. } | AwsError::BadReply { .. } => {
                 true
             }
-            AwsError::Signing { .. } | AwsError::Config(_) => false,
+            AwsError::Signing { .. } | AwsError::Config(_) | AwsError::CrlTooLarge { .. } => false,
         }
     }
 
@@ -134,7 +157,7 @@ impl AwsError {
             {
                 "denied"
             }
-            AwsError::Aws { .. } => "invalid",
+            AwsError::Aws { .. } | AwsError::CrlTooLarge { .. } => "invalid",
             AwsError::Timeout { .. } => "timeout",
             AwsError::Transport { .. } => "network",
             AwsError::BadReply { .. } => "reply",
@@ -151,6 +174,19 @@ pub async fn send(
     region: &str,
     endpoint: &str,
     request: reqwest::RequestBuilder,
+) -> Result<bytes::Bytes, AwsError> {
+    send_bounded(operation, region, endpoint, request, MAX_REPLY_BYTES).await
+}
+
+/// [`send`] for operations whose replies may exceed [`MAX_REPLY_BYTES`]
+/// (Roles Anywhere CRLs come back whole, up to 300,000 bytes each as base64):
+/// a reply over `max_reply_bytes` is a [`AwsError::BadReply`].
+pub async fn send_bounded(
+    operation: Operation,
+    region: &str,
+    endpoint: &str,
+    request: reqwest::RequestBuilder,
+    max_reply_bytes: usize,
 ) -> Result<bytes::Bytes, AwsError> {
     let transport = |source: reqwest::Error| {
         if source.is_timeout() {
@@ -174,7 +210,7 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let bytes = resp.bytes().await.map_err(transport)?;
-    if bytes.len() > MAX_REPLY_BYTES {
+    if bytes.len() > max_reply_bytes {
         return Err(AwsError::bad_reply(
             operation,
             format!("{} bytes is too large", bytes.len()),
@@ -240,6 +276,13 @@ mod tests {
             e.to_string(),
             "unexpected GetAuthorizationToken reply: empty"
         );
+        let e = AwsError::CrlTooLarge {
+            operation: IMPORT_CRL,
+            len: 300_001,
+            max: 300_000,
+        };
+        assert_eq!((e.kind(), e.is_retryable()), ("invalid", false));
+        assert!(e.to_string().contains("300001 bytes"), "{e}");
         assert_eq!(
             aws(403, "AccessDeniedException").to_string(),
             "Roles Anywhere refused CreateSession in us-east-1: AccessDeniedException (HTTP 403): "

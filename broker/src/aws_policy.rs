@@ -35,8 +35,13 @@ pub struct AwsPolicyArgs {
     #[arg(long)]
     pub namespace: Option<String>,
     /// ServiceAccount(s) that may assume the role, comma-separated: NAME (in --namespace) or NAMESPACE/NAME; several for an ECR pull role shared by them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "crl_sync")]
     pub service_account: Vec<String>,
+    /// Print instead the permission policy of the ECR controller's CRL push role
+    /// (--crl-sync-role-arn): ListCrls, ImportCrl, UpdateCrl, EnableCrl in the trust anchor's
+    /// account and region. Its trust policy: --service-account attache-system/attache-ecr-controller.
+    #[arg(long, conflicts_with = "service_account")]
+    pub crl_sync: bool,
     /// The cluster's Roles Anywhere trust anchor (arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>).
     #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
     pub trust_anchor_arn: String,
@@ -176,8 +181,53 @@ pub fn trust_policy(
     })
 }
 
+/// The actions the CRL push makes.
+pub const CRL_SYNC_ACTIONS: [&str; 4] = [
+    "rolesanywhere:ListCrls",
+    "rolesanywhere:ImportCrl",
+    "rolesanywhere:UpdateCrl",
+    "rolesanywhere:EnableCrl",
+];
+
+/// The CRL push role's permission policy: listing and importing CRLs (not
+/// tied to an existing resource), updating and enabling CRLs of the trust
+/// anchor's account and region.
+pub fn crl_sync_policy(trust_anchor_arn: &str) -> Result<serde_json::Value, AwsPolicyError> {
+    validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")
+        .map_err(AwsPolicyError::TrustAnchor)?;
+    // arn:<partition>:rolesanywhere:<region>:<account>:trust-anchor/<id>
+    let parts: Vec<&str> = trust_anchor_arn.splitn(6, ':').collect();
+    let crls = format!(
+        "arn:{}:rolesanywhere:{}:{}:crl/*",
+        parts[1], parts[3], parts[4]
+    );
+    Ok(serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "AttacheCrlFind",
+                "Effect": "Allow",
+                "Action": &CRL_SYNC_ACTIONS[..2],
+                "Resource": "*"
+            },
+            {
+                "Sid": "AttacheCrlUpdate",
+                "Effect": "Allow",
+                "Action": &CRL_SYNC_ACTIONS[2..],
+                "Resource": crls
+            }
+        ]
+    }))
+}
+
 /// Runs `aws-policy`: validates the flags and writes the policy as pretty JSON.
 pub fn run(args: &AwsPolicyArgs, out: &mut dyn std::io::Write) -> Result<(), AwsPolicyError> {
+    if args.crl_sync {
+        let policy = crl_sync_policy(args.trust_anchor_arn.trim())?;
+        let json = serde_json::to_string_pretty(&policy)
+            .map_err(|e| AwsPolicyError::Write(std::io::Error::other(e)))?;
+        return writeln!(out, "{json}").map_err(AwsPolicyError::Write);
+    }
     let mut identities = Vec::new();
     for sa in args.service_account.iter().map(|s| s.trim()) {
         let (namespace, name) = match sa.split_once('/') {
@@ -212,7 +262,35 @@ mod tests {
             service_account: vec![sa.into()],
             trust_anchor_arn: anchor.into(),
             trust_domain: td.into(),
+            crl_sync: false,
         }
+    }
+
+    #[test]
+    fn the_crl_sync_policy_allows_the_four_crl_calls_in_the_anchors_account_only() {
+        let mut a = args("x", "y", ANCHOR, "cluster.local");
+        a.crl_sync = true;
+        let got: Value = serde_json::from_str(&render(&a).unwrap()).unwrap();
+        assert_eq!(
+            got["Statement"][0]["Action"],
+            json!(["rolesanywhere:ListCrls", "rolesanywhere:ImportCrl"])
+        );
+        assert_eq!(
+            got["Statement"][1],
+            json!({
+                "Sid": "AttacheCrlUpdate",
+                "Effect": "Allow",
+                "Action": ["rolesanywhere:UpdateCrl", "rolesanywhere:EnableCrl"],
+                "Resource": "arn:aws:rolesanywhere:eu-west-1:123456789012:crl/*"
+            })
+        );
+        a.trust_anchor_arn = "arn:aws:iam::123456789012:role/x".into();
+        assert!(
+            render(&a)
+                .unwrap_err()
+                .to_string()
+                .contains("--trust-anchor-arn")
+        );
     }
 
     fn render(a: &AwsPolicyArgs) -> Result<String, AwsPolicyError> {
@@ -293,8 +371,7 @@ mod tests {
         let a = AwsPolicyArgs {
             namespace: Some("team-a".into()),
             service_account: vec!["app".into(), "team-b/web".into(), "app".into()],
-            trust_anchor_arn: ANCHOR.into(),
-            trust_domain: "cluster.local".into(),
+            ..args("team-a", "app", ANCHOR, "cluster.local")
         };
         let got: Value = serde_json::from_str(&render(&a).unwrap()).unwrap();
         assert_eq!(

@@ -31,7 +31,7 @@ pub enum CaCommand {
     /// Sign a CRL with the CA in a directory (for a CA you manage yourself).
     Crl(CrlArgs),
     /// Revoke certificates of the broker's CA: recorded in the ConfigMap
-    /// attache-crl; the broker re-signs its CRL within 30 s and the ECR
+    /// attache-crl; the broker re-signs its CRL at its next sync and the ECR
     /// controller pushes it to Roles Anywhere.
     Revoke(RevokeArgs),
 }
@@ -55,8 +55,8 @@ pub struct CrlArgs {
     /// How long the CRL is valid (nextUpdate).
     #[arg(long, default_value = "7d", value_parser = duration)]
     pub validity: Duration,
-    /// Output encoding: pem (for openssl) or der (for `aws rolesanywhere
-    /// import-crl --crl-data fileb://…`).
+    /// Output encoding: pem (what `aws rolesanywhere import-crl --crl-data
+    /// fileb://crl.pem` and openssl take) or der.
     #[arg(long, default_value = "pem", value_parser = ["pem", "der"])]
     pub format: String,
     /// Write the CRL here instead of standard output.
@@ -274,12 +274,11 @@ pub async fn revoke(
         .await?;
     writeln!(
         out,
-        "recorded {} serial(s) and {} pod/ServiceAccount revocation(s) in ConfigMap {}/{}; the broker re-signs its CRL within {}s",
+        "recorded {} serial(s) and {} pod/ServiceAccount revocation(s) in ConfigMap {}/{}; the broker re-signs its CRL at its next sync (--revocation-sync-interval, 30s by default)",
         entries.len(),
         requests.len(),
         a.namespace,
         crate::revocation::CRL_CONFIGMAP,
-        crate::revocation::SYNC_INTERVAL.as_secs()
     )?;
     Ok(())
 }

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub ecr_refresh_failures: Family<Reason, Counter>,
     /// Seconds until the soonest-expiring ECR token managed expires.
     pub ecr_token_expiry_seconds: Gauge,
+    /// Certificates revoked, by reason (`pod_deleted`, `requested`).
+    pub certificates_revoked: Family<Reason, Counter>,
+    /// CRL pushes to Roles Anywhere, by result (`imported`, `updated`, `failed`).
+    pub crl_pushes: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,8 @@ impl Default for Metrics {
             ecr_secrets_written: Counter::default(),
             ecr_refresh_failures: Family::default(),
             ecr_token_expiry_seconds: Gauge::default(),
+            certificates_revoked: Family::default(),
+            crl_pushes: Family::default(),
         };
         r.register(
             "certificates_issued",
@@ -100,6 +106,16 @@ impl Default for Metrics {
             "ecr_token_expiry_seconds",
             "Seconds until the soonest-expiring ECR token attache manages expires",
             m.ecr_token_expiry_seconds.clone(),
+        );
+        r.register(
+            "certificates_revoked",
+            "Workload certificates revoked, by reason",
+            m.certificates_revoked.clone(),
+        );
+        r.register(
+            "crl_pushes",
+            "CRL pushes to IAM Roles Anywhere, by result",
+            m.crl_pushes.clone(),
         );
         Metrics {
             registry: Arc::new(r),

@@ -42,11 +42,14 @@ pub const LEDGER_KEY: &str = "revocations.json";
 pub const CRL_KEY: &str = "crl.pem";
 /// How long a signed CRL is valid (`nextUpdate`); it is re-signed at half.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often a replica reads the ledger, applies requests and re-signs.
+/// How often a replica reads the ledger, applies requests and re-signs, by
+/// default (`--revocation-sync-interval`).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a revocation by serial whose certificate's expiry is unknown
 /// stays listed.
 pub const UNKNOWN_EXPIRY_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The reason recorded for a deleted pod's certificates.
+const POD_DELETED: &str = "pod deleted";
 /// Deleted pods are revoked in batches gathered over this long.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 
@@ -331,6 +334,8 @@ pub struct Revocations {
     max_lifetime: Duration,
     issued: Arc<Mutex<Vec<Issued>>>,
     crl: Arc<RwLock<Option<String>>>,
+    metrics: crate::metrics::Metrics,
+    sync_interval: Duration,
 }
 
 impl Revocations {
@@ -341,6 +346,7 @@ impl Revocations {
         namespace: &str,
         ca: Arc<CertificateAuthority>,
         max_lifetime: Duration,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
         Revocations {
             store: LedgerStore::new(client, namespace),
@@ -348,7 +354,15 @@ impl Revocations {
             max_lifetime,
             issued: Arc::default(),
             crl: Arc::default(),
+            metrics,
+            sync_interval: SYNC_INTERVAL,
         }
+    }
+
+    /// Syncs every `interval` instead of [`SYNC_INTERVAL`].
+    pub fn with_sync_interval(mut self, interval: Duration) -> Self {
+        self.sync_interval = interval.max(Duration::from_secs(1));
+        self
     }
 
     /// Remembers a certificate issued to `caller`.
@@ -385,6 +399,7 @@ impl Revocations {
     async fn write(&self, entries: Vec<Entry>) -> Result<(), RevocationError> {
         let now = OffsetDateTime::now_utc();
         let mine = self.unexpired(now, |_| true);
+        let mut added_here: Vec<(String, String)> = Vec::new();
         let crl = self
             .store
             .update(|ledger, stored| {
@@ -402,12 +417,25 @@ impl Revocations {
                     .filter(|e| !listed.contains(&e.serial) && added.insert(e.serial.clone()))
                     .collect();
                 let changed = !new.is_empty();
+                added_here = new
+                    .iter()
+                    .map(|e| (e.serial.clone(), e.reason.clone()))
+                    .collect();
                 ledger.revoked.extend(new);
                 refresh(&self.ca, ledger, stored, changed, self.max_lifetime, now)
             })
             .await?;
         if let Some(pem) = crl {
             *self.crl.write().unwrap_or_else(|e| e.into_inner()) = Some(pem);
+        }
+        for (serial, reason) in &added_here {
+            let label = if reason == POD_DELETED {
+                "pod_deleted"
+            } else {
+                "requested"
+            };
+            crate::metrics::Metrics::count(&self.metrics.certificates_revoked, label);
+            tracing::info!(serial = %serial, reason = %reason, "certificate revoked");
         }
         Ok(())
     }
@@ -421,7 +449,7 @@ impl Revocations {
                 i.pod_uid.as_ref().is_some_and(|u| uids.contains(u))
             })
             .iter()
-            .map(|i| i.entry("pod deleted", now))
+            .map(|i| i.entry(POD_DELETED, now))
             .collect();
         let n = entries.len();
         if n > 0 {
@@ -450,7 +478,7 @@ impl Revocations {
             .collect()
     }
 
-    /// Runs forever: syncs every [`SYNC_INTERVAL`] and revokes the
+    /// Runs forever: syncs every sync interval and revokes the
     /// certificates of pods deleted (seen by a metadata watch of pods, or
     /// missing from its relist).
     pub fn spawn(self, client: kube::Client) -> Vec<tokio::task::JoinHandle<()>> {
@@ -462,7 +490,7 @@ impl Revocations {
                     if let Err(e) = me.sync().await {
                         tracing::warn!(error = %e, "revocation sync failed; retrying");
                     }
-                    tokio::time::sleep(SYNC_INTERVAL).await;
+                    tokio::time::sleep(me.sync_interval).await;
                 }
             })
         };
@@ -488,7 +516,7 @@ impl Revocations {
     fn retry_later(&self, uids: HashSet<String>) {
         let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(SYNC_INTERVAL).await;
+            tokio::time::sleep(me.sync_interval).await;
             if let Err(e) = me.revoke_pods(&uids).await {
                 tracing::warn!(error = %e, pods = uids.len(), "revoking deleted pods' certificates failed again");
             }

@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// Certificates one identity (namespace, ServiceAccount, pod) may get per minute; more get 429.
     #[arg(long, env = "ATTACHE_MAX_CERTIFICATES_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_certificates_per_minute: u32,
+    /// How often the broker reads its revocation ledger (ConfigMap attache-crl), applies `ca revoke`
+    /// requests and re-signs the CRL when due.
+    #[arg(long, env = "ATTACHE_REVOCATION_SYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub revocation_sync_interval: Duration,
     /// TokenReviews in flight at once; further certificate requests wait (then 503).
     #[arg(
         long,
@@ -302,7 +306,9 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         &args.namespace,
         ca.clone(),
         args.leaf_lifetime,
-    );
+        metrics.clone(),
+    )
+    .with_sync_interval(args.revocation_sync_interval);
     let certs = cert_api(&args, &client, &ca, &metrics, &revocations);
     let routers = Routers {
         certificates: limited(

@@ -320,7 +320,7 @@ fn a_crl_signed_by_ca_crl_revokes_in_openssl() {
     );
     assert!(verify("kept.pem").status.success());
 
-    // DER for `aws rolesanywhere import-crl --crl-data fileb://…`.
+    // DER on request (Roles Anywhere itself takes the PEM).
     run(format!(
         "ca crl --dir {ca} --serial 77 --format der --out {}/crl.der",
         d.display()

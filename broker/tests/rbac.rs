@@ -323,6 +323,7 @@ fn call_list_is_well_formed_and_names_the_brokers_objects() {
         attache_api::names::CA_SECRET,
         attache_api::names::SERVING_CA_SECRET,
         attache_api::names::CA_BUNDLE_CONFIGMAP,
+        attache_api::names::CRL_CONFIGMAP,
         d.webhook_config.as_str(),
         lease.as_str(),
     ];

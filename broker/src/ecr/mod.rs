@@ -28,10 +28,12 @@
 //!
 //! - [`credentials`]: per-ServiceAccount certificates, sessions and AWS's verdicts.
 //! - [`state`]: the tokens' state, in a Secret of the controller's own namespace.
+//! - [`crl_sync`]: pushes the broker's CRL to Roles Anywhere (`--crl-sync-role-arn`).
 
 pub mod cli;
 pub mod controller;
 pub mod credentials;
+pub mod crl_sync;
 pub mod leader;
 mod mirror;
 pub mod registry;
@@ -101,6 +103,23 @@ pub struct EcrArgs {
     /// This replica's identity in the Lease (default: POD_NAME or the host name, plus a random suffix).
     #[arg(long, env = "ATTACHE_POD_NAME")]
     pub ecr_identity: Option<String>,
+    /// IAM role the controller assumes, as its own ServiceAccount, to push the broker's CRL to Roles
+    /// Anywhere (ImportCrl, then UpdateCrl) on --trust-anchor-arn; unset: the CRL is not pushed.
+    #[arg(long, env = "ATTACHE_CRL_SYNC_ROLE_ARN")]
+    pub crl_sync_role_arn: Option<String>,
+    /// Name of the CRL in Roles Anywhere.
+    #[arg(long, env = "ATTACHE_CRL_NAME", default_value = "attache")]
+    pub crl_name: String,
+    /// How often the broker's CRL is checked and, when it changed, pushed.
+    #[arg(long, env = "ATTACHE_CRL_SYNC_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub crl_sync_interval: Duration,
+    /// The controller's own ServiceAccount in its namespace: its identity for the CRL push.
+    #[arg(
+        long,
+        env = "ATTACHE_SERVICE_ACCOUNT",
+        default_value = "attache-ecr-controller"
+    )]
+    pub service_account: String,
 }
 
 impl EcrArgs {
@@ -131,6 +150,13 @@ impl EcrArgs {
         if let Some(role) = &self.ecr_role_arn {
             attache_aws::arn::validate_role_arn(role).context("--ecr-role-arn")?;
         }
+        if let Some(role) = &self.crl_sync_role_arn {
+            attache_aws::arn::validate_role_arn(role).context("--crl-sync-role-arn")?;
+        }
+        anyhow::ensure!(
+            self.crl_sync_interval >= Duration::from_secs(1),
+            "--crl-sync-interval must be at least 1s"
+        );
         attache_aws::ecr::Endpoints::parse(self.ecr_endpoint.as_deref())
             .map_err(|e| anyhow::anyhow!("--ecr-endpoint: {e}"))?;
         attache_aws::ecr::Endpoints::parse(self.rolesanywhere_endpoint.as_deref())
@@ -280,12 +306,15 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
                 }
             };
             // Aborted with the supervisor, so a dropped handle stops all writes.
-            let task = AbortOnDrop(tokio::spawn(term.run()));
+            let task = AbortOnDrop(tokio::spawn(term.controller.run()));
+            let crl = term
+                .crl
+                .map(|p| AbortOnDrop(tokio::spawn(p.run(args.crl_sync_interval))));
             tokio::select! {
                 _ = leading.wait_for(|l| !*l) => {}
                 _ = &mut stop_rx => return,
             }
-            drop(task);
+            drop((task, crl));
             tracing::info!("ECR controller stopped (no longer the leader)");
         }
     });
@@ -305,6 +334,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a leader runs: the controller, and the CRL push if configured.
+struct Term {
+    controller: Arc<controller::Controller>,
+    crl: Option<crl_sync::CrlPusher>,
+}
+
 fn new_term(
     args: &EcrArgs,
     ctx: &EcrContext,
@@ -312,7 +347,7 @@ fn new_term(
     settings: &credentials::SessionSettings,
     ecr_endpoints: &attache_aws::ecr::Endpoints,
     identity: &str,
-) -> Result<Arc<controller::Controller>> {
+) -> Result<Term> {
     let backoff = RefreshPolicy::default();
     let sessions = Arc::new(credentials::Sessions::new(
         settings.clone(),
@@ -341,7 +376,24 @@ fn new_term(
             instance: Some(identity.to_string()),
         },
     );
-    Ok(Arc::new(controller::Controller::new(
+    let crl = match &args.crl_sync_role_arn {
+        Some(role) => Some(crl_sync::CrlPusher {
+            store: crate::revocation::LedgerStore::new(ctx.client.clone(), &ctx.namespace),
+            ca: ctx.ca.clone(),
+            sessions: sessions.clone(),
+            identity: (ctx.namespace.clone(), args.service_account.clone()),
+            target: settings.target(role, &defaults.0, &defaults.1, &settings.region),
+            name: args.crl_name.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .context("HTTP client for Roles Anywhere")?,
+            metrics: ctx.metrics.clone(),
+            pushed: None,
+        }),
+        None => None,
+    };
+    let controller = Arc::new(controller::Controller::new(
         ctx.client.clone(),
         controller::ControllerConfig {
             default_role: args.ecr_role_arn.clone(),
@@ -366,5 +418,6 @@ fn new_term(
             sessions,
             store: Arc::new(state::TokenStore::new(ctx.client.clone(), &ctx.namespace)),
         },
-    )))
+    ));
+    Ok(Term { controller, crl })
 }

@@ -313,6 +313,7 @@ config:
   profileArn: arn:aws:rolesanywhere:eu-west-1:111122223333:profile/00000000-0000-0000-0000-000000000000
 ecrController:
   roleArn: arn:aws:iam::111122223333:role/attache-ecr-pull
+  crlSyncRoleArn: arn:aws:iam::111122223333:role/attache-crl-sync
 webhook:
   failurePolicy: Ignore
 networkPolicy:

@@ -840,7 +840,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
 
     // Meanwhile admission, on its own port and pool, answers at once ...
     let review = pod_review(&ns, "app");
-    let mutate = running_http(&ca_pem)
+    let mutate = common::https_trusting(&ca_pem)
         .post(format!("https://{}/mutate", running.webhook_addr))
         .json(&review)
         .send();
@@ -901,13 +901,6 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     assert_eq!(reviews, 1, "TokenReviews for 2,000 bad requests");
     running.shutdown().await;
     let _ = admin;
-}
-
-fn running_http(ca_pem: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
-        .build()
-        .unwrap()
 }
 
 /// A rollout (issue 16): 1,000 pods of one ServiceAccount, each from its own
@@ -1018,7 +1011,7 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
 async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
     let (server, admin, ns, running) = team_with_own_broker().await;
     let token = app_token(server, &ns).await;
-    let http = running_http(&running.serving_ca_pem);
+    let http = common::https_trusting(&running.serving_ca_pem);
     let post = || {
         let csr = fresh_csr();
         http.post(format!("https://{}/v1/certificates", running.addr))
@@ -1069,7 +1062,7 @@ async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_reads_annotations_from_a_watch_cache() {
     let (server, admin, ns, running) = team_with_own_broker().await;
-    let http = running_http(&running.serving_ca_pem);
+    let http = common::https_trusting(&running.serving_ca_pem);
     let admin_http = reqwest::Client::new();
     let readyz = format!("http://{}/readyz", running.admin_addr);
     eventually(

@@ -51,6 +51,10 @@ pub struct EmulatorConfig {
     pub profiles: Vec<Profile>,
     /// IAM roles with their trust-policy conditions.
     pub roles: Vec<Role>,
+    /// Permission policies attached to roles: which control-plane actions
+    /// (today the Roles Anywhere CRL operations) sessions of a role may call.
+    /// A role with none may call none of them.
+    pub permissions: Vec<Permission>,
     /// Roles Anywhere CreateSession quota for this account and region,
     /// requests per second with bursts up to that many (AWS's default: 10;
     /// 0: no quota). Over it, CreateSession answers 429 ThrottlingException.
@@ -66,6 +70,7 @@ impl Default for EmulatorConfig {
             trust_anchors: Vec::new(),
             profiles: Vec::new(),
             roles: Vec::new(),
+            permissions: Vec::new(),
             create_session_per_second: 10,
         }
     }
@@ -124,8 +129,60 @@ impl EmulatorConfig {
                 )));
             }
         }
+        for p in &self.permissions {
+            if role_name(&p.role_arn).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "permission role ARN {:?} must look like arn:aws:iam::<account>:role/<name>",
+                    p.role_arn
+                )));
+            }
+            if let Some(bad) = p.actions.iter().find(|a| !valid_action(a)) {
+                return Err(ConfigError::Invalid(format!(
+                    "permission action {bad:?} for {} must look like service:Action (e.g. rolesanywhere:ImportCrl)",
+                    p.role_arn
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// A permission policy attached to a role: the actions its sessions may call,
+/// as IAM names them (`rolesanywhere:ImportCrl`), with `*` and `?` wildcards
+/// (`rolesanywhere:*`); compared case-insensitively, as IAM compares actions.
+///
+/// Kept apart from [`Role`] (whose conditions are its *trust* policy), as IAM
+/// keeps trust and permission policies apart.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    /// The role the policy is attached to.
+    pub role_arn: String,
+    /// Allowed actions.
+    pub actions: Vec<String>,
+}
+
+impl Permission {
+    /// Whether this policy allows `action` (e.g. `rolesanywhere:ImportCrl`).
+    pub fn allows(&self, action: &str) -> bool {
+        let action = action.to_ascii_lowercase();
+        self.actions
+            .iter()
+            .any(|a| crate::policy::glob_match(&a.to_ascii_lowercase(), &action))
+    }
+}
+
+/// `service:Action`, either part possibly a glob.
+fn valid_action(action: &str) -> bool {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'?' || b == b'-')
+    };
+    action == "*"
+        || action
+            .split_once(':')
+            .is_some_and(|(svc, op)| ok(svc) && ok(op))
 }
 
 /// A trust anchor as configured: an ARN and a CA bundle, inline or from a file.
@@ -279,6 +336,28 @@ mod tests {
         assert!(err.to_string().contains("regio"), "{err}");
         let err = EmulatorConfig::from_toml_str("[[roles]]\narn = \"role/x\"", base).unwrap_err();
         assert!(err.to_string().contains("role/x"), "{err}");
+    }
+
+    #[test]
+    fn permissions_parse_validate_and_match_like_iam_actions() {
+        let text = r#"
+            [[permissions]]
+            role_arn = "arn:aws:iam::123456789012:role/app"
+            actions = ["rolesanywhere:ImportCrl", "rolesanywhere:List*"]
+        "#;
+        let c = EmulatorConfig::from_toml_str(text, Path::new(".")).unwrap();
+        let p = &c.permissions[0];
+        assert!(p.allows("rolesanywhere:ImportCrl"));
+        assert!(p.allows("RolesAnywhere:importcrl"));
+        assert!(p.allows("rolesanywhere:ListCrls"));
+        assert!(!p.allows("rolesanywhere:UpdateCrl"));
+        assert!(EmulatorConfig::default().permissions.is_empty());
+        let bad =
+            "[[permissions]]\nrole_arn = \"arn:aws:iam::1:role/a\"\nactions = [\"ImportCrl\"]";
+        let err = EmulatorConfig::from_toml_str(bad, Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("ImportCrl"), "{err}");
+        let bad = "[[permissions]]\nrole_arn = \"arn:aws:iam::1:role/a\"\nactions = []\nextra = 1";
+        assert!(EmulatorConfig::from_toml_str(bad, Path::new(".")).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! An AWS emulator for attache's tests and local demo: IAM Roles Anywhere
-//! `CreateSession`, STS `GetCallerIdentity` and ECR `GetAuthorizationToken`,
+//! `CreateSession` and CRL operations (`ImportCrl`, `ListCrls`, ...), STS
+//! `GetCallerIdentity` and ECR `GetAuthorizationToken`,
 //! verifying requests as strictly as AWS does, with run-time fault injection.
 //!
 //! - [`config`]: accounts, trust anchors, profiles, roles (TOML or code).
@@ -11,6 +12,7 @@
 
 pub mod client;
 pub mod config;
+mod crl;
 mod ecr;
 pub mod faults;
 mod policy;
@@ -34,13 +36,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    Condition, ConfigError, EmulatorConfig, Operator, Profile, Role, TrustAnchorConfig,
+    Condition, ConfigError, EmulatorConfig, Operator, Permission, Profile, Role, TrustAnchorConfig,
 };
+pub use crl::{MAX_CRL_BODY_BYTES, MAX_CRL_BYTES};
 pub use ecr::TOKEN_LIFETIME as ECR_TOKEN_LIFETIME;
 pub use faults::Faults;
 pub use rolesanywhere::{DEFAULT_DURATION, MAX_DURATION, MIN_DURATION};
 pub use server::MAX_BODY_BYTES;
-pub use state::{Operation, SessionRecord};
+pub use state::{CrlRecord, Operation, SessionRecord};
 
 use state::{Anchor, Registry, Shared, parse_anchor_bundle};
 
@@ -124,6 +127,7 @@ impl Emulator {
         for r in &config.roles {
             registry.roles.insert(r.arn.clone(), r.clone());
         }
+        registry.permissions = config.permissions.clone();
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -239,6 +243,13 @@ impl Emulator {
         self.shared.registry().roles.insert(r.arn.clone(), r);
     }
 
+    /// Attaches a permission policy to a role (adds to any it already has):
+    /// the control-plane actions, e.g. `rolesanywhere:ImportCrl`, its
+    /// sessions may call.
+    pub fn add_permission(&self, p: Permission) {
+        self.shared.registry().permissions.push(p);
+    }
+
     /// The usual one-workload setup in one call: `ca_pem` as the enabled trust
     /// anchor `anchor_arn`, an enabled profile `profile_arn` listing only
     /// `role_arn`, and that role with a trust policy that admits only the
@@ -272,6 +283,12 @@ impl Emulator {
     /// Every successful `CreateSession`, oldest first.
     pub fn sessions(&self) -> Vec<SessionRecord> {
         self.shared.registry().sessions.clone()
+    }
+
+    /// Every imported CRL as it stands now (after updates, enable/disable;
+    /// deleted ones gone), oldest first.
+    pub fn crls(&self) -> Vec<CrlRecord> {
+        self.shared.registry().crls.clone()
     }
 
     /// Makes the credentials with this access key id expire now (the next

@@ -257,6 +257,19 @@ pub(crate) fn create_session(
             "Untrusted signing certificate: keyUsage does not allow digitalSignature",
         ));
     }
+    if let Some(crl) = crate::crl::revoked_by(
+        &registry,
+        &target.trust_anchor_arn,
+        &anchor.certs_der,
+        &parsed_leaf,
+    )
+    .map_err(denied)?
+    {
+        return Err(denied(format!(
+            "Untrusted signing certificate: certificate serial number {} is revoked by CRL {} ({}) of trust anchor {}",
+            leaf.serial, crl.name, crl.crl_id, target.trust_anchor_arn
+        )));
+    }
     // --- profile, role, trust policy --------------------------------------------------
     let profile = registry
         .profiles

@@ -19,9 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::faults::Injected;
 use crate::state::{Operation, Shared};
 use crate::wire::{ApiError, Body, RawRequest, Service, response};
-use crate::{ecr, rolesanywhere, sts};
+use crate::{crl, ecr, rolesanywhere, sts};
 
-/// Largest request body accepted.
+/// Largest request body accepted (CRL operations: [`crl::MAX_CRL_BODY_BYTES`]).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// How long shutdown waits for in-flight requests.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -117,11 +117,16 @@ async fn handle(
             }
         }
     }
+    let limit = if crl::is_crl_path(parts.uri.path()) {
+        crl::MAX_CRL_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
     let too_large = || {
         ApiError::new(
             413,
             "RequestEntityTooLarge",
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            format!("request body exceeds {limit} bytes"),
         )
     };
     let declared = parts
@@ -129,10 +134,10 @@ async fn handle(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Ok(Service::Unknown.error_response(&too_large()));
     }
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -179,12 +184,12 @@ async fn handle(
         }
         Injected::Fail(status) => Err(service.internal(status)),
         Injected::Throttle => Err(service.throttling()),
-        Injected::None => match service {
-            Service::RolesAnywhere if !shared.admit_session() => Err(service.throttling()),
-            Service::RolesAnywhere => rolesanywhere::create_session(&shared, &raw),
-            Service::Sts => sts::handle(&shared, &raw),
-            Service::Ecr => ecr::handle(&shared, &raw),
-            Service::Unknown => Err(ApiError::new(404, "UnknownOperation", "no such operation")),
+        Injected::None => match op {
+            Operation::CreateSession if !shared.admit_session() => Err(service.throttling()),
+            Operation::CreateSession => rolesanywhere::create_session(&shared, &raw),
+            Operation::GetCallerIdentity => sts::handle(&shared, &raw),
+            Operation::GetAuthorizationToken => ecr::handle(&shared, &raw),
+            crl_op => crl::handle(&shared, &raw, crl_op),
         },
     };
     match result {
@@ -196,10 +201,15 @@ async fn handle(
     }
 }
 
-/// Picks the service and operation: `POST /sessions` is Roles Anywhere, an ECR
-/// `X-Amz-Target` is ECR, an `Action` parameter is STS; otherwise the `Host`
-/// prefix (`rolesanywhere.`, `sts.`, `api.ecr.`) decides.
+/// Picks the service and operation: `POST /sessions`, `/crls` and `/crl/{id}`
+/// are Roles Anywhere, an ECR `X-Amz-Target` is ECR, an `Action` parameter is
+/// STS; otherwise the `Host` prefix (`rolesanywhere.`, `sts.`, `api.ecr.`) decides.
 fn route(req: &RawRequest) -> Result<(Service, Operation), (Service, ApiError)> {
+    if let Some(op) = crl::operation(&req.method, &req.path) {
+        return op
+            .map(|op| (Service::RolesAnywhere, op))
+            .map_err(|e| (Service::RolesAnywhere, e));
+    }
     let host = req.header("host").unwrap_or_default().to_ascii_lowercase();
     let ra_host = host.starts_with("rolesanywhere.");
     if req.path == "/sessions" || ra_host {
@@ -250,7 +260,7 @@ fn route(req: &RawRequest) -> Result<(Service, Operation), (Service, ApiError)> 
             404,
             "UnknownOperation",
             format!(
-                "{} {}: not an emulated operation (expected POST /sessions, an STS Action, or an ECR X-Amz-Target)",
+                "{} {}: not an emulated operation (expected POST /sessions, /crls, /crl/{{id}}, an STS Action, or an ECR X-Amz-Target)",
                 req.method, req.path
             ),
         ),

@@ -46,6 +46,18 @@ pub(crate) const ECR: SigV4Codes = SigV4Codes {
     expired: (400, "ExpiredTokenException"),
 };
 
+/// Roles Anywhere control-plane (REST-JSON) codes: the common errors of
+/// AWS's REST-JSON front end, all HTTP 403 (AWS's "Common Errors" pages give
+/// `AccessDeniedException`/`ExpiredTokenException` 403).
+pub(crate) const ROLESANYWHERE: SigV4Codes = SigV4Codes {
+    service: "rolesanywhere",
+    missing: (403, "MissingAuthenticationTokenException"),
+    incomplete: (403, "IncompleteSignatureException"),
+    mismatch: (403, "InvalidSignatureException"),
+    invalid_token: (403, "UnrecognizedClientException"),
+    expired: (403, "ExpiredTokenException"),
+};
+
 fn err(code: (u16, &'static str), message: impl Into<String>) -> ApiError {
     ApiError::new(code.0, code.1, message)
 }

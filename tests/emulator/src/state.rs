@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use time::OffsetDateTime;
 
-use crate::config::{Profile, Role};
+use crate::config::{Permission, Profile, Role};
 use crate::faults::Faults;
 
 /// The operations the emulator serves, for [`crate::Emulator::request_count`].
@@ -19,15 +19,39 @@ pub enum Operation {
     GetCallerIdentity,
     /// ECR `GetAuthorizationToken`.
     GetAuthorizationToken,
+    /// IAM Roles Anywhere `ImportCrl`.
+    ImportCrl,
+    /// IAM Roles Anywhere `ListCrls`.
+    ListCrls,
+    /// IAM Roles Anywhere `GetCrl`.
+    GetCrl,
+    /// IAM Roles Anywhere `UpdateCrl`.
+    UpdateCrl,
+    /// IAM Roles Anywhere `EnableCrl`.
+    EnableCrl,
+    /// IAM Roles Anywhere `DisableCrl`.
+    DisableCrl,
+    /// IAM Roles Anywhere `DeleteCrl`.
+    DeleteCrl,
 }
 
 impl Operation {
+    /// Every operation, in counter order.
+    const ALL: [Operation; 10] = [
+        Operation::CreateSession,
+        Operation::GetCallerIdentity,
+        Operation::GetAuthorizationToken,
+        Operation::ImportCrl,
+        Operation::ListCrls,
+        Operation::GetCrl,
+        Operation::UpdateCrl,
+        Operation::EnableCrl,
+        Operation::DisableCrl,
+        Operation::DeleteCrl,
+    ];
+
     fn index(self) -> usize {
-        match self {
-            Operation::CreateSession => 0,
-            Operation::GetCallerIdentity => 1,
-            Operation::GetAuthorizationToken => 2,
-        }
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0)
     }
 
     /// The AWS operation name.
@@ -36,7 +60,54 @@ impl Operation {
             Operation::CreateSession => "CreateSession",
             Operation::GetCallerIdentity => "GetCallerIdentity",
             Operation::GetAuthorizationToken => "GetAuthorizationToken",
+            Operation::ImportCrl => "ImportCrl",
+            Operation::ListCrls => "ListCrls",
+            Operation::GetCrl => "GetCrl",
+            Operation::UpdateCrl => "UpdateCrl",
+            Operation::EnableCrl => "EnableCrl",
+            Operation::DisableCrl => "DisableCrl",
+            Operation::DeleteCrl => "DeleteCrl",
         }
+    }
+}
+
+/// A certificate revocation list imported with `ImportCrl`, as it stands now.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// `arn:aws:rolesanywhere:<region>:<account>:crl/<crl_id>`.
+    pub crl_arn: String,
+    /// UUID-shaped id.
+    pub crl_id: String,
+    /// The name given at import (or by UpdateCrl).
+    pub name: String,
+    /// The trust anchor it provides revocation for.
+    pub trust_anchor_arn: String,
+    /// `crlData` as imported: the PEM bytes, returned unchanged; replaced by
+    /// UpdateCrl.
+    pub crl_data: Vec<u8>,
+    /// The DER inside `crl_data`, which CreateSession's revocation check reads.
+    pub crl_der: Vec<u8>,
+    /// Whether CreateSession consults it.
+    pub enabled: bool,
+    /// Tags given at import, `(key, value)`.
+    pub tags: Vec<(String, String)>,
+    /// When it was imported.
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// Shows the CRL's length, not its bytes.
+impl std::fmt::Debug for CrlRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrlRecord")
+            .field("crl_id", &self.crl_id)
+            .field("name", &self.name)
+            .field("trust_anchor_arn", &self.trust_anchor_arn)
+            .field("crl_data_len", &self.crl_data.len())
+            .field("crl_der_len", &self.crl_der.len())
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,6 +175,10 @@ pub(crate) struct Registry {
     pub anchors: HashMap<String, Anchor>,
     pub profiles: HashMap<String, Profile>,
     pub roles: HashMap<String, Role>,
+    /// Permission policies, in the order attached.
+    pub permissions: Vec<Permission>,
+    /// Imported CRLs, oldest first (ListCrls pages in this order).
+    pub crls: Vec<CrlRecord>,
     pub sessions: Vec<SessionRecord>,
     pub credentials: HashMap<String, IssuedCredentials>,
     /// ECR password -> (role ARN, expiry). Keys are secrets: never log them.
@@ -161,7 +236,7 @@ pub(crate) struct Shared {
     pub account: String,
     pub faults: Faults,
     registry: Mutex<Registry>,
-    counters: [AtomicU64; 3],
+    counters: [AtomicU64; Operation::ALL.len()],
     quota: SessionQuota,
     throttled: AtomicU64,
 }

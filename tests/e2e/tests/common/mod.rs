@@ -385,6 +385,12 @@ pub fn assert_broker_calls_allowed_and_listed(server: &ApiServer, user: &str, ow
 
 /// A token of ServiceAccount `app` for the broker, bound to no pod.
 pub async fn app_token(server: &ApiServer, ns: &str) -> String {
+    pod_token(server, ns, None).await
+}
+
+/// A token of ServiceAccount `app` for the broker, bound to `pod` (name, uid)
+/// as the kubelet projects it.
+pub async fn pod_token(server: &ApiServer, ns: &str, pod: Option<(&str, &str)>) -> String {
     server
         .token(
             ns,
@@ -392,9 +398,17 @@ pub async fn app_token(server: &ApiServer, ns: &str) -> String {
             TokenSpec {
                 audiences: &["attache-broker"],
                 seconds: 3600,
-                pod: None,
+                pod,
             },
         )
         .await
+        .unwrap()
+}
+
+/// An HTTPS client trusting only `ca_pem` (the broker's serving CA).
+pub fn https_trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .build()
         .unwrap()
 }

@@ -39,6 +39,8 @@ pub struct LeafOpts {
     pub digital_signature: bool,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// The serial's bytes; random when `None`.
+    pub serial: Option<Vec<u8>>,
 }
 
 impl Default for LeafOpts {
@@ -55,6 +57,7 @@ impl Default for LeafOpts {
             digital_signature: true,
             not_before: now - time::Duration::hours(1),
             not_after: now + time::Duration::hours(24),
+            serial: None,
         }
     }
 }
@@ -135,7 +138,10 @@ impl TestCa {
         if opts.is_ca {
             p.key_usages.push(KeyUsagePurpose::KeyCertSign);
         }
-        p.serial_number = Some(serial());
+        p.serial_number = Some(match &opts.serial {
+            Some(bytes) => SerialNumber::from_slice(bytes),
+            None => serial(),
+        });
         p.not_before = opts.not_before;
         p.not_after = opts.not_after;
         let cert = p.signed_by(&key, &self.issuer).unwrap();

@@ -1,0 +1,291 @@
+//! Revocation end to end, against the real kube-apiserver (RBAC and
+//! ValidatingAdmissionPolicies applied) and the AWS emulator: the broker runs
+//! as its own ServiceAccount, the ECR controller as its own, pushing the CRL
+//! with `--crl-sync-role-arn`. A deleted pod's certificate stops working at
+//! "AWS" (CreateSession refused) within the sync intervals, while another
+//! pod's keeps working until `ca revoke --service-account` revokes it too.
+
+mod common;
+mod ecr_common;
+
+use std::time::Duration;
+
+use attache_aws::session::{SessionClient, SessionConfig};
+use attache_broker::metrics::Metrics;
+use attache_emulator::{Condition, Operator, Permission, Profile, Role};
+use attache_pki::{KeyType, PrivateKey, X509Signer};
+use common::{BROKER_NS, BROKER_USER, CONTROLLER_USER, assert_broker_calls_allowed_and_listed};
+use ecr_common::{ROLE, World};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+const PROFILE: &str = ecr_common::PROFILE;
+const CRL_ROLE: &str = "arn:aws:iam::123456789012:role/attache-crl-sync";
+const CONTROLLER_SPIFFE: &str =
+    "spiffe://cluster.local/ns/attache-system/sa/attache-ecr-controller";
+
+/// A workload's key and the certificate the broker issued for it.
+struct Workload {
+    key: PrivateKey,
+    cert_der: Vec<u8>,
+    serial: String,
+}
+
+impl Workload {
+    fn signer(&self) -> X509Signer {
+        let key = PrivateKey::from_pkcs8_der(&self.key.to_pkcs8_der()).unwrap();
+        X509Signer::new(self.cert_der.clone(), vec![], key).unwrap()
+    }
+}
+
+#[derive(clap::Parser)]
+struct Revoke {
+    #[command(flatten)]
+    args: attache_broker::ca_cli::RevokeArgs,
+}
+
+/// Gets a certificate from the broker for pod `name` (created first) of
+/// ServiceAccount `app`, as its sidecar would.
+async fn workload(
+    w: &World,
+    ns: &str,
+    name: &str,
+    broker: &attache_broker::run::Running,
+) -> Workload {
+    let pods: Api<Pod> = Api::namespaced(w.admin.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app"}]}
+    }))
+    .unwrap();
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let token = common::pod_token(&w.server, ns, Some((name, &uid))).await;
+    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
+    let reply: Value = common::https_trusting(&broker.serving_ca_pem)
+        .post(format!("https://{}/v1/certificates", broker.addr))
+        .bearer_auth(token)
+        .json(&json!({"csr": key.certificate_signing_request().unwrap()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cert_pem = reply["certificate"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    let (cert_der, info) = attache_pki::cert::parse_certificate_pem(cert_pem).unwrap();
+    Workload {
+        key,
+        cert_der,
+        serial: info.serial,
+    }
+}
+
+/// CreateSession for `ROLE` with the workload's certificate: Ok, or AWS's error.
+async fn create_session(w: &World, workload: &Workload) -> Result<(), String> {
+    let client = SessionClient::new(SessionConfig {
+        region: "us-east-1".into(),
+        endpoint: Some(w.emulator().url()),
+        profile_arn: PROFILE.into(),
+        role_arn: ROLE.into(),
+        trust_anchor_arn: common::ANCHOR.into(),
+        duration_seconds: 900,
+        role_session_name: None,
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(15),
+        extra_roots_pem: None,
+    })
+    .unwrap();
+    client
+        .create_session(&workload.signer())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn crl_of(broker: &attache_broker::run::Running) -> Option<String> {
+    let reply = common::https_trusting(&broker.serving_ca_pem)
+        .get(format!("https://{}/v1/crl", broker.addr))
+        .send()
+        .await
+        .ok()?;
+    (reply.status() == 200).then_some(reply.text().await.ok()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_certificate_stops_working_at_aws() {
+    let w = World::new(&["us-east-1"]).await;
+    let emu = w.emulator();
+    // The CRL push role: trusted by the controller's own identity only,
+    // allowed the four CRL calls.
+    emu.add_profile(Profile {
+        arn: PROFILE.into(),
+        role_arns: vec![ROLE.into(), CRL_ROLE.into()],
+        duration_seconds: None,
+        accept_role_session_name: false,
+        enabled: true,
+    });
+    emu.add_role(Role {
+        arn: CRL_ROLE.into(),
+        conditions: vec![Condition {
+            operator: Operator::StringEquals,
+            key: "aws:PrincipalTag/x509SAN/URI".into(),
+            values: vec![CONTROLLER_SPIFFE.into()],
+        }],
+    });
+    emu.add_permission(Permission {
+        role_arn: CRL_ROLE.into(),
+        actions: attache_broker::aws_policy::CRL_SYNC_ACTIONS
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    });
+
+    // The broker, as its own ServiceAccount, with the world's CA (which the
+    // emulator's trust anchor holds).
+    let ca_dir = tempfile::tempdir().unwrap();
+    std::fs::write(ca_dir.path().join("ca.pem"), w.ca.certificate_pem()).unwrap();
+    std::fs::write(
+        ca_dir.path().join("ca-key.pem"),
+        w.ca.private_key_pem().as_bytes(),
+    )
+    .unwrap();
+    let broker_client = w
+        .server
+        .client_with_token(&common::broker_token(&w.server).await)
+        .await;
+    let broker = attache_broker::run::start(
+        common::broker_args(&[
+            "--webhook-config",
+            "",
+            "--ca-dir",
+            ca_dir.path().to_str().unwrap(),
+            "--revocation-sync-interval",
+            "1s",
+        ]),
+        broker_client,
+    )
+    .await
+    .unwrap();
+
+    // The controller pushes the CRL as itself.
+    let metrics = Metrics::default();
+    let args = w.args(
+        "a",
+        &["--crl-sync-role-arn", CRL_ROLE, "--crl-sync-interval", "1s"],
+    );
+    let controller = attache_broker::ecr::start(&args, w.context(&metrics))
+        .await
+        .unwrap();
+
+    let ns = w.namespace("team", &[]).await;
+    w.service_account(&ns, "app", &[("attache.dev/role-arn", ROLE)], &[])
+        .await;
+    let web = workload(&w, &ns, "web", &broker).await;
+    let api = workload(&w, &ns, "api", &broker).await;
+    create_session(&w, &web)
+        .await
+        .expect("a fresh certificate works");
+    create_session(&w, &api)
+        .await
+        .expect("a fresh certificate works");
+
+    // The first (empty) CRL reaches Roles Anywhere: imported once, enabled.
+    common::eventually(Duration::from_secs(60), "the CRL imported", || async {
+        emu.crls().first().map(|c| c.enabled).filter(|e| *e)
+    })
+    .await;
+
+    // The pod goes: its certificate is revoked, the CRL re-signed and pushed.
+    Api::<Pod>::namespaced(w.admin.clone(), &ns)
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    let refusal = common::eventually(
+        Duration::from_secs(60),
+        "web's certificate refused",
+        || async { create_session(&w, &web).await.err() },
+    )
+    .await;
+    assert!(
+        refusal.contains("AccessDenied") && refusal.contains(&web.serial),
+        "{refusal}"
+    );
+    create_session(&w, &api)
+        .await
+        .expect("another pod's certificate still works");
+
+    // The broker serves the CRL it signed, listing exactly web's serial;
+    // openssl verifies it with the CA.
+    let crl = crl_of(&broker).await.expect("GET /v1/crl");
+    assert_eq!(
+        w.ca.verify_crl(crl.as_bytes()).unwrap(),
+        vec![web.serial.clone()]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("crl.pem"), &crl).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), w.ca.certificate_pem()).unwrap();
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir.path())
+        .args(["crl", "-in", "crl.pem", "-CAfile", "ca.pem", "-noout"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("verify OK"), "{said}");
+    assert_eq!(emu.crls().len(), 1, "one CRL, updated in place");
+
+    // An operator revokes the ServiceAccount: api's certificate goes too.
+    attache_broker::ca_cli::revoke(
+        <Revoke as clap::Parser>::parse_from([
+            "revoke",
+            "--namespace",
+            BROKER_NS,
+            "--service-account",
+            &format!("{ns}/app"),
+            "--reason",
+            "key leaked",
+        ])
+        .args,
+        w.admin.clone(),
+        &mut std::io::sink(),
+    )
+    .await
+    .unwrap();
+    common::eventually(
+        Duration::from_secs(60),
+        "api's certificate refused",
+        || async { create_session(&w, &api).await.err() },
+    )
+    .await;
+    let pushed = metrics.encode();
+    assert!(
+        pushed.contains("attache_crl_pushes_total{reason=\"imported\"} 1"),
+        "{pushed}"
+    );
+    assert!(
+        pushed.contains("attache_crl_pushes_total{reason=\"updated\"}"),
+        "{pushed}"
+    );
+    let revoked = broker.metrics.encode();
+    assert!(
+        revoked.contains("attache_certificates_revoked_total{reason=\"pod_deleted\"} 1"),
+        "{revoked}"
+    );
+    assert!(
+        revoked.contains("attache_certificates_revoked_total{reason=\"requested\"} 1"),
+        "{revoked}"
+    );
+
+    controller.shutdown().await;
+    broker.shutdown().await;
+    assert_broker_calls_allowed_and_listed(&w.server, BROKER_USER, BROKER_NS);
+    assert_broker_calls_allowed_and_listed(&w.server, CONTROLLER_USER, BROKER_NS);
+}

@@ -906,7 +906,8 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
 /// A rollout (issue 16): 1,000 pods of one ServiceAccount, each from its own
 /// address, send their CSRs within 10 s, as their sidecars start. Every one
 /// gets a certificate: TokenReviews are bounded
-/// (`--max-concurrent-token-reviews`) and wait their turn instead of failing,
+/// (`--max-concurrent-token-reviews`) and wait their turn instead of failing
+/// (a request still waiting after 5 s gets a 503, which sidecars retry),
 /// the rate limit is per pod, and nothing waits past the broker's
 /// `--request-timeout` (which would answer an error, failing this test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,21 +967,33 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
         let url = url.clone();
         sent.push(tokio::spawn(async move {
             let t = tokio::time::Instant::now();
-            let resp = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"csr": csr}))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            (status, body, t.elapsed())
+            // A 503 ("too many at once") is retried after a second, as the
+            // sidecar retries it; anything else is final.
+            let mut retries = 0;
+            loop {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"csr": csr}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if status == 503 && retries < 5 {
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                return (status, body, t.elapsed(), retries);
+            }
         }));
     }
     let mut latencies = Vec::with_capacity(PODS);
+    let mut retried = 0;
     for (i, s) in sent.into_iter().enumerate() {
-        let (status, body, took) = s.await.unwrap();
+        let (status, body, took, retries) = s.await.unwrap();
+        retried += usize::from(retries > 0);
         assert_eq!(status, 200, "pod {i}: {body}");
         assert!(
             body["certificate"]
@@ -993,9 +1006,20 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
     let all = start.elapsed();
     latencies.sort();
     let reviews = running.metrics.token_reviews.get() - reviews_before;
-    assert_eq!(reviews, PODS as u64, "one TokenReview per pod's token");
+    // A request that gave up waiting for a TokenReview slot made none; one
+    // cut off mid-review may make a second on retry.
+    assert!(
+        (PODS as u64..=(PODS + retried) as u64).contains(&reviews),
+        "{reviews} TokenReviews for {PODS} pods' tokens ({retried} retried)"
+    );
+    // Bounded TokenReviews wait their turn: on a busy 2-core machine a few
+    // requests may wait past the 5 s limit and be retried, not a quarter.
+    assert!(
+        retried < PODS / 4,
+        "{retried} of {PODS} requests needed a retry"
+    );
     eprintln!(
-        "rollout: {PODS} certificates in {:.1}s (requests over 10 s); latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "rollout: {PODS} certificates in {:.1}s (requests over 10 s, {retried} retried after a 503); latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         all.as_secs_f64(),
         latencies[PODS / 2].as_secs_f64() * 1e3,
         latencies[PODS * 99 / 100].as_secs_f64() * 1e3,

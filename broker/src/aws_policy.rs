@@ -35,12 +35,17 @@ pub struct AwsPolicyArgs {
     #[arg(long)]
     pub namespace: Option<String>,
     /// ServiceAccount(s) that may assume the role, comma-separated: NAME (in --namespace) or NAMESPACE/NAME; several for an ECR pull role shared by them.
-    #[arg(long, value_delimiter = ',', required_unless_present = "crl_sync")]
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["crl_sync", "spiffe_id"])]
     pub service_account: Vec<String>,
+    /// SPIFFE IDs that may assume the role, comma-separated, for certificates from another
+    /// SPIFFE issuer (a SPIRE server whose CA is the trust anchor, read by the sidecar's
+    /// --spiffe-endpoint-socket), e.g. spiffe://example.org/billing/api.
+    #[arg(long, value_delimiter = ',')]
+    pub spiffe_id: Vec<String>,
     /// Print instead the permission policy of the ECR controller's CRL push role
     /// (--crl-sync-role-arn): ListCrls, ImportCrl, UpdateCrl, EnableCrl in the trust anchor's
     /// account and region. Its trust policy: --service-account attache-system/attache-ecr-controller.
-    #[arg(long, conflicts_with = "service_account")]
+    #[arg(long, conflicts_with_all = ["service_account", "spiffe_id"])]
     pub crl_sync: bool,
     /// The cluster's Roles Anywhere trust anchor (arn:aws:rolesanywhere:<region>:<account>:trust-anchor/<id>).
     #[arg(long, env = "ATTACHE_TRUST_ANCHOR_ARN")]
@@ -62,6 +67,11 @@ pub enum AwsPolicyError {
     /// A ServiceAccount without a namespace and no `--namespace`.
     #[error("--service-account {0:?} names no namespace: write NAMESPACE/NAME or add --namespace")]
     NoNamespace(String),
+    /// A `--spiffe-id` that is not a SPIFFE ID.
+    #[error(
+        "--spiffe-id {0:?} is not a SPIFFE ID (spiffe://<trust domain: a-z 0-9 . - _>/<path segments: A-Z a-z 0-9 . - _>)"
+    )]
+    SpiffeId(String),
     /// Writing the policy failed.
     #[error("cannot write the policy: {0}")]
     Write(std::io::Error),
@@ -143,11 +153,33 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// The trust policy for `identities` through `trust_anchor_arn`, after
-/// checking the ARN's shape.
+/// Whether `id` is a SPIFFE ID as the SPIFFE ID standard defines it.
+pub fn is_spiffe_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    let path_ok = path.is_empty()
+        || path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        });
+    domain_ok && path_ok
+}
+
+/// The trust policy for the SPIFFE IDs `uris` through `trust_anchor_arn`,
+/// after checking the ARN's shape.
 pub fn trust_policy(
     trust_anchor_arn: &str,
-    identities: &[WorkloadIdentity],
+    uris: &[String],
 ) -> Result<TrustPolicy, AwsPolicyError> {
     validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")
         .map_err(AwsPolicyError::TrustAnchor)?;
@@ -165,11 +197,10 @@ pub fn trust_policy(
                     source_arn: trust_anchor_arn.to_string(),
                 },
                 string_equals: SanUri {
-                    uri: match identities {
-                        [one] => OneOrMany::One(one.spiffe_uri()),
+                    uri: match uris {
+                        [one] => OneOrMany::One(one.clone()),
                         many => {
-                            let mut uris: Vec<String> =
-                                many.iter().map(|i| i.spiffe_uri()).collect();
+                            let mut uris = many.to_vec();
                             uris.sort();
                             uris.dedup();
                             OneOrMany::Many(uris)
@@ -237,11 +268,14 @@ pub fn run(args: &AwsPolicyArgs, out: &mut dyn std::io::Write) -> Result<(), Aws
                 None => return Err(AwsPolicyError::NoNamespace(sa.to_string())),
             },
         };
-        identities.push(WorkloadIdentity::new(
-            args.trust_domain.trim(),
-            &namespace,
-            name,
-        )?);
+        identities
+            .push(WorkloadIdentity::new(args.trust_domain.trim(), &namespace, name)?.spiffe_uri());
+    }
+    for id in args.spiffe_id.iter().map(|s| s.trim()) {
+        if !is_spiffe_id(id) {
+            return Err(AwsPolicyError::SpiffeId(id.to_string()));
+        }
+        identities.push(id.to_string());
     }
     let policy = trust_policy(args.trust_anchor_arn.trim(), &identities)?;
     let json = serde_json::to_string_pretty(&policy)
@@ -263,7 +297,33 @@ mod tests {
             trust_anchor_arn: anchor.into(),
             trust_domain: td.into(),
             crl_sync: false,
+            spiffe_id: vec![],
         }
+    }
+
+    #[test]
+    fn spire_spiffe_ids_are_pinned_as_given_and_malformed_ones_refused() {
+        let mut a = args("x", "y", ANCHOR, "cluster.local");
+        a.service_account.clear();
+        a.spiffe_id = vec!["spiffe://example.org/billing/api".into()];
+        let got: Value = serde_json::from_str(&render(&a).unwrap()).unwrap();
+        assert_eq!(
+            got["Statement"][0]["Condition"]["StringEquals"]["aws:PrincipalTag/x509SAN/URI"],
+            "spiffe://example.org/billing/api"
+        );
+        for bad in [
+            "https://example.org/x",
+            "spiffe://",
+            "spiffe://Example.org/x",
+            "spiffe://example.org//x",
+            "spiffe://example.org/../x",
+            "spiffe://example.org/x?y",
+        ] {
+            a.spiffe_id = vec![bad.into()];
+            let err = render(&a).unwrap_err().to_string();
+            assert!(err.contains("is not a SPIFFE ID"), "{bad}: {err}");
+        }
+        assert!(is_spiffe_id("spiffe://example.org"));
     }
 
     #[test]
@@ -357,7 +417,8 @@ mod tests {
                 cli.a.namespace.as_deref().unwrap(),
                 &cli.a.service_account[0],
             )
-            .unwrap()],
+            .unwrap()
+            .spiffe_uri()],
         )
         .unwrap();
         assert_eq!(

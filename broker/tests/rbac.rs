@@ -684,25 +684,34 @@ fn cloudformation_trust_policies_match_aws_policy() {
     let path = repo_root().join("deploy/aws/attache.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    // Two roles (example, ECR pull), each pinned like `aws-policy` pins them.
+    // Three roles (example, ECR pull, CRL push), each pinned like
+    // `aws-policy` pins them.
     let count = |s: &str| text.matches(s).count();
-    assert_eq!(count(&format!("Service: {SERVICE_PRINCIPAL}")), 2);
+    assert_eq!(count(&format!("Service: {SERVICE_PRINCIPAL}")), 3);
     for action in ACTIONS {
-        assert_eq!(count(&format!("- {action}\n")), 2, "{action}");
+        assert_eq!(count(&format!("- {action}\n")), 3, "{action}");
     }
-    assert_eq!(count("ArnEquals:"), 2);
+    assert_eq!(count("ArnEquals:"), 3);
     assert_eq!(
         count(&format!(
             "{SOURCE_ARN_KEY}: !GetAtt TrustAnchor.TrustAnchorArn"
         )),
-        2
+        3
     );
     assert_eq!(
         count(&format!(
             "{SAN_URI_KEY}: !Sub spiffe://${{TrustDomain}}/ns/"
         )),
-        2
+        3
     );
+    // The CRL push role: the controller's identity and exactly the calls
+    // `aws-policy --crl-sync` grants.
+    assert!(text.contains(&format!(
+        "{SAN_URI_KEY}: !Sub spiffe://${{TrustDomain}}/ns/${{AttacheNamespace}}/sa/{CONTROLLER_SA}"
+    )));
+    for action in attache_broker::aws_policy::CRL_SYNC_ACTIONS {
+        assert_eq!(count(&format!("- {action}\n")), 1, "{action}");
+    }
     assert!(text.contains("SourceType: CERTIFICATE_BUNDLE"));
 }
 

@@ -1,6 +1,13 @@
 //! Where the sidecar's certificate and key come from: files written by
-//! something else (cert-manager, a CSI driver), re-read when they change; or
-//! the attache broker, from a key pair made in memory and a CSR.
+//! something else (cert-manager, a CSI driver), re-read when they change; the
+//! attache broker, from a key pair made in memory and a CSR; or a SPIFFE
+//! Workload API socket, whose agent pushes each rotated X.509-SVID.
+
+mod spiffe;
+
+pub use self::spiffe::{
+    InvalidEndpoint, SpiffeEndpoint, SpiffeError, SpiffeSource, SpiffeSourceConfig,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +95,8 @@ pub enum CertSource {
     Files(FileSource),
     /// The attache broker.
     Broker(BrokerSource),
+    /// A SPIFFE Workload API socket.
+    Spiffe(SpiffeSource),
 }
 
 impl CertSource {
@@ -96,6 +105,7 @@ impl CertSource {
         match self {
             CertSource::Files(f) => f.signer(clock).await,
             CertSource::Broker(b) => b.signer(clock).await,
+            CertSource::Spiffe(s) => s.signer(clock).await,
         }
     }
 }

@@ -14,7 +14,8 @@ use attache_rt::parse::{duration, key_type};
 use clap::{Args, Parser, Subcommand};
 
 use crate::certsource::{
-    BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
+    BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig, SpiffeEndpoint,
+    SpiffeSource, SpiffeSourceConfig,
 };
 use crate::metrics::Metrics;
 use attache_aws::cache::RefreshPolicy;
@@ -113,13 +114,27 @@ pub struct SourceArgs {
         default_value = "/var/run/secrets/attache.dev/serviceaccount/token"
     )]
     pub service_account_token_file: PathBuf,
+    /// SPIFFE Workload API socket (unix:///path/to/socket): the X.509-SVID and
+    /// its key come from it, following the agent's rotations.
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        value_name = "URI",
+        conflicts_with_all = ["certificate", "broker_url"]
+    )]
+    pub spiffe_endpoint_socket: Option<SpiffeEndpoint>,
+    /// The SPIFFE ID of the X.509-SVID to use when the Workload API offers
+    /// several (default: the first, the API's default).
+    #[arg(long, env = "ATTACHE_SPIFFE_ID", requires = "spiffe_endpoint_socket")]
+    pub spiffe_id: Option<spiffe::SpiffeId>,
     /// Key type generated for broker-issued certificates.
     #[arg(long, env = "ATTACHE_KEY_TYPE", default_value = "ecdsa-p256", value_parser = key_type)]
     pub key_type: KeyType,
     /// Connect timeout for AWS and the broker.
     #[arg(long, env = "ATTACHE_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,
-    /// Whole-request timeout for AWS and the broker.
+    /// Whole-request timeout for AWS and the broker; also how long to wait
+    /// for the first SVID from the SPIFFE Workload API.
     #[arg(long, env = "ATTACHE_REQUEST_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub request_timeout: Duration,
     /// Log format.
@@ -282,8 +297,19 @@ impl SourceArgs {
         config
     }
 
-    /// Certificates from files (checked now) or from the broker.
+    /// Certificates from files (checked now), the broker or the SPIFFE
+    /// Workload API.
     fn cert_source(&self, metrics: &Metrics) -> Result<CertSource, String> {
+        if let Some(endpoint) = &self.spiffe_endpoint_socket {
+            return Ok(CertSource::Spiffe(SpiffeSource::new(
+                SpiffeSourceConfig {
+                    endpoint: endpoint.clone(),
+                    spiffe_id: self.spiffe_id.clone(),
+                    first_svid_timeout: self.request_timeout,
+                },
+                metrics.clone(),
+            )));
+        }
         match (&self.certificate, &self.private_key, &self.broker_url) {
             (Some(cert), Some(key), _) => {
                 let files = FileSource::new(
@@ -313,7 +339,8 @@ impl SourceArgs {
             .map(CertSource::Broker)
             .map_err(|e| e.to_string()),
             _ => Err(
-                "no certificate source: give --certificate and --private-key, or --broker-url"
+                "no certificate source: give --certificate and --private-key, --broker-url, \
+                 or --spiffe-endpoint-socket"
                     .into(),
             ),
         }

@@ -54,8 +54,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Build the pinned tools the tests drive (all, or the ones named:
-    /// kube-apiserver, etcd, aws_signing_helper, helm, go-sdk-probe,
-    /// java-sdk-probe, python, node).
+    /// kube-apiserver, etcd, aws_signing_helper, helm, spire-server,
+    /// spire-agent, go-sdk-probe, java-sdk-probe, python, node).
     Tools {
         /// Tools to build; all when none is named.
         names: Vec<String>,
@@ -285,6 +285,8 @@ mod tests {
             "etcd",
             "aws_signing_helper",
             "helm",
+            "spire-server",
+            "spire-agent",
             "go-sdk-probe",
             "java-sdk-probe",
         ] {

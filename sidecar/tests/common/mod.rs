@@ -74,28 +74,39 @@ impl World {
 
     /// Common `attache-sidecar` source flags for this world.
     pub fn source_flags(&self) -> Vec<String> {
-        [
-            "--region",
-            REGION,
-            "--profile-arn",
-            PROFILE,
-            "--role-arn",
-            ROLE,
-            "--trust-anchor-arn",
-            ANCHOR,
-            "--endpoint",
-            &self.emulator.url(),
-            "--certificate",
-            self.cert.to_str().unwrap(),
-            "--private-key",
-            self.key.to_str().unwrap(),
-            "--log-format",
-            "text",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut flags = role_flags(&self.emulator.url());
+        flags.extend(
+            [
+                "--certificate",
+                self.cert.to_str().unwrap(),
+                "--private-key",
+                self.key.to_str().unwrap(),
+            ]
+            .map(String::from),
+        );
+        flags
     }
+}
+
+/// The `attache-sidecar` source flags naming this world's region, profile,
+/// role and trust anchor at `endpoint` (text logs), without a certificate source.
+pub fn role_flags(endpoint: &str) -> Vec<String> {
+    [
+        "--region",
+        REGION,
+        "--profile-arn",
+        PROFILE,
+        "--role-arn",
+        ROLE,
+        "--trust-anchor-arn",
+        ANCHOR,
+        "--endpoint",
+        endpoint,
+        "--log-format",
+        "text",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Decimal serial to lower-case hex (the emulator's default session name).

@@ -71,8 +71,9 @@ fn require_path(path: PathBuf, what: &str) -> PathBuf {
 }
 
 /// The path of a pinned tool binary built by `cargo xtask tools`
-/// (`kube-apiserver`, `etcd`, `aws_signing_helper`, `helm`, `go-sdk-probe`,
-/// `java-sdk-probe`). Panics, failing the test, when it is absent.
+/// (`kube-apiserver`, `etcd`, `aws_signing_helper`, `helm`, `spire-server`,
+/// `spire-agent`, `go-sdk-probe`, `java-sdk-probe`). Panics, failing the
+/// test, when it is absent.
 pub fn require_tool(name: &str) -> PathBuf {
     require_path(tools_dir().join("bin").join(name), &format!("tool {name}"))
 }

@@ -147,6 +147,12 @@ impl std::fmt::Debug for SessionClient {
     }
 }
 
+/// The Roles Anywhere endpoint of `region`:
+/// `https://rolesanywhere.<region>.amazonaws.com`.
+pub fn default_endpoint(region: &str) -> String {
+    format!("https://rolesanywhere.{region}.amazonaws.com")
+}
+
 impl SessionClient {
     /// Validates `config` and builds the HTTP client. Proxies come from
     /// `HTTPS_PROXY` / `NO_PROXY` as usual.
@@ -155,7 +161,7 @@ impl SessionClient {
         let base = config
             .endpoint
             .clone()
-            .unwrap_or_else(|| format!("https://rolesanywhere.{}.amazonaws.com", config.region));
+            .unwrap_or_else(|| default_endpoint(&config.region));
         let bad_endpoint = |why: String| {
             AwsError::Config(ConfigError::Arn {
                 what: "Roles Anywhere endpoint",

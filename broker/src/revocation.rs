@@ -199,22 +199,14 @@ impl LedgerStore {
         }
     }
 
-    /// The ledger and the signed CRL (PEM), if the ConfigMap exists.
-    pub async fn read(&self) -> Result<Option<(Ledger, Option<String>)>, RevocationError> {
-        let Some(cm) = self
+    /// The signed CRL (PEM), if the ConfigMap holds one.
+    pub async fn crl_pem(&self) -> Result<Option<String>, RevocationError> {
+        let cm = self
             .api
             .get_opt(CRL_CONFIGMAP)
             .await
-            .map_err(self.kube("reading"))?
-        else {
-            return Ok(None);
-        };
-        let data = cm.data.unwrap_or_default();
-        let ledger = match data.get(LEDGER_KEY) {
-            Some(json) => serde_json::from_str(json).map_err(RevocationError::Ledger)?,
-            None => Ledger::default(),
-        };
-        Ok(Some((ledger, data.get(CRL_KEY).cloned())))
+            .map_err(self.kube("reading"))?;
+        Ok(cm.and_then(|cm| cm.data?.remove(CRL_KEY)))
     }
 
     /// Applies `change` to the ledger and stores it, retrying on conflicts.
@@ -403,9 +395,9 @@ impl Revocations {
         let crl = self
             .store
             .update(|ledger, stored| {
-                let listed: HashSet<String> =
+                // Serials listed already, then each new one once.
+                let mut seen: HashSet<String> =
                     ledger.revoked.iter().map(|e| e.serial.clone()).collect();
-                let mut added = HashSet::new();
                 let requested = mine.iter().filter_map(|i| {
                     let r = ledger.requests.iter().find(|r| r.matches(i))?;
                     Some(i.entry(&r.reason, now))
@@ -413,8 +405,8 @@ impl Revocations {
                 let new: Vec<Entry> = entries
                     .iter()
                     .cloned()
-                    .chain(requested.collect::<Vec<_>>())
-                    .filter(|e| !listed.contains(&e.serial) && added.insert(e.serial.clone()))
+                    .chain(requested)
+                    .filter(|e| seen.insert(e.serial.clone()))
                     .collect();
                 let changed = !new.is_empty();
                 added_here = new

@@ -14,7 +14,6 @@ use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer as _;
 
 use crate::ca::{CaError, CertificateAuthority};
-use crate::cert::CertificateInfo;
 
 /// The largest CRL Roles Anywhere accepts (`crlData` of `ImportCrl` /
 /// `UpdateCrl`, which takes the CRL "in PEM format"), in bytes of PEM.
@@ -191,22 +190,12 @@ impl CertificateAuthority {
 }
 
 /// The DER of a CRL given as PEM (`X509 CRL`) or DER.
-pub fn crl_der(data: &[u8]) -> Result<Vec<u8>, CrlError> {
+fn crl_der(data: &[u8]) -> Result<Vec<u8>, CrlError> {
     match pem::parse(data) {
         Ok(p) if p.tag() == "X509 CRL" => Ok(p.into_contents()),
         Ok(p) => Err(CrlError::Invalid(format!("PEM block is {:?}", p.tag()))),
         Err(_) => Ok(data.to_vec()),
     }
-}
-
-/// The serial of a certificate (PEM), decimal: what to revoke.
-pub fn serial_of(cert_pem: &str) -> Result<String, CrlError> {
-    let der = pem::parse(cert_pem)
-        .map_err(|e| CrlError::Invalid(e.to_string()))?
-        .into_contents();
-    Ok(CertificateInfo::from_der(&der)
-        .map_err(|e| CrlError::Invalid(e.to_string()))?
-        .serial)
 }
 
 #[cfg(test)]
@@ -268,7 +257,6 @@ mod tests {
         assert_eq!(ca.verify_crl(&crl.der).unwrap(), listed);
         let err = self::ca().verify_crl(&crl.der).unwrap_err().to_string();
         assert!(err.contains("signature"), "{err}");
-        assert_eq!(serial_of(&revoked.pem).unwrap(), revoked.serial);
     }
 
     #[test]

@@ -266,12 +266,12 @@ impl Activity {
     }
 
     /// Bytes arrived: on an idle connection they start a request's headers.
+    /// Every read passes here, so only that change wakes the connection's task.
     fn bytes_read(&self) {
-        if matches!(self.phase(), Phase::Idle(_)) {
-            self.update(|p| match p {
-                Phase::Idle(_) => Phase::Headers(Instant::now()),
-                other => other,
-            });
+        let mut phase = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*phase, Phase::Idle(_)) {
+            *phase = Phase::Headers(Instant::now());
+            self.0.1.notify_one();
         }
     }
 

@@ -69,25 +69,27 @@ impl CrlPusher {
 
     /// Pushes the broker's current CRL if it differs from the last pushed.
     pub async fn push_if_changed(&mut self) -> Result<Option<CrlSync>, String> {
-        let Some((_, Some(pem))) = self.store.read().await.map_err(|e| e.to_string())? else {
+        let Some(pem) = self.store.crl_pem().await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        self.ca
-            .verify_crl(pem.as_bytes())
-            .map_err(|e| format!("ConfigMap {}: {e}", crate::revocation::CRL_CONFIGMAP))?;
         // Roles Anywhere takes the CRL "in PEM format" (ImportCrl).
         let pem = pem.into_bytes();
         if self.pushed.as_deref() == Some(pem.as_slice()) {
             return Ok(None);
         }
+        self.ca
+            .verify_crl(&pem)
+            .map_err(|e| format!("ConfigMap {}: {e}", crate::revocation::CRL_CONFIGMAP))?;
         let credentials = self
             .sessions
             .credentials(&self.identity, &self.target)
             .await
             .map_err(|f| format!("no session for {}: {}", self.target.role, f.message))?;
-        let endpoint = self.target.endpoint.clone().unwrap_or_else(|| {
-            format!("https://rolesanywhere.{}.amazonaws.com", self.target.region)
-        });
+        let endpoint = self
+            .target
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| attache_aws::session::default_endpoint(&self.target.region));
         let done = attache_aws::crl::sync_crl(
             &self.http,
             &endpoint,

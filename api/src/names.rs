@@ -53,5 +53,37 @@ pub const CA_BUNDLE_CONFIGMAP: &str = "attache-ca-bundle";
 pub const CRL_CONFIGMAP: &str = "attache-crl";
 /// Path of the broker's CRL (`GET`, PEM), on the certificate API port.
 pub const CRL_PATH: &str = "/v1/crl";
+/// A Kubernetes label: its key and the value attache sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label {
+    /// The label key.
+    pub key: &'static str,
+    /// The value.
+    pub value: &'static str,
+}
+
+impl Label {
+    /// The label as an owned `(key, value)` entry of a label map.
+    pub fn entry(&self) -> (String, String) {
+        (self.key.to_string(), self.value.to_string())
+    }
+
+    /// Whether `labels` carry this label with this value.
+    pub fn is_on(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+        labels
+            .and_then(|l| l.get(self.key))
+            .is_some_and(|v| v == self.value)
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
 /// Label on every object attache manages.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "attache");
+pub const MANAGED_BY: Label = Label {
+    key: "app.kubernetes.io/managed-by",
+    value: "attache",
+};

@@ -45,7 +45,7 @@ pub enum CaStoreError {
 }
 
 pub(crate) fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())])
+    BTreeMap::from([MANAGED_BY.entry()])
 }
 
 /// Loads the CA from Secret `name`, or creates it if absent. When two replicas

@@ -72,7 +72,10 @@ pub struct ConnectionLimits {
 #[derive(Clone, Default)]
 struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
-struct PeerSlot(PeerCounts, IpAddr);
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
 
 impl PeerCounts {
     fn take(&self, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
@@ -82,17 +85,20 @@ impl PeerCounts {
             return None;
         }
         *n += 1;
-        Some(PeerSlot(self.clone(), ip))
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut map = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.1) {
+        let mut map = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.1);
+                map.remove(&self.ip);
             }
         }
     }

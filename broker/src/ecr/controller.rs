@@ -282,7 +282,7 @@ impl Controller {
         let api: Api<Secret> = Api::all(self.client.clone());
         let requeue_owners = |key: &Key, info: SecretInfo| {
             for o in info.owners {
-                self.queue.push((key.0.clone(), o.0));
+                self.queue.push(Key::new(&key.namespace, o.name));
             }
         };
         let handlers = Handlers {
@@ -349,7 +349,7 @@ impl Controller {
         Some(
             self.sessions
                 .settings()
-                .target(&pair.0, &pair.2, &anchor, &pair.1),
+                .target(&pair.role, &pair.profile, &anchor, &pair.region),
         )
     }
 
@@ -392,7 +392,7 @@ impl Controller {
                     };
                     let delay = self.config.backoff.backoff(n.saturating_sub(1));
                     Metrics::count(&self.metrics.ecr_refresh_failures, "kubernetes");
-                    tracing::warn!(namespace = %key.0, service_account = %key.1, error = %e, retry_in_ms = delay.as_millis() as u64, "ECR pull secret reconcile failed");
+                    tracing::warn!(namespace = %key.namespace, service_account = %key.name, error = %e, retry_in_ms = delay.as_millis() as u64, "ECR pull secret reconcile failed");
                     self.retry_at(key.clone(), self.clock.now() + delay);
                 }
             }
@@ -416,7 +416,7 @@ impl Controller {
                 let mut d = lock(&self.delayed);
                 let later = d.split_off(&(now, u64::MAX));
                 let due: Vec<Key> = std::mem::replace(&mut *d, later).into_values().collect();
-                (due, d.keys().next().map(|k| k.0))
+                (due, d.keys().next().map(|(at, _seq)| *at))
             };
             for k in due {
                 self.queue.push(k);
@@ -465,7 +465,7 @@ impl Controller {
                             if let Some(uid) = sa_uid {
                                 let note = format!(
                                     "cannot refresh the ECR token of role {} in {}: {}; the current pull secret is kept and the refresh retried",
-                                    pair.0, pair.1, failure.message
+                                    pair.role, pair.region, failure.message
                                 );
                                 this.warn(&k, &uid, "EcrTokenRefreshFailed", note).await;
                             }
@@ -500,12 +500,12 @@ impl Controller {
             }
             w.insert(key.clone(), tag);
         }
-        tracing::warn!(namespace = %key.0, service_account = %key.1, reason, message = %note, "ECR pull secret not updated");
+        tracing::warn!(namespace = %key.namespace, service_account = %key.name, reason, message = %note, "ECR pull secret not updated");
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("ServiceAccount".into()),
-            name: Some(key.1.clone()),
-            namespace: Some(key.0.clone()),
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
             uid: Some(uid.to_string()),
             ..Default::default()
         };
@@ -535,7 +535,7 @@ impl Controller {
 }
 
 fn key_of(meta: &kube::api::ObjectMeta) -> Key {
-    (
+    Key::new(
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )

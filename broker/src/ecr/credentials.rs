@@ -55,15 +55,20 @@ impl Issuer {
 
     /// The SPIFFE ID of a ServiceAccount.
     pub fn spiffe_uri(&self, sa: &Key) -> String {
-        WorkloadIdentity::new(&self.trust_domain, &sa.0, &sa.1)
+        WorkloadIdentity::new(&self.trust_domain, &sa.namespace, &sa.name)
             .map(|i| i.spiffe_uri())
-            .unwrap_or_else(|_| format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, sa.0, sa.1))
+            .unwrap_or_else(|_| {
+                format!(
+                    "spiffe://{}/ns/{}/sa/{}",
+                    self.trust_domain, sa.namespace, sa.name
+                )
+            })
     }
 
     /// A fresh key and a certificate naming `sa`, valid for `lifetime` from now.
     pub fn signer(&self, sa: &Key, lifetime: Duration) -> Result<X509Signer, String> {
-        let identity =
-            WorkloadIdentity::new(&self.trust_domain, &sa.0, &sa.1).map_err(|e| e.to_string())?;
+        let identity = WorkloadIdentity::new(&self.trust_domain, &sa.namespace, &sa.name)
+            .map_err(|e| e.to_string())?;
         let key = PrivateKey::generate(KeyType::EcdsaP256).map_err(|e| e.to_string())?;
         let csr = key
             .certificate_signing_request()
@@ -179,14 +184,23 @@ impl Verdict {
 /// Paces calls: at most `rate` per second, bursts of up to one second's worth.
 struct RateLimiter {
     rate: f64,
-    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+    state: tokio::sync::Mutex<Bucket>,
+}
+
+/// A token bucket: how many sessions may start now, as of when.
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
 }
 
 impl RateLimiter {
     fn new(rate: f64) -> Self {
         RateLimiter {
             rate,
-            state: tokio::sync::Mutex::new((rate.max(1.0), tokio::time::Instant::now())),
+            state: tokio::sync::Mutex::new(Bucket {
+                tokens: rate.max(1.0),
+                at: tokio::time::Instant::now(),
+            }),
         }
     }
 
@@ -197,15 +211,15 @@ impl RateLimiter {
         let mut s = self.state.lock().await;
         let now = tokio::time::Instant::now();
         let burst = self.rate.max(1.0);
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(burst);
-        s.1 = now;
-        if s.0 < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - s.0) / self.rate);
+        s.tokens = (s.tokens + now.duration_since(s.at).as_secs_f64() * self.rate).min(burst);
+        s.at = now;
+        if s.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - s.tokens) / self.rate);
             tokio::time::sleep(wait).await;
-            s.0 = 1.0;
-            s.1 = tokio::time::Instant::now();
+            s.tokens = 1.0;
+            s.at = tokio::time::Instant::now();
         }
-        s.0 -= 1.0;
+        s.tokens -= 1.0;
     }
 }
 
@@ -391,7 +405,7 @@ impl Sessions {
                 self.record(sa, target, Verdict::Accepted { until });
                 let creds = Arc::new(creds);
                 lock(&self.latest).insert(target.clone(), creds.clone());
-                tracing::debug!(namespace = %sa.0, service_account = %sa.1, role_arn = %target.role, "Roles Anywhere accepted the ServiceAccount for the ECR role");
+                tracing::debug!(namespace = %sa.namespace, service_account = %sa.name, role_arn = %target.role, "Roles Anywhere accepted the ServiceAccount for the ECR role");
                 Ok(creds)
             }
             Err(e) => {

@@ -290,7 +290,10 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
     let mut leading = elector.leading();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let args = args.clone();
-    let defaults = (profile_arn, trust_anchor_arn);
+    let defaults = Defaults {
+        profile: profile_arn,
+        trust_anchor: trust_anchor_arn,
+    };
     let supervisor = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -340,10 +343,17 @@ struct Term {
     crl: Option<crl_sync::CrlPusher>,
 }
 
+/// The Roles Anywhere profile and trust anchor a ServiceAccount gets unless
+/// it overrides them.
+struct Defaults {
+    profile: String,
+    trust_anchor: String,
+}
+
 fn new_term(
     args: &EcrArgs,
     ctx: &EcrContext,
-    defaults: &(String, String),
+    defaults: &Defaults,
     settings: &credentials::SessionSettings,
     ecr_endpoints: &attache_aws::ecr::Endpoints,
     identity: &str,
@@ -381,8 +391,13 @@ fn new_term(
             store: crate::revocation::LedgerStore::new(ctx.client.clone(), &ctx.namespace),
             ca: ctx.ca.clone(),
             sessions: sessions.clone(),
-            identity: (ctx.namespace.clone(), args.service_account.clone()),
-            target: settings.target(role, &defaults.0, &defaults.1, &settings.region),
+            identity: world::Key::new(&ctx.namespace, &args.service_account),
+            target: settings.target(
+                role,
+                &defaults.profile,
+                &defaults.trust_anchor,
+                &settings.region,
+            ),
             name: args.crl_name.clone(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -397,11 +412,11 @@ fn new_term(
         ctx.client.clone(),
         controller::ControllerConfig {
             default_role: args.ecr_role_arn.clone(),
-            default_profile: defaults.0.clone(),
-            default_trust_anchor: defaults.1.clone(),
+            default_profile: defaults.profile.clone(),
+            default_trust_anchor: defaults.trust_anchor.clone(),
             overrides: crate::policy::ArnOverrides {
-                default_profile: Some(defaults.0.clone()),
-                default_trust_anchor: Some(defaults.1.clone()),
+                default_profile: Some(defaults.profile.clone()),
+                default_trust_anchor: Some(defaults.trust_anchor.clone()),
                 allowed_profiles: ctx.session.allowed_profile_arns.clone(),
                 allowed_trust_anchors: ctx.session.allowed_trust_anchor_arns.clone(),
             },

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::registry::Registry;
 use super::tokens::Token;
-use attache_api::names::MANAGED_BY;
+use attache_api::names::{Label, MANAGED_BY};
 
 /// Secret name prefix.
 pub const NAME_PREFIX: &str = "attache-ecr-";
@@ -27,7 +27,10 @@ pub const SECRET_TYPE: &str = "kubernetes.io/dockerconfigjson";
 /// Data key.
 pub const DATA_KEY: &str = ".dockerconfigjson";
 /// Label marking what the Secret is for (with `app.kubernetes.io/managed-by`).
-pub const COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "ecr-pull-secret");
+pub const COMPONENT: Label = Label {
+    key: "app.kubernetes.io/component",
+    value: "ecr-pull-secret",
+};
 /// Label selector of every Secret this controller writes.
 pub const SELECTOR: &str =
     "app.kubernetes.io/managed-by=attache,app.kubernetes.io/component=ecr-pull-secret";
@@ -176,10 +179,7 @@ pub fn build(
         metadata: ObjectMeta {
             name: Some(desired.name.clone()),
             namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-                (COMPONENT.0.to_string(), COMPONENT.1.to_string()),
-            ])),
+            labels: Some(BTreeMap::from([MANAGED_BY.entry(), COMPONENT.entry()])),
             annotations: Some(desired.annotations.clone()),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
@@ -200,11 +200,9 @@ pub fn build(
 
 /// Why a Secret with attache's name is not attache's to change.
 pub fn foreign_reason(secret: &Secret, sa: &str) -> Option<String> {
-    let labels = secret.metadata.labels.clone().unwrap_or_default();
-    if labels.get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1) {
+    if !MANAGED_BY.is_on(secret.metadata.labels.as_ref()) {
         return Some(format!(
-            "it has no label {}={} (attache did not create it)",
-            MANAGED_BY.0, MANAGED_BY.1
+            "it has no label {MANAGED_BY} (attache did not create it)"
         ));
     }
     let owned = secret
@@ -225,15 +223,9 @@ pub fn foreign_reason(secret: &Secret, sa: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn token(p: &str) -> Token {
-        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
-        Token {
-            password: Arc::new(Zeroizing::new(p.into())),
-            obtained_at: t0,
-            expires_at: t0 + time::Duration::hours(12),
-        }
+        Token::fixture(p)
     }
 
     #[test]

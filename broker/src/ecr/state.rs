@@ -18,14 +18,17 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::tokens::{Pair, Token};
-use attache_api::names::MANAGED_BY;
+use attache_api::names::{Label, MANAGED_BY};
 
 /// Name of the state Secret in the controller's namespace.
 pub const STATE_SECRET: &str = "attache-ecr-tokens";
 /// Its data key.
 pub const STATE_KEY: &str = "tokens.json";
 /// Its component label.
-pub const COMPONENT: (&str, &str) = ("app.kubernetes.io/component", "ecr-token-cache");
+pub const COMPONENT: Label = Label {
+    key: "app.kubernetes.io/component",
+    value: "ecr-token-cache",
+};
 /// Largest state read (a few hundred bytes per (role, region, profile)).
 const MAX_STATE_BYTES: usize = 512 * 1024;
 
@@ -53,14 +56,23 @@ fn parse_time(s: &str) -> Option<OffsetDateTime> {
 pub fn encode(tokens: &[(Pair, Token)]) -> Zeroizing<Vec<u8>> {
     let mut entries: Vec<Entry> = tokens
         .iter()
-        .map(|((role, region, profile), t)| Entry {
-            role: role.clone(),
-            region: region.clone(),
-            profile: profile.clone(),
-            password: Zeroizing::new(t.password.as_str().to_string()),
-            obtained_at: rfc3339(t.obtained_at),
-            expires_at: rfc3339(t.expires_at),
-        })
+        .map(
+            |(
+                Pair {
+                    role,
+                    region,
+                    profile,
+                },
+                t,
+            )| Entry {
+                role: role.clone(),
+                region: region.clone(),
+                profile: profile.clone(),
+                password: Zeroizing::new(t.password.as_str().to_string()),
+                obtained_at: rfc3339(t.obtained_at),
+                expires_at: rfc3339(t.expires_at),
+            },
+        )
         .collect();
     entries.sort_by(|a, b| (&a.role, &a.region, &a.profile).cmp(&(&b.role, &b.region, &b.profile)));
     Zeroizing::new(serde_json::to_vec(&entries).unwrap_or_default())
@@ -90,7 +102,11 @@ pub fn decode(bytes: &[u8]) -> Vec<(Pair, Token)> {
             let obtained_at = parse_time(&e.obtained_at)?;
             let expires_at = parse_time(&e.expires_at)?;
             Some((
-                (e.role, e.region, e.profile),
+                Pair {
+                    role: e.role,
+                    region: e.region,
+                    profile: e.profile,
+                },
                 Token {
                     password: std::sync::Arc::new(e.password),
                     obtained_at,
@@ -174,10 +190,7 @@ impl TokenStore {
             metadata: ObjectMeta {
                 name: Some(STATE_SECRET.to_string()),
                 namespace: Some(self.namespace.clone()),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-                    (COMPONENT.0.to_string(), COMPONENT.1.to_string()),
-                ])),
+                labels: Some(BTreeMap::from([MANAGED_BY.entry(), COMPONENT.entry()])),
                 resource_version: rv,
                 ..Default::default()
             },
@@ -189,38 +202,23 @@ impl TokenStore {
 }
 
 fn is_ours(s: &Secret) -> bool {
-    s.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY.0))
-        .is_some_and(|v| v == MANAGED_BY.1)
-        && s.type_.as_deref() == Some("Opaque")
+    MANAGED_BY.is_on(s.metadata.labels.as_ref()) && s.type_.as_deref() == Some("Opaque")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     const ROLE: &str = "arn:aws:iam::123456789012:role/ecr";
     const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/p";
 
     fn token(p: &str) -> Token {
-        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
-        Token {
-            password: Arc::new(Zeroizing::new(p.into())),
-            obtained_at: t0,
-            expires_at: t0 + time::Duration::hours(12),
-        }
+        Token::fixture(p)
     }
 
     #[test]
     fn round_trips_and_drops_malformed_entries() {
-        let pair = (
-            ROLE.to_string(),
-            "us-east-1".to_string(),
-            PROFILE.to_string(),
-        );
+        let pair = Pair::new(ROLE, "us-east-1", PROFILE);
         let bytes = encode(&[(pair.clone(), token("pw"))]);
         let back = decode(&bytes);
         assert_eq!(back.len(), 1);

@@ -22,10 +22,34 @@ use attache_aws::ecr::TokenClient;
 /// ECR's token lifetime: nothing adopted is believed to last longer.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// A (role ARN, ECR region, Roles Anywhere profile ARN) triple: the unit of
-/// sharing (a profile may restrict the session with session policies, so
-/// tokens obtained through different profiles are never mixed).
-pub type Pair = (String, String, String);
+/// The unit of sharing of a registry token: the role, the ECR region and the
+/// Roles Anywhere profile it was obtained through (a profile may restrict the
+/// session with session policies, so tokens obtained through different
+/// profiles are never mixed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    /// The IAM role ARN the token's session assumed.
+    pub role: String,
+    /// The ECR region the token is for.
+    pub region: String,
+    /// The Roles Anywhere profile ARN the session was created through.
+    pub profile: String,
+}
+
+impl Pair {
+    /// The token scope of `role` in `region` through `profile`.
+    pub fn new(
+        role: impl Into<String>,
+        region: impl Into<String>,
+        profile: impl Into<String>,
+    ) -> Self {
+        Pair {
+            role: role.into(),
+            region: region.into(),
+            profile: profile.into(),
+        }
+    }
+}
 
 /// A registry password and its times on the controller's clock. `Debug`
 /// never shows the password.
@@ -37,6 +61,19 @@ pub struct Token {
     pub obtained_at: OffsetDateTime,
     /// When ECR stops accepting it.
     pub expires_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+impl Token {
+    /// A token with `password`, obtained 2026-01-01 00:00 UTC, lasting 12 hours.
+    pub(crate) fn fixture(password: &str) -> Token {
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        Token {
+            password: Arc::new(Zeroizing::new(password.into())),
+            obtained_at: t0,
+            expires_at: t0 + time::Duration::hours(12),
+        }
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -257,7 +294,7 @@ impl Tokens {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Credentials>, TokenFailure>>,
     {
-        let (role, region, _) = pair;
+        let Pair { role, region, .. } = pair;
         let started = self.clock.now();
         let result = match credentials().await {
             Err(e) => Err(e),
@@ -394,10 +431,10 @@ mod tests {
     }
 
     fn pair() -> Pair {
-        (
-            "arn:aws:iam::1:role/r".into(),
-            "us-east-1".into(),
-            "arn:aws:rolesanywhere:us-east-1:1:profile/p".into(),
+        Pair::new(
+            "arn:aws:iam::1:role/r",
+            "us-east-1",
+            "arn:aws:rolesanywhere:us-east-1:1:profile/p",
         )
     }
 

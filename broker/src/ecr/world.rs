@@ -14,8 +14,24 @@ use attache_api::names::{
     MANAGED_BY,
 };
 
-/// (namespace, name).
-pub type Key = (String, String);
+/// A namespaced object (ServiceAccount or Secret) by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl Key {
+    /// The object `name` in `namespace`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Key {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
 
 /// What reconciling needs of a ServiceAccount.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -103,6 +119,15 @@ impl NsInfo {
     }
 }
 
+/// A ServiceAccount owner reference of a Secret.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Owner {
+    /// The ServiceAccount's name (same namespace as the Secret).
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
 /// What reconciling needs of one of attache's pull Secrets.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SecretInfo {
@@ -110,8 +135,8 @@ pub struct SecretInfo {
     pub resource_version: String,
     /// Carries `app.kubernetes.io/managed-by: attache`.
     pub managed: bool,
-    /// ServiceAccount owners: (name, uid).
-    pub owners: Vec<(String, String)>,
+    /// Its ServiceAccount owner references.
+    pub owners: Vec<Owner>,
     /// Type is `kubernetes.io/dockerconfigjson`.
     pub docker_type: bool,
     /// SHA-256 of the data as stored.
@@ -125,19 +150,17 @@ impl SecretInfo {
     pub fn from(s: &Secret) -> SecretInfo {
         SecretInfo {
             resource_version: s.metadata.resource_version.clone().unwrap_or_default(),
-            managed: s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_BY.0))
-                .is_some_and(|v| v == MANAGED_BY.1),
+            managed: MANAGED_BY.is_on(s.metadata.labels.as_ref()),
             owners: s
                 .metadata
                 .owner_references
                 .iter()
                 .flatten()
                 .filter(|o| o.kind == "ServiceAccount")
-                .map(|o| (o.name.clone(), o.uid.clone()))
+                .map(|o| Owner {
+                    name: o.name.clone(),
+                    uid: o.uid.clone(),
+                })
                 .collect(),
             docker_type: s.type_.as_deref() == Some(super::secret::SECRET_TYPE),
             data_hash: data_hash(&s.data.clone().unwrap_or_default()),
@@ -152,7 +175,7 @@ impl SecretInfo {
 
     /// Whether attache may change it on behalf of ServiceAccount `sa`.
     pub fn owned_by(&self, sa: &str) -> bool {
-        self.managed && self.docker_type && self.owners.iter().any(|(n, _)| n == sa)
+        self.managed && self.docker_type && self.owners.iter().any(|o| o.name == sa)
     }
 }
 
@@ -171,8 +194,8 @@ impl World {
     /// Keys of every ServiceAccount in `namespace`.
     pub fn sas_in(&self, namespace: &str) -> Vec<Key> {
         self.sas
-            .range((namespace.to_string(), String::new())..)
-            .take_while(|(k, _)| k.0 == namespace)
+            .range(Key::new(namespace, "")..)
+            .take_while(|(k, _)| k.namespace == namespace)
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -305,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn queue_deduplicates_and_requeues_keys_changed_while_active() {
         let q = Queue::default();
-        let k = ("ns".to_string(), "a".to_string());
+        let k = Key::new("ns", "a");
         q.push(k.clone());
         q.push(k.clone());
         assert_eq!(q.len(), 1);
@@ -322,12 +345,8 @@ mod tests {
     #[test]
     fn deps_track_pairs_both_ways() {
         let mut d = Deps::default();
-        let k = ("ns".to_string(), "a".to_string());
-        let p = (
-            "role".to_string(),
-            "us-east-1".to_string(),
-            "profile".to_string(),
-        );
+        let k = Key::new("ns", "a");
+        let p = super::super::tokens::Pair::new("role", "us-east-1", "profile");
         d.set(&k, vec![p.clone()]);
         assert_eq!(d.dependents(&p), vec![k.clone()]);
         d.remove(&k);

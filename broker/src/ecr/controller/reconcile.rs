@@ -29,11 +29,14 @@ impl Controller {
     pub async fn reconcile(&self, key: &Key) -> Result<(), ReconcileError> {
         let (sa, ns, existing) = {
             let w = lock(&self.world);
-            let name = secret_name(&key.1);
+            let name = secret_name(&key.name);
             (
                 w.sas.get(key).cloned(),
-                w.namespaces.get(&key.0).cloned().unwrap_or_default(),
-                w.secrets.get(&(key.0.clone(), name)).cloned(),
+                w.namespaces
+                    .get(&key.namespace)
+                    .cloned()
+                    .unwrap_or_default(),
+                w.secrets.get(&Key::new(&key.namespace, name)).cloned(),
             )
         };
         let Some(sa) = sa else {
@@ -55,14 +58,18 @@ impl Controller {
         };
         let pairs: Vec<Pair> = regions(&wanted.registries)
             .into_iter()
-            .map(|r| (wanted.role.clone(), r, wanted.profile.clone()))
+            .map(|region| Pair {
+                role: wanted.role.clone(),
+                region,
+                profile: wanted.profile.clone(),
+            })
             .collect();
         let targets: Vec<Target> = pairs
             .iter()
             .map(|p| {
                 self.sessions
                     .settings()
-                    .target(&p.0, &p.2, &wanted.anchor, &p.1)
+                    .target(&p.role, &p.profile, &wanted.anchor, &p.region)
             })
             .collect();
         lock(&self.deps).set(key, pairs.clone());
@@ -78,10 +85,10 @@ impl Controller {
         let Some(tokens) = self.tokens_for(key, &sa, &pairs, &targets).await else {
             return Ok(());
         };
-        let desired = secret::desired(&key.1, &wanted.role, &wanted.registries, &tokens);
+        let desired = secret::desired(&key.name, &wanted.role, &wanted.registries, &tokens);
         let current = existing
             .as_ref()
-            .is_some_and(|info| up_to_date(info, &key.1, &sa, &desired));
+            .is_some_and(|info| up_to_date(info, &key.name, &sa, &desired));
         // Nothing new is written for a ServiceAccount AWS has not accepted for the role.
         if !current && !self.admit(key, &sa, &targets, &existing).await? {
             return Ok(());
@@ -132,7 +139,7 @@ impl Controller {
                 .await);
         }
         if let Err(e) = crate::policy::check_role(
-            &key.0,
+            &key.namespace,
             &ns.policy_annotations(),
             &role,
             self.config.restrictions,
@@ -146,10 +153,10 @@ impl Controller {
         }
         // Profile and trust anchor overrides: only those the operator allows
         // (checked exactly as the webhook and the certificate API check them).
-        if let Err(e) = self
-            .config
-            .overrides
-            .check(&key.0, &key.1, &sa.override_annotations())
+        if let Err(e) =
+            self.config
+                .overrides
+                .check(&key.namespace, &key.name, &sa.override_annotations())
         {
             let note = format!("ECR pull secret removed: {e}");
             return Err(self
@@ -218,12 +225,12 @@ impl Controller {
                 .await
             {
                 Ok(t) => {
-                    tokens.insert(pair.1.clone(), t);
+                    tokens.insert(pair.region.clone(), t);
                 }
                 Err(f) => {
                     let note = format!(
                         "cannot get an ECR token for role {} in {}: {}; any existing pull secret is kept and the request retried with backoff",
-                        pair.0, pair.1, f.message
+                        pair.role, pair.region, f.message
                     );
                     self.warn(key, &sa.uid, "EcrTokenFailed", note).await;
                     return None;
@@ -253,8 +260,8 @@ impl Controller {
                         "ECR pull secret removed: Roles Anywhere refused {} for ECR role {}: {message}. The role's trust policy must allow this ServiceAccount (attache-broker aws-policy --service-account {}/{} prints one that does)",
                         self.sessions.spiffe_uri(key),
                         target.role,
-                        key.0,
-                        key.1
+                        key.namespace,
+                        key.name
                     );
                     self.warn(key, &sa.uid, "EcrRoleNotTrusted", note).await;
                     self.retry_at(key.clone(), until);
@@ -283,22 +290,22 @@ impl Controller {
         existing: Option<SecretInfo>,
         desired: &Desired,
     ) -> Result<bool, ReconcileError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
         let err = |action: &str, source| ReconcileError::Kube {
-            action: format!("{action} Secret {}/{}", key.0, desired.name),
+            action: format!("{action} Secret {}/{}", key.namespace, desired.name),
             source,
         };
         let mut current = existing;
         for _ in 0..CONFLICT_TRIES {
             match &current {
-                Some(info) if up_to_date(info, &key.1, sa, desired) => {
+                Some(info) if up_to_date(info, &key.name, sa, desired) => {
                     lock(&self.foreign).remove(key);
                     return Ok(true);
                 }
-                Some(info) if info.owned_by(&key.1) => {
+                Some(info) if info.owned_by(&key.name) => {
                     let obj = secret::build(
-                        &key.0,
-                        &key.1,
+                        &key.namespace,
+                        &key.name,
                         &sa.uid,
                         desired,
                         Some(info.resource_version.clone()),
@@ -314,7 +321,7 @@ impl Controller {
                 }
                 Some(_) => {}
                 None => {
-                    let obj = secret::build(&key.0, &key.1, &sa.uid, desired, None);
+                    let obj = secret::build(&key.namespace, &key.name, &sa.uid, desired, None);
                     match api.create(&PostParams::default(), &obj).await {
                         Ok(s) => return Ok(self.written(key, &s)),
                         Err(e) if api_code(&e) == Some(409) => {}
@@ -330,7 +337,7 @@ impl Controller {
             match fresh {
                 None => current = None,
                 Some(s) => {
-                    if let Some(reason) = foreign_reason(&s, &key.1) {
+                    if let Some(reason) = foreign_reason(&s, &key.name) {
                         let note = format!(
                             "Secret {:?} already exists and attache will not modify it: {reason}. Delete or rename it to let attache manage the ECR pull secret",
                             desired.name
@@ -345,7 +352,7 @@ impl Controller {
             }
         }
         Err(ReconcileError::Conflict {
-            action: format!("writing Secret {}/{}", key.0, desired.name),
+            action: format!("writing Secret {}/{}", key.namespace, desired.name),
         })
     }
 
@@ -354,7 +361,7 @@ impl Controller {
         lock(&self.foreign).remove(key);
         let info = SecretInfo::from(s);
         lock(&self.world).secrets.insert(key_of(&s.metadata), info);
-        tracing::info!(namespace = %key.0, service_account = %key.1, secret = ?s.metadata.name, "ECR pull secret written");
+        tracing::info!(namespace = %key.namespace, service_account = %key.name, secret = ?s.metadata.name, "ECR pull secret written");
         true
     }
 
@@ -367,9 +374,9 @@ impl Controller {
         name: &str,
         present: bool,
     ) -> Result<(), ReconcileError> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &key.0);
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &key.namespace);
         let err = |action: &str, source| ReconcileError::Kube {
-            action: format!("{action} ServiceAccount {}/{}", key.0, key.1),
+            action: format!("{action} ServiceAccount {}/{}", key.namespace, key.name),
             source,
         };
         let mut cur = sa.clone();
@@ -396,7 +403,7 @@ impl Controller {
                 "imagePullSecrets": if list.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(list) },
             });
             match api
-                .patch(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(updated) => {
@@ -405,7 +412,11 @@ impl Controller {
                     return Ok(());
                 }
                 Err(e) if api_code(&e) == Some(409) => {
-                    match api.get_opt(&key.1).await.map_err(|e| err("reading", e))? {
+                    match api
+                        .get_opt(&key.name)
+                        .await
+                        .map_err(|e| err("reading", e))?
+                    {
                         Some(fresh) => cur = SaInfo::from(&fresh),
                         None => return Ok(()),
                     }
@@ -417,7 +428,7 @@ impl Controller {
         Err(ReconcileError::Conflict {
             action: format!(
                 "patching imagePullSecrets of ServiceAccount {}/{}",
-                key.0, key.1
+                key.namespace, key.name
             ),
         })
     }
@@ -431,10 +442,10 @@ impl Controller {
     ) -> Result<(), ReconcileError> {
         lock(&self.deps).remove(key);
         self.clear_warning(key);
-        let name = secret_name(&key.1);
+        let name = secret_name(&key.name);
         let foreign = lock(&self.foreign).remove(key).is_some();
-        if let Some(info) = existing.filter(|i| i.owned_by(&key.1)) {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.0);
+        if let Some(info) = existing.filter(|i| i.owned_by(&key.name)) {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
                     resource_version: Some(info.resource_version.clone()),
@@ -446,13 +457,13 @@ impl Controller {
                 Ok(_) => {
                     lock(&self.world)
                         .secrets
-                        .remove(&(key.0.clone(), name.clone()));
-                    tracing::info!(namespace = %key.0, service_account = %key.1, secret = %name, "ECR pull secret removed (annotation gone)");
+                        .remove(&Key::new(&key.namespace, name.as_str()));
+                    tracing::info!(namespace = %key.namespace, service_account = %key.name, secret = %name, "ECR pull secret removed (annotation gone)");
                 }
                 Err(e) if api_code(&e) == Some(404) => {}
                 Err(e) => {
                     return Err(ReconcileError::Kube {
-                        action: format!("deleting Secret {}/{name}", key.0),
+                        action: format!("deleting Secret {}/{name}", key.namespace),
                         source: e,
                     });
                 }
@@ -470,5 +481,5 @@ fn up_to_date(info: &SecretInfo, sa_name: &str, sa: &SaInfo, desired: &Desired) 
     info.owned_by(sa_name)
         && info.data_hash == desired.hash
         && info.annotated_hash.as_deref() == Some(desired.hash.as_str())
-        && info.owners.iter().any(|(_, uid)| *uid == sa.uid)
+        && info.owners.iter().any(|o| o.uid == sa.uid)
 }

@@ -14,7 +14,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::policy::{self, PrincipalTags};
 use crate::sigv4_verify::check_skew;
 use crate::state::{
-    IssuedCredentials, SECRET_ALPHABET, SessionRecord, Shared, UPPER_ALNUM, random_string,
+    IssuedCredentials, Registry, SECRET_ALPHABET, SessionRecord, Shared, UPPER_ALNUM, random_string,
 };
 use crate::wire::{ApiError, Body, RawRequest, response};
 
@@ -90,13 +90,43 @@ fn denied(msg: impl Into<String>) -> ApiError {
     ApiError::access_denied(msg)
 }
 
-/// Serves `POST /sessions`.
+/// Serves `POST /sessions`: the checks in AWS's order (signature envelope,
+/// certificates, signature, body, trust anchor and path, profile and role),
+/// then fresh credentials.
 pub(crate) fn create_session(
     shared: &Shared,
     req: &RawRequest,
 ) -> Result<Response<Body>, ApiError> {
     let now = shared.now();
-    // --- signature envelope --------------------------------------------------
+    let envelope = check_envelope(shared, req, now)?;
+    let presented = read_certificates(req, &envelope.auth)?;
+    let (_, parsed_leaf) = X509Certificate::from_der(&presented.leaf_der)
+        .map_err(|e| denied(format!("X-Amz-X509: {e}")))?;
+    verify_signature(req, &envelope, &presented, &parsed_leaf)?;
+    let body: CreateSessionBody = serde_json::from_slice(&req.body)
+        .map_err(|e| ApiError::validation(format!("Invalid request body: {e}")))?;
+    let target = session_target(&req.query, &body)?;
+    let grant = {
+        let registry = shared.registry();
+        check_anchor(&registry, &target, &presented, &parsed_leaf, now)?;
+        authorize(&registry, &target, &body, &presented.leaf, &parsed_leaf)?
+    };
+    Ok(issue(shared, now, &target, &presented.leaf, grant))
+}
+
+/// The signed parts of a request's envelope, checked.
+struct Envelope<'a> {
+    auth: Authorization,
+    amz_date: &'a str,
+}
+
+/// The `Authorization` header: an X.509 algorithm, a fresh date, this
+/// endpoint's region and service, and the headers AWS requires signed.
+fn check_envelope<'a>(
+    shared: &Shared,
+    req: &'a RawRequest,
+    now: time::OffsetDateTime,
+) -> Result<Envelope<'a>, ApiError> {
     let auth_value = req
         .header("authorization")
         .ok_or_else(|| denied("Missing Authorization header"))?;
@@ -131,9 +161,8 @@ pub(crate) fn create_session(
             auth.service
         )));
     }
-    let chain_header = req.header("x-amz-x509-chain");
     let mut required = vec!["content-type", "host", "x-amz-date", "x-amz-x509"];
-    if chain_header.is_some() {
+    if req.header("x-amz-x509-chain").is_some() {
         required.push("x-amz-x509-chain");
     }
     for name in required {
@@ -144,7 +173,20 @@ pub(crate) fn create_session(
             )));
         }
     }
-    // --- certificates ----------------------------------------------------------
+    Ok(Envelope { auth, amz_date })
+}
+
+/// The certificates a request presents.
+struct Presented {
+    leaf_der: Vec<u8>,
+    leaf: CertificateInfo,
+    /// `X-Amz-X509-Chain`, DER, in order.
+    chain: Vec<Vec<u8>>,
+}
+
+/// Decodes `X-Amz-X509` and `X-Amz-X509-Chain`; the credential's serial
+/// must be the leaf's.
+fn read_certificates(req: &RawRequest, auth: &Authorization) -> Result<Presented, ApiError> {
     let leaf_b64 = req
         .header("x-amz-x509")
         .ok_or_else(|| denied("Missing X-Amz-X509 header"))?;
@@ -154,7 +196,7 @@ pub(crate) fn create_session(
     let leaf = CertificateInfo::from_der(&leaf_der)
         .map_err(|e| denied(format!("X-Amz-X509 is not a usable certificate: {e}")))?;
     let mut chain = Vec::new();
-    if let Some(text) = chain_header {
+    if let Some(text) = req.header("x-amz-x509-chain") {
         for (i, part) in text.split(',').enumerate() {
             if i >= MAX_CHAIN {
                 return Err(denied(format!(
@@ -178,8 +220,24 @@ pub(crate) fn create_session(
             auth.credential_id, leaf.serial
         )));
     }
+    Ok(Presented {
+        leaf_der,
+        leaf,
+        chain,
+    })
+}
+
+/// The request's signature, over the request as received, by the leaf's key
+/// with the algorithm its key type calls for.
+fn verify_signature(
+    req: &RawRequest,
+    envelope: &Envelope<'_>,
+    presented: &Presented,
+    parsed_leaf: &X509Certificate<'_>,
+) -> Result<(), ApiError> {
+    let auth = &envelope.auth;
     let verify_alg: &'static dyn signature::VerificationAlgorithm =
-        match (auth.algorithm.as_str(), leaf.key_type) {
+        match (auth.algorithm.as_str(), presented.leaf.key_type) {
             (ALGORITHM_ECDSA, KeyType::EcdsaP256) => &signature::ECDSA_P256_SHA256_ASN1,
             (ALGORITHM_ECDSA, KeyType::EcdsaP384) => &signature::ECDSA_P384_SHA256_ASN1,
             (ALGORITHM_RSA, k) if k.is_rsa() => &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -189,7 +247,6 @@ pub(crate) fn create_session(
                 )));
             }
         };
-    // --- signature over the request as received ------------------------------------
     let payload_hash = sigv4::sha256_hex(&req.body);
     let parts = RequestParts {
         method: &req.method,
@@ -200,10 +257,13 @@ pub(crate) fn create_session(
     };
     let (canonical, _) = sigv4::canonical_request(&parts, &auth.signed_headers)
         .map_err(|e| denied(e.to_string()))?;
-    let to_sign = sigv4::string_to_sign(&auth.algorithm, amz_date, &auth.scope(), &canonical);
+    let to_sign = sigv4::string_to_sign(
+        &auth.algorithm,
+        envelope.amz_date,
+        &auth.scope(),
+        &canonical,
+    );
     let sig = hex::decode(&auth.signature).map_err(|_| denied("Signature is not hex"))?;
-    let (_, parsed_leaf) =
-        X509Certificate::from_der(&leaf_der).map_err(|e| denied(format!("X-Amz-X509: {e}")))?;
     let spk = parsed_leaf.public_key().subject_public_key.data.as_ref();
     if signature::UnparsedPublicKey::new(verify_alg, spk)
         .verify(to_sign.as_bytes(), &sig)
@@ -214,39 +274,43 @@ pub(crate) fn create_session(
             "Signature does not match: the request signature we calculated does not match the signature you provided",
         ));
     }
-    // --- body ------------------------------------------------------------------
-    let body: CreateSessionBody = serde_json::from_slice(&req.body)
-        .map_err(|e| ApiError::validation(format!("Invalid request body: {e}")))?;
-    let target = session_target(&req.query, &body)?;
-    // --- trust anchor and certificate path ---------------------------------------
-    let registry = shared.registry();
+    Ok(())
+}
+
+/// The trust anchor exists, is enabled and loaded; the presented path chains
+/// to it; the leaf is an end-entity signing certificate its CRLs do not revoke.
+fn check_anchor(
+    registry: &Registry,
+    target: &SessionTarget,
+    presented: &Presented,
+    parsed_leaf: &X509Certificate<'_>,
+    now: time::OffsetDateTime,
+) -> Result<(), ApiError> {
+    let anchor_arn = &target.trust_anchor_arn;
     let anchor = registry
         .anchors
-        .get(&target.trust_anchor_arn)
-        .ok_or_else(|| {
-            denied(format!(
-                "Trust anchor {} does not exist",
-                target.trust_anchor_arn
-            ))
-        })?;
+        .get(anchor_arn)
+        .ok_or_else(|| denied(format!("Trust anchor {anchor_arn} does not exist")))?;
     if !anchor.enabled {
-        return Err(denied(format!(
-            "Trust anchor {} is disabled",
-            target.trust_anchor_arn
-        )));
+        return Err(denied(format!("Trust anchor {anchor_arn} is disabled")));
     }
     if let Some(why) = &anchor.load_error {
         return Err(denied(format!(
-            "Trust anchor {} has no usable CA bundle: {why}",
-            target.trust_anchor_arn
+            "Trust anchor {anchor_arn} has no usable CA bundle: {why}"
         )));
     }
-    verify_chain(&leaf_der, &chain, &anchor.certs_der, now).map_err(|e| {
+    verify_chain(
+        &presented.leaf_der,
+        &presented.chain,
+        &anchor.certs_der,
+        now,
+    )
+    .map_err(|e| {
         denied(format!(
-            "Untrusted signing certificate for trust anchor {}: {e}",
-            target.trust_anchor_arn
+            "Untrusted signing certificate for trust anchor {anchor_arn}: {e}"
         ))
     })?;
+    let leaf = &presented.leaf;
     if leaf.is_ca {
         return Err(denied(
             "Untrusted signing certificate: the end-entity certificate is a CA (basicConstraints CA:TRUE)",
@@ -257,47 +321,57 @@ pub(crate) fn create_session(
             "Untrusted signing certificate: keyUsage does not allow digitalSignature",
         ));
     }
-    if let Some(crl) = crate::crl::revoked_by(
-        &registry,
-        &target.trust_anchor_arn,
-        &anchor.certs_der,
-        &parsed_leaf,
-    )
-    .map_err(denied)?
+    if let Some(crl) = crate::crl::revoked_by(registry, anchor_arn, &anchor.certs_der, parsed_leaf)
+        .map_err(denied)?
     {
         return Err(denied(format!(
-            "Untrusted signing certificate: certificate serial number {} is revoked by CRL {} ({}) of trust anchor {}",
-            leaf.serial, crl.name, crl.crl_id, target.trust_anchor_arn
+            "Untrusted signing certificate: certificate serial number {} is revoked by CRL {} ({}) of trust anchor {anchor_arn}",
+            leaf.serial, crl.name, crl.crl_id
         )));
     }
-    // --- profile, role, trust policy --------------------------------------------------
+    Ok(())
+}
+
+/// What a granted session gets.
+struct Grant {
+    role_arn: String,
+    duration_seconds: i64,
+    session_name: String,
+}
+
+/// The profile exists, is enabled and lists the role; the role's trust
+/// policy allows this certificate; the duration and session name are within
+/// what the profile allows.
+fn authorize(
+    registry: &Registry,
+    target: &SessionTarget,
+    body: &CreateSessionBody,
+    leaf: &CertificateInfo,
+    parsed_leaf: &X509Certificate<'_>,
+) -> Result<Grant, ApiError> {
+    let profile_arn = &target.profile_arn;
+    let role_arn = &target.role_arn;
     let profile = registry
         .profiles
-        .get(&target.profile_arn)
-        .ok_or_else(|| denied(format!("Profile {} does not exist", target.profile_arn)))?;
+        .get(profile_arn)
+        .ok_or_else(|| denied(format!("Profile {profile_arn} does not exist")))?;
     if !profile.enabled {
+        return Err(denied(format!("Profile {profile_arn} is disabled")));
+    }
+    if !profile.role_arns.contains(role_arn) {
         return Err(denied(format!(
-            "Profile {} is disabled",
-            target.profile_arn
+            "Role {role_arn} is not in profile {profile_arn}"
         )));
     }
-    if !profile.role_arns.contains(&target.role_arn) {
-        return Err(denied(format!(
-            "Role {} is not in profile {}",
-            target.role_arn, target.profile_arn
-        )));
-    }
-    let role = registry.roles.get(&target.role_arn).ok_or_else(|| {
+    let role = registry.roles.get(role_arn).ok_or_else(|| {
         denied(format!(
-            "Unable to assume role {}: the role does not exist",
-            target.role_arn
+            "Unable to assume role {role_arn}: the role does not exist"
         ))
     })?;
-    let tags = PrincipalTags::from_certificate(&leaf, &parsed_leaf, &target.trust_anchor_arn);
+    let tags = PrincipalTags::from_certificate(leaf, parsed_leaf, &target.trust_anchor_arn);
     policy::evaluate(&role.conditions, &tags).map_err(|why| {
         denied(format!(
-            "Unable to assume role {}: its trust policy does not allow this certificate: {why}",
-            target.role_arn
+            "Unable to assume role {role_arn}: its trust policy does not allow this certificate: {why}"
         ))
     })?;
     let cap = profile
@@ -306,15 +380,13 @@ pub(crate) fn create_session(
     let duration = body.duration_seconds.unwrap_or(DEFAULT_DURATION.min(cap));
     if !(MIN_DURATION..=cap).contains(&duration) {
         return Err(ApiError::validation(format!(
-            "durationSeconds {duration} is out of range: must be between {MIN_DURATION} and {cap} for profile {}",
-            target.profile_arn
+            "durationSeconds {duration} is out of range: must be between {MIN_DURATION} and {cap} for profile {profile_arn}"
         )));
     }
     let session_name = match &body.role_session_name {
         Some(_) if !profile.accept_role_session_name => {
             return Err(ApiError::validation(format!(
-                "roleSessionName is not accepted by profile {} (acceptRoleSessionName is false)",
-                target.profile_arn
+                "roleSessionName is not accepted by profile {profile_arn} (acceptRoleSessionName is false)"
             )));
         }
         Some(name) if !valid_session_name(name) => {
@@ -325,10 +397,28 @@ pub(crate) fn create_session(
         Some(name) => name.clone(),
         None => parsed_leaf.serial.to_str_radix(16),
     };
-    let role_arn = role.arn.clone();
-    drop(registry);
-    // --- issue ---------------------------------------------------------------------
-    let expiration = now + time::Duration::seconds(duration);
+    Ok(Grant {
+        role_arn: role.arn.clone(),
+        duration_seconds: duration,
+        session_name,
+    })
+}
+
+/// Fresh credentials for `grant`, recorded for the STS/ECR checks and the
+/// tests' session log, as AWS's CreateSession reply (201).
+fn issue(
+    shared: &Shared,
+    now: time::OffsetDateTime,
+    target: &SessionTarget,
+    leaf: &CertificateInfo,
+    grant: Grant,
+) -> Response<Body> {
+    let Grant {
+        role_arn,
+        duration_seconds,
+        session_name,
+    } = grant;
+    let expiration = now + time::Duration::seconds(duration_seconds);
     let access_key_id = format!("ASIA{}", random_string(16, UPPER_ALNUM));
     let creds = IssuedCredentials {
         secret_access_key: random_string(40, SECRET_ALPHABET),
@@ -372,7 +462,7 @@ pub(crate) fn create_session(
         san_uri: leaf.uris.first().cloned(),
         access_key_id: access_key_id.clone(),
         expiration,
-        role_session_name: session_name.clone(),
+        role_session_name: session_name,
     };
     {
         let mut registry = shared.registry();
@@ -385,15 +475,15 @@ pub(crate) fn create_session(
         serial = %leaf.serial,
         subject = %leaf.subject,
         access_key_id = %access_key_id,
-        duration_seconds = duration,
+        duration_seconds,
         "CreateSession granted"
     );
-    Ok(response(
+    response(
         201,
         "application/json",
         reply.to_string(),
         &crate::state::request_id(),
-    ))
+    )
 }
 
 /// AWS's `roleSessionName` rule: 2-64 characters of `[\w+=,.@-]`.

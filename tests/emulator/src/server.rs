@@ -103,13 +103,33 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
+    let raw = match read_request(req).await? {
+        Ok(raw) => raw,
+        Err(e) => return Ok(Service::Unknown.error_response(&e)),
+    };
+    if raw.method == "GET" && raw.path == "/healthz" {
+        return Ok(response(
+            200,
+            "text/plain",
+            "ok\n".into(),
+            &crate::state::request_id(),
+        ));
+    }
+    dispatch(&shared, &raw).await
+}
+
+/// The request with its body read, headers as text; an error to answer for
+/// a header that is not visible ASCII or a body over the limit of its path.
+async fn read_request(
+    req: Request<Incoming>,
+) -> Result<Result<RawRequest, ApiError>, DropConnection> {
     let (parts, body) = req.into_parts();
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
         match value.to_str() {
             Ok(v) => headers.push((name.as_str().to_string(), v.to_string())),
             Err(_) => {
-                return Ok(Service::Unknown.error_response(&ApiError::new(
+                return Ok(Err(ApiError::new(
                     400,
                     "InvalidHeader",
                     format!("header {name} is not visible ASCII"),
@@ -135,7 +155,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Ok(Service::Unknown.error_response(&too_large()));
+        return Ok(Err(too_large()));
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -143,29 +163,26 @@ async fn handle(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Ok(Service::Unknown.error_response(&too_large()));
+            return Ok(Err(too_large()));
         }
         Err(e) => {
             tracing::debug!(error = %e, "reading request body failed");
             return Err(DropConnection);
         }
     };
-    let raw = RawRequest {
+    Ok(Ok(RawRequest {
         method: parts.method.as_str().to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
         headers,
         body,
-    };
-    if raw.method == "GET" && raw.path == "/healthz" {
-        return Ok(response(
-            200,
-            "text/plain",
-            "ok\n".into(),
-            &crate::state::request_id(),
-        ));
-    }
-    let (service, op) = match route(&raw) {
+    }))
+}
+
+/// Routes the request, counts it, applies the configured faults, then
+/// answers it as its service would.
+async fn dispatch(shared: &Shared, raw: &RawRequest) -> Result<Response<Body>, DropConnection> {
+    let (service, op) = match route(raw) {
         Ok(r) => r,
         Err((service, e)) => {
             tracing::info!(method = %raw.method, path = %raw.path, status = e.status, code = e.code, "unroutable request");
@@ -186,10 +203,10 @@ async fn handle(
         Injected::Throttle => Err(service.throttling()),
         Injected::None => match op {
             Operation::CreateSession if !shared.admit_session() => Err(service.throttling()),
-            Operation::CreateSession => rolesanywhere::create_session(&shared, &raw),
-            Operation::GetCallerIdentity => sts::handle(&shared, &raw),
-            Operation::GetAuthorizationToken => ecr::handle(&shared, &raw),
-            crl_op => crl::handle(&shared, &raw, crl_op),
+            Operation::CreateSession => rolesanywhere::create_session(shared, raw),
+            Operation::GetCallerIdentity => sts::handle(shared, raw),
+            Operation::GetAuthorizationToken => ecr::handle(shared, raw),
+            crl_op => crl::handle(shared, raw, crl_op),
         },
     };
     match result {

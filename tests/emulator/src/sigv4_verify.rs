@@ -69,6 +69,16 @@ pub(crate) fn verify(
     req: &RawRequest,
     codes: &SigV4Codes,
 ) -> Result<IssuedCredentials, ApiError> {
+    let now = shared.now();
+    let auth = read_authorization(req, codes)?;
+    let amz_date = check_scope(shared, req, &auth, codes, now)?;
+    let creds = credentials_for(shared, req, &auth, codes, now)?;
+    check_signature(req, &auth, amz_date, &creds, codes)?;
+    Ok(creds)
+}
+
+/// The one `Authorization` header, `AWS4-HMAC-SHA256` (no presigned URLs).
+fn read_authorization(req: &RawRequest, codes: &SigV4Codes) -> Result<Authorization, ApiError> {
     if req.query.contains("X-Amz-Signature=") {
         return Err(err(
             codes.incomplete,
@@ -96,6 +106,19 @@ pub(crate) fn verify(
             ),
         ));
     }
+    Ok(auth)
+}
+
+/// `X-Amz-Date` within [`MAX_SKEW`] of `now`; the credential scope's date,
+/// region and service this endpoint's; `host` and `x-amz-date` signed.
+/// Returns `X-Amz-Date`.
+fn check_scope<'r>(
+    shared: &Shared,
+    req: &'r RawRequest,
+    auth: &Authorization,
+    codes: &SigV4Codes,
+    now: time::OffsetDateTime,
+) -> Result<&'r str, ApiError> {
     let amz_date = req.header("x-amz-date").ok_or_else(|| {
         err(
             codes.incomplete,
@@ -104,7 +127,6 @@ pub(crate) fn verify(
     })?;
     let signed_at = sigv4::parse_amz_date(amz_date)
         .map_err(|e| err(codes.incomplete, format!("X-Amz-Date: {e}")))?;
-    let now = shared.now();
     check_skew(signed_at, now).map_err(|m| err(codes.mismatch, m))?;
     if auth.date != amz_date[..8] {
         return Err(err(
@@ -142,6 +164,18 @@ pub(crate) fn verify(
             ));
         }
     }
+    Ok(amz_date)
+}
+
+/// The credentials of the request's access key: issued here, with their own
+/// session token (signed), not expired.
+fn credentials_for(
+    shared: &Shared,
+    req: &RawRequest,
+    auth: &Authorization,
+    codes: &SigV4Codes,
+    now: time::OffsetDateTime,
+) -> Result<IssuedCredentials, ApiError> {
     let creds = shared
         .registry()
         .credentials
@@ -191,6 +225,17 @@ pub(crate) fn verify(
             ),
         ));
     }
+    Ok(creds)
+}
+
+/// The signature over the request as received, by the credentials' secret key.
+fn check_signature(
+    req: &RawRequest,
+    auth: &Authorization,
+    amz_date: &str,
+    creds: &IssuedCredentials,
+    codes: &SigV4Codes,
+) -> Result<(), ApiError> {
     let payload_hash = sigv4::sha256_hex(&req.body);
     let parts = RequestParts {
         method: &req.method,
@@ -220,7 +265,7 @@ pub(crate) fn verify(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
         ));
     }
-    Ok(creds)
+    Ok(())
 }
 
 /// Refuses a signing time more than [`MAX_SKEW`] away from `now`, with AWS's wording.

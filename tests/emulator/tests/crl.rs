@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::SystemTime;
-
 use attache_aws::credentials::Credentials;
 use attache_aws::crl::{self, CrlDetail, CrlSync, NewCrl};
 use attache_aws::request::AwsError;
@@ -72,33 +70,18 @@ fn pem_block(label: &str, der: &[u8]) -> Vec<u8> {
 
 /// The standard emulator, `ROLE_ARN` allowed `actions`, and its credentials.
 async fn setup(actions: &[&str]) -> (Emulator, TestCa, Creds) {
-    let ca = TestCa::new("test root");
-    let emu = emulator(&ca).await;
+    let (emu, ca, creds) = with_credentials().await;
     emu.add_permission(Permission {
         role_arn: ROLE_ARN.into(),
         actions: actions.iter().map(|a| a.to_string()).collect(),
     });
-    let creds = session(&emu, &ca, 3600).await;
     (emu, ca, creds)
 }
 
 /// A Roles Anywhere REST-JSON call signed as the AWS SDKs sign.
 async fn call(emu: &Emulator, creds: &Creds, method: &str, path: &str, body: &str) -> Answer {
-    let mut req = Req {
-        method: method.into(),
-        path: path.into(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.as_bytes().to_vec(),
-    };
-    sdk_sign(
-        creds,
-        "rolesanywhere",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &req).await
+    let req = Req::json(method, path, body.as_bytes().to_vec());
+    sdk_send(emu, creds, "rolesanywhere", req).await
 }
 
 fn import_body(name: &str, crl: &[u8], enabled: Option<bool>) -> String {
@@ -131,18 +114,6 @@ async fn import(emu: &Emulator, creds: &Creds, crl: &[u8], enabled: Option<bool>
 async fn update(emu: &Emulator, creds: &Creds, id: &str, body: serde_json::Value) -> Answer {
     let path = format!("/crl/{id}");
     call(emu, creds, "PATCH", &path, &body.to_string()).await
-}
-
-/// CreateSession for `ROLE_ARN` with `signer`.
-async fn create_session(emu: &Emulator, signer: &X509Signer) -> Answer {
-    let req = signed_session_request(
-        signer,
-        &host_of(emu),
-        session_body(ROLE_ARN, None),
-        REGION,
-        OffsetDateTime::now_utc(),
-    );
-    send(&emu.url(), &req).await
 }
 
 fn aws_credentials(c: &Creds) -> Credentials {
@@ -375,54 +346,41 @@ async fn a_crl_revokes_only_certificates_of_the_key_that_signed_it() {
 #[tokio::test]
 async fn oversize_and_malformed_crl_data_are_validation_errors() {
     let (emu, ca, creds) = setup(&CRL_ACTIONS).await;
-    let post = |body: String| {
-        let (emu, creds) = (&emu, &creds);
-        async move { call(emu, creds, "POST", "/crls", &body).await }
-    };
     let big = vec![0x30u8; attache_emulator::MAX_CRL_BYTES + 1];
-    post(import_body("big", &big, None))
-        .await
-        .assert_error(400, "ValidationException", "300000");
     let junk = pem_block("X509 CRL", b"not a CRL at all");
-    post(import_body("junk", &junk, None)).await.assert_error(
-        400,
-        "ValidationException",
-        "not an X.509 CRL",
-    );
     let mut trailing = signed_crl(&ca, &[]).der().to_vec();
     trailing.push(0);
-    post(import_body(
-        "trailing",
-        &pem_block("X509 CRL", &trailing),
-        None,
-    ))
-    .await
-    .assert_error(400, "ValidationException", "after the CRL");
-    let cert = import_body("cert", ca.pem().as_bytes(), None);
-    post(cert)
-        .await
-        .assert_error(400, "ValidationException", "CERTIFICATE");
-    let not_b64 = serde_json::json!({"name": "x", "crlData": "%%%", "trustAnchorArn": TA_ARN});
-    post(not_b64.to_string())
-        .await
-        .assert_error(400, "ValidationException", "base64");
-    let empty = serde_json::json!({"name": "x", "crlData": "", "trustAnchorArn": TA_ARN});
-    post(empty.to_string())
-        .await
-        .assert_error(400, "ValidationException", "crlData");
-    let no_data = serde_json::json!({"name": "x", "trustAnchorArn": TA_ARN});
-    post(no_data.to_string())
-        .await
-        .assert_error(400, "ValidationException", "crlData");
+    let trailing = pem_block("X509 CRL", &trailing);
     let pem = crl_of(&ca, &[]);
-    post(import_body("bad/name", &pem, None))
-        .await
-        .assert_error(400, "ValidationException", "name");
-    let unknown = serde_json::json!({"name": "x", "crlData": B64.encode(&pem),
-        "trustAnchorArn": "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/none"});
-    post(unknown.to_string())
-        .await
-        .assert_error(400, "ValidationException", "does not exist");
+    let none = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/none";
+    let not_b64 = serde_json::json!({"name": "x", "crlData": "%%%", "trustAnchorArn": TA_ARN});
+    let empty = serde_json::json!({"name": "x", "crlData": "", "trustAnchorArn": TA_ARN});
+    let no_data = serde_json::json!({"name": "x", "trustAnchorArn": TA_ARN});
+    let unknown =
+        serde_json::json!({"name": "x", "crlData": B64.encode(&pem), "trustAnchorArn": none});
+    let cases = [
+        ("big", import_body("big", &big, None), "300000"),
+        ("junk", import_body("junk", &junk, None), "not an X.509 CRL"),
+        (
+            "trailing",
+            import_body("trailing", &trailing, None),
+            "after the CRL",
+        ),
+        (
+            "cert",
+            import_body("cert", ca.pem().as_bytes(), None),
+            "CERTIFICATE",
+        ),
+        ("not base64", not_b64.to_string(), "base64"),
+        ("empty", empty.to_string(), "crlData"),
+        ("no crlData", no_data.to_string(), "crlData"),
+        ("bad name", import_body("bad/name", &pem, None), "name"),
+        ("unknown anchor", unknown.to_string(), "does not exist"),
+    ];
+    for (case, body, needle) in cases {
+        let answer = call(&emu, &creds, "POST", "/crls", &body).await;
+        answer.assert_case(case, (400, "ValidationException"), needle);
+    }
     assert!(emu.crls().is_empty());
 }
 
@@ -489,51 +447,34 @@ async fn a_role_without_the_action_is_denied() {
 async fn unsigned_and_foreign_requests_are_refused() {
     let (emu, ca, creds) = setup(&CRL_ACTIONS).await;
     let body = import_body("attache", &crl_of(&ca, &[]), Some(true));
-    let unsigned = Req {
-        method: "POST".into(),
-        path: "/crls".into(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: body.clone().into_bytes(),
-    };
-    send(&emu.url(), &unsigned).await.assert_error(
-        403,
-        "MissingAuthenticationTokenException",
-        "Authentication Token",
-    );
+    let unsigned = Req::json("POST", "/crls", body.into_bytes());
     let stranger = Creds {
         access_key_id: "ASIANOTISSUEDHERE000".into(),
         ..creds.clone()
     };
-    call(&emu, &stranger, "POST", "/crls", &body)
-        .await
-        .assert_error(403, "UnrecognizedClientException", "security token");
-    let mut wrong_service = unsigned.clone();
-    sdk_sign(
-        &creds,
-        "sts",
-        REGION,
-        &emu.url(),
-        &mut wrong_service,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &wrong_service).await.assert_error(
-        403,
-        "InvalidSignatureException",
-        "rolesanywhere",
-    );
-    let mut tampered = unsigned.clone();
-    sdk_sign(
-        &creds,
-        "rolesanywhere",
-        REGION,
-        &emu.url(),
-        &mut tampered,
-        SystemTime::now(),
-    );
-    tampered.body = import_body("other", &crl_of(&ca, &[]), Some(true)).into_bytes();
-    send(&emu.url(), &tampered)
-        .await
-        .assert_error(403, "InvalidSignatureException", "signature");
+    let foreign = sdk_signed(&emu, &stranger, "rolesanywhere", unsigned.clone());
+    let wrong_service = sdk_signed(&emu, &creds, "sts", unsigned.clone());
+    let other = import_body("other", &crl_of(&ca, &[]), Some(true)).into_bytes();
+    let tampered = sdk_signed(&emu, &creds, "rolesanywhere", unsigned.clone());
+    let tampered = tampered.changed(|r| r.body = other);
+    let mismatch = (403, "InvalidSignatureException");
+    let cases = [
+        (
+            "unsigned",
+            unsigned,
+            (403, "MissingAuthenticationTokenException"),
+            "Authentication Token",
+        ),
+        (
+            "unknown key",
+            foreign,
+            (403, "UnrecognizedClientException"),
+            "security token",
+        ),
+        ("wrong service", wrong_service, mismatch, "rolesanywhere"),
+        ("tampered", tampered, mismatch, "signature"),
+    ];
+    assert_refusals(&emu, cases).await;
     assert!(emu.crls().is_empty());
 }
 
@@ -552,15 +493,13 @@ async fn sync_imports_then_updates_and_revocation_takes_effect() {
     };
     assert!(emu.crls()[0].enabled, "sync imports enabled");
     assert_eq!(create_session(&emu, &victim).await.status, 201);
+    let updated = |enabled_now| CrlSync::Updated {
+        crl_id: crl_id.clone(),
+        enabled_now,
+    };
 
     let second = sync(crl_of(&ca, &[&victim])).await.unwrap();
-    assert_eq!(
-        second,
-        CrlSync::Updated {
-            crl_id: crl_id.clone(),
-            enabled_now: false
-        }
-    );
+    assert_eq!(second, updated(false));
     create_session(&emu, &victim).await.assert_error(
         403,
         "AccessDeniedException",
@@ -571,13 +510,7 @@ async fn sync_imports_then_updates_and_revocation_takes_effect() {
     call(&emu, &creds, "POST", &format!("/crl/{crl_id}/disable"), "").await;
     assert_eq!(create_session(&emu, &victim).await.status, 201);
     let third = sync(crl_of(&ca, &[&victim])).await.unwrap();
-    assert_eq!(
-        third,
-        CrlSync::Updated {
-            crl_id: crl_id.clone(),
-            enabled_now: true
-        }
-    );
+    assert_eq!(third, updated(true));
     assert_eq!(create_session(&emu, &victim).await.status, 403);
     assert_eq!(emu.crls().len(), 1);
     assert_eq!(emu.request_count(Operation::ImportCrl), 1);

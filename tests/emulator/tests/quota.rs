@@ -12,15 +12,7 @@ use time::OffsetDateTime;
 async fn burst(emu: &attache_emulator::Emulator, ca: &TestCa, n: usize) -> Vec<Answer> {
     let signer = ca.leaf(&LeafOpts::default());
     let requests: Vec<_> = (0..n)
-        .map(|_| {
-            signed_session_request(
-                &signer,
-                &host_of(emu),
-                session_body(ROLE_ARN, None),
-                REGION,
-                OffsetDateTime::now_utc(),
-            )
-        })
+        .map(|_| session_request_at(emu, &signer, OffsetDateTime::now_utc()))
         .collect();
     let url = emu.url();
     let sends = requests.iter().map(|r| send(&url, r));

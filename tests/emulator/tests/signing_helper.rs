@@ -9,27 +9,22 @@
 //!
 //! A missing `aws_signing_helper` fails these tests (attache-testkit).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use attache_emulator::client::{SessionCredentials, get_caller_identity};
 use attache_emulator::{Emulator, EmulatorConfig, Operation};
-use attache_pki::{
-    CertificateAuthority, IssuedCertificate, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
-};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyUsagePurpose,
-    SerialNumber,
-};
+use attache_pki::{CertificateAuthority, IssuedCertificate, KeyType, PrivateKey};
+use common::{ACCOUNT, REGION, SPIFFE_URI as SPIFFE, ca_params, serial_hex, workload_leaf};
+use rcgen::{CertifiedIssuer, DistinguishedName, DnType};
 use time::OffsetDateTime;
 
-const REGION: &str = "us-east-1";
-const ACCOUNT: &str = "123456789012";
 const ANCHOR: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/helper-anchor";
 const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/helper-profile";
 const ROLE: &str = "arn:aws:iam::123456789012:role/helper-role";
-const SPIFFE: &str = "spiffe://cluster.local/ns/payments/sa/app";
 
 type RcgenCa = CertifiedIssuer<'static, PrivateKey>;
 
@@ -46,22 +41,10 @@ fn rcgen_ca(
     path_len: Option<u8>,
     parent: Option<&RcgenCa>,
 ) -> RcgenCa {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name
-        .push(DnType::OrganizationName, "attache tests");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(match path_len {
-        Some(n) => BasicConstraints::Constrained(n),
-        None => BasicConstraints::Unconstrained,
-    });
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let mut serial = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut serial).unwrap();
-    serial[0] = (serial[0] & 0x7f) | 0x40;
-    p.serial_number = Some(SerialNumber::from_slice(&serial));
-    p.not_before = now() - time::Duration::days(1);
-    p.not_after = now() + time::Duration::days(30);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "attache tests");
+    dn.push(DnType::CommonName, cn);
+    let p = ca_params(dn, path_len);
     let key = PrivateKey::generate(key_type).unwrap();
     match parent {
         Some(parent) => CertifiedIssuer::signed_by(p, key, parent).unwrap(),
@@ -76,13 +59,7 @@ fn as_attache_ca(ca: &RcgenCa) -> CertificateAuthority {
 
 /// A workload leaf for [`SPIFFE`] with a fresh `key_type` key, issued by attache's CA code.
 fn issue_leaf(ca: &CertificateAuthority, key_type: KeyType) -> (IssuedCertificate, PrivateKey) {
-    let key = PrivateKey::generate(key_type).unwrap();
-    let csr = VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();
-    let id = WorkloadIdentity::from_spiffe_uri(SPIFFE).unwrap();
-    let cert = ca
-        .issue_workload(&csr, &id, Duration::from_secs(24 * 3600), now())
-        .unwrap();
-    (cert, key)
+    workload_leaf(ca, key_type, Duration::from_secs(24 * 3600))
 }
 
 /// The leaf, its key and the intermediates on disk, as the helper reads them.
@@ -136,28 +113,34 @@ fn run_helper(emu: &Emulator, files: &Files) -> Output {
         .args(["credential-process", "--certificate"])
         .arg(&files.cert)
         .arg("--private-key")
-        .arg(&files.key)
-        .args([
-            "--trust-anchor-arn",
-            ANCHOR,
-            "--profile-arn",
-            PROFILE,
-            "--role-arn",
-            ROLE,
-            "--region",
-            REGION,
-            "--endpoint",
-            &emu.url(),
-        ]);
+        .arg(&files.key);
+    let url = emu.url();
+    let options = [
+        ("--trust-anchor-arn", ANCHOR),
+        ("--profile-arn", PROFILE),
+        ("--role-arn", ROLE),
+        ("--region", REGION),
+        ("--endpoint", &url),
+    ];
+    for (option, value) in options {
+        cmd.arg(option).arg(value);
+    }
     if let Some(bundle) = &files.intermediates {
         cmd.arg("--intermediates").arg(bundle);
     }
     tokio::task::block_in_place(|| cmd.output().expect("aws_signing_helper runs"))
 }
 
-fn serial_hex(der: &[u8]) -> String {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    cert.serial.to_str_radix(16)
+/// Runs the helper and asserts it is refused: it fails, and its stderr names
+/// AccessDeniedException and each of `needles`.
+fn assert_helper_refused(emu: &Emulator, files: &Files, needles: &[&str]) -> Output {
+    let out = run_helper(emu, files);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    for needle in ["AccessDeniedException"].iter().chain(needles) {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    out
 }
 
 /// The helper succeeds; its JSON is the session the emulator recorded for
@@ -251,47 +234,30 @@ async fn through_an_intermediate(key_type: KeyType) {
 
     // Without --intermediates the leaf does not reach the anchor.
     let lone = write_files(&cert, &key, &[]);
-    let out = run_helper(&emu, &lone);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "accepted without the chain: {stderr}"
-    );
-    assert!(stderr.contains("AccessDeniedException"), "{stderr}");
+    assert_helper_refused(&emu, &lone, &[]);
     assert!(emu.sessions().is_empty());
 
     let files = write_files(&cert, &key, &[&intermediate]);
     assert_helper_gets_the_role(&emu, &files, &cert).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ec_p256_leaf_directly_under_the_anchor() {
-    directly_under_the_anchor(KeyType::EcdsaP256).await;
+/// One test per key type and case: `name: case(KeyType variant);`.
+macro_rules! key_type_tests {
+    ($($name:ident: $case:ident($key_type:ident);)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $case(KeyType::$key_type).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ec_p384_leaf_directly_under_the_anchor() {
-    directly_under_the_anchor(KeyType::EcdsaP384).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rsa_2048_leaf_directly_under_the_anchor() {
-    directly_under_the_anchor(KeyType::Rsa2048).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ec_p256_leaf_through_an_intermediate() {
-    through_an_intermediate(KeyType::EcdsaP256).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ec_p384_leaf_through_an_intermediate() {
-    through_an_intermediate(KeyType::EcdsaP384).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rsa_2048_leaf_through_an_intermediate() {
-    through_an_intermediate(KeyType::Rsa2048).await;
+key_type_tests! {
+    ec_p256_leaf_directly_under_the_anchor: directly_under_the_anchor(EcdsaP256);
+    ec_p384_leaf_directly_under_the_anchor: directly_under_the_anchor(EcdsaP384);
+    rsa_2048_leaf_directly_under_the_anchor: directly_under_the_anchor(Rsa2048);
+    ec_p256_leaf_through_an_intermediate: through_an_intermediate(EcdsaP256);
+    ec_p384_leaf_through_an_intermediate: through_an_intermediate(EcdsaP384);
+    rsa_2048_leaf_through_an_intermediate: through_an_intermediate(Rsa2048);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,11 +277,7 @@ async fn leaf_from_a_ca_that_is_not_the_anchor_is_refused() {
     let stranger_as_chain = rcgen_ca("stranger", KeyType::EcdsaP256, None, None);
     for intermediates in [Vec::new(), vec![&stranger_as_chain]] {
         let files = write_files(&cert, &key, &intermediates);
-        let out = run_helper(&emu, &files);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted: {stderr}");
-        assert!(stderr.contains("AccessDeniedException"), "{stderr}");
-        assert!(stderr.contains("Untrusted signing certificate"), "{stderr}");
+        let out = assert_helper_refused(&emu, &files, &["Untrusted signing certificate"]);
         assert!(out.stdout.is_empty());
     }
     assert!(emu.sessions().is_empty());
@@ -346,11 +308,7 @@ async fn two_intermediates_obey_path_length_constraints() {
         if allowed {
             assert_helper_gets_the_role(&emu, &files, &cert).await;
         } else {
-            let out = run_helper(&emu, &files);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success(), "accepted: {stderr}");
-            assert!(stderr.contains("AccessDeniedException"), "{stderr}");
-            assert!(stderr.contains("pathLenConstraint"), "{stderr}");
+            assert_helper_refused(&emu, &files, &["pathLenConstraint"]);
             assert!(emu.sessions().is_empty());
         }
     }

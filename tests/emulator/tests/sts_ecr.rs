@@ -6,44 +6,45 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
+use attache_emulator::Emulator;
 use attache_pki::sigv4;
 use base64::Engine as _;
 use common::*;
 
-async fn setup() -> (attache_emulator::Emulator, Creds) {
-    let ca = TestCa::new("test root");
-    let emu = emulator(&ca).await;
-    let creds = session(&emu, &ca, 3600).await;
-    (emu, creds)
-}
+/// How STS refuses a signature that does not match: status and code.
+const STS_MISMATCH: (u16, &str) = (403, "SignatureDoesNotMatch");
+/// How ECR refuses a signature that does not match: status and code.
+const ECR_MISMATCH: (u16, &str) = (400, "InvalidSignatureException");
 
-async fn signed(
-    emu: &attache_emulator::Emulator,
+/// Asserts STS and ECR both refuse `creds`, each with its own status and code
+/// (`codes`: STS's, then ECR's) and `needle` in the message.
+async fn assert_both_refuse(
+    emu: &Emulator,
     creds: &Creds,
-    service: &str,
-    mut req: Req,
-) -> Answer {
-    sdk_sign(
-        creds,
-        service,
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &req).await
+    case: &str,
+    codes: [(u16, &str); 2],
+    needle: &str,
+) {
+    let sts = sdk_signed(emu, creds, "sts", sts_request());
+    let ecr = sdk_signed(emu, creds, "ecr", ecr_request());
+    let (sts_case, ecr_case) = (format!("{case}, STS"), format!("{case}, ECR"));
+    let cases = [
+        (&*sts_case, sts, codes[0], needle),
+        (&*ecr_case, ecr, codes[1], needle),
+    ];
+    assert_refusals(emu, cases).await;
 }
 
-/// Signs by hand with pki's SigV4 over exactly `signed_headers` (to build
-/// requests a real SDK would never send).
-fn hand_sign(
+/// `req` signed by hand with pki's SigV4 over exactly `signed_headers` (to
+/// build requests a real SDK would never send).
+fn hand_signed(
     creds: &Creds,
     host: &str,
-    req: &mut Req,
+    mut req: Req,
     service: &str,
     signed_headers: &[&str],
     with_token: bool,
-) {
+) -> Req {
     let now = time::OffsetDateTime::now_utc();
     let amz_date = sigv4::format_amz_date(now);
     req.set("host", host);
@@ -63,29 +64,18 @@ fn hand_sign(
     let (canonical, list) = sigv4::canonical_request(&parts, &names).unwrap();
     let scope = sigv4::credential_scope(&amz_date, REGION, service);
     let sts = sigv4::string_to_sign("AWS4-HMAC-SHA256", &amz_date, &scope, &canonical);
-    let sig = sigv4::hmac_signature(
-        &creds.secret_access_key,
-        &amz_date[..8],
-        REGION,
-        service,
-        &sts,
-    );
-    req.set(
-        "authorization",
-        &sigv4::authorization_header(
-            "AWS4-HMAC-SHA256",
-            &creds.access_key_id,
-            &scope,
-            &list,
-            &sig,
-        ),
-    );
+    let date = &amz_date[..8];
+    let sig = sigv4::hmac_signature(&creds.secret_access_key, date, REGION, service, &sts);
+    let key_id = &creds.access_key_id;
+    let auth = sigv4::authorization_header("AWS4-HMAC-SHA256", key_id, &scope, &list, &sig);
+    req.set("authorization", &auth);
+    req
 }
 
 #[tokio::test]
 async fn sts_accepts_sdk_signed_post_and_get() {
-    let (emu, creds) = setup().await;
-    let a = signed(&emu, &creds, "sts", sts_request()).await;
+    let (emu, _, creds) = with_credentials().await;
+    let a = sdk_send(&emu, &creds, "sts", sts_request()).await;
     assert_eq!(a.status, 200, "{a:?}");
     let serial_session = emu.sessions()[0].role_session_name.clone();
     assert_eq!(
@@ -102,13 +92,8 @@ async fn sts_accepts_sdk_signed_post_and_get() {
     assert!(a.body.contains(
         "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">"
     ));
-    let get = Req {
-        method: "GET".into(),
-        path: "/?Action=GetCallerIdentity&Version=2011-06-15".into(),
-        headers: vec![],
-        body: vec![],
-    };
-    let a = signed(&emu, &creds, "sts", get).await;
+    let get = Req::new("GET", "/?Action=GetCallerIdentity&Version=2011-06-15");
+    let a = sdk_send(&emu, &creds, "sts", get).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(
         emu.request_count(attache_emulator::Operation::GetCallerIdentity),
@@ -118,8 +103,8 @@ async fn sts_accepts_sdk_signed_post_and_get() {
 
 #[tokio::test]
 async fn ecr_issues_a_twelve_hour_password_for_the_role() {
-    let (emu, creds) = setup().await;
-    let a = signed(&emu, &creds, "ecr", ecr_request()).await;
+    let (emu, _, creds) = with_credentials().await;
+    let a = sdk_send(&emu, &creds, "ecr", ecr_request()).await;
     assert_eq!(a.status, 200, "{a:?}");
     let v = a.json();
     let data = &v["authorizationData"][0];
@@ -146,167 +131,93 @@ async fn ecr_issues_a_twelve_hour_password_for_the_role() {
     );
     emu.faults().clear();
 
-    let mut req = ecr_request();
-    req.body = br#"{"registryIds":["111122223333","123456789012"]}"#.to_vec();
-    let a = signed(&emu, &creds, "ecr", req).await;
+    let with_ids = |ids: &str| ecr_request().changed(|r| r.body = ids.as_bytes().to_vec());
+    let two = with_ids(r#"{"registryIds":["111122223333","123456789012"]}"#);
+    let a = sdk_send(&emu, &creds, "ecr", two).await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(
         a.json()["authorizationData"][0]["proxyEndpoint"],
         format!("https://111122223333.dkr.ecr.{REGION}.amazonaws.com")
     );
-    let mut req = ecr_request();
-    req.body = br#"{"registryIds":["nope"]}"#.to_vec();
-    signed(&emu, &creds, "ecr", req).await.assert_error(
-        400,
-        "InvalidParameterException",
-        "registryIds",
-    );
+    let nope = with_ids(r#"{"registryIds":["nope"]}"#);
+    let a = sdk_send(&emu, &creds, "ecr", nope).await;
+    a.assert_error(400, "InvalidParameterException", "registryIds");
 }
 
+/// A wrong secret key (bad signature) and an unknown access key id.
 #[tokio::test]
-async fn bad_signature_is_refused() {
-    let (emu, creds) = setup().await;
-    let wrong = Creds {
-        secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
-        ..creds.clone()
-    };
-    signed(&emu, &wrong, "sts", sts_request())
-        .await
-        .assert_error(
-            403,
-            "SignatureDoesNotMatch",
-            "does not match the signature you provided",
-        );
-    signed(&emu, &wrong, "ecr", ecr_request())
-        .await
-        .assert_error(
-            400,
-            "InvalidSignatureException",
-            "does not match the signature you provided",
-        );
+async fn bad_signature_or_unknown_access_key_is_refused() {
+    let (emu, _, creds) = with_credentials().await;
+    let mut wrong_secret = creds.clone();
+    wrong_secret.secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into();
+    let mut unknown = creds;
+    unknown.access_key_id = "ASIAUNKNOWNUNKNOWN00".into();
+    let mismatch = "does not match the signature you provided";
+    let invalid = "security token included in the request is invalid";
+    let unknown_codes = [
+        (403, "InvalidClientTokenId"),
+        (400, "UnrecognizedClientException"),
+    ];
+    let cases = [
+        (
+            "bad signature",
+            wrong_secret,
+            [STS_MISMATCH, ECR_MISMATCH],
+            mismatch,
+        ),
+        ("unknown access key", unknown, unknown_codes, invalid),
+    ];
+    for (case, creds, codes, needle) in cases {
+        assert_both_refuse(&emu, &creds, case, codes, needle).await;
+    }
 }
 
 #[tokio::test]
 async fn tampered_body_or_header_is_refused() {
-    let (emu, creds) = setup().await;
-    let mut req = sts_request();
-    sdk_sign(
-        &creds,
-        "sts",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    req.body.extend_from_slice(b"&Extra=1");
-    send(&emu.url(), &req).await.assert_error(
-        403,
-        "SignatureDoesNotMatch",
-        "does not match the signature",
-    );
-    let mut req = ecr_request();
-    sdk_sign(
-        &creds,
-        "ecr",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    req.set(
-        "x-amz-target",
-        "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationTokens",
-    );
-    send(&emu.url(), &req).await.assert_error(
-        400,
-        "InvalidSignatureException",
-        "does not match the signature",
-    );
-    let mut req = ecr_request();
-    sdk_sign(
-        &creds,
-        "ecr",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    req.body = b"{ }".to_vec();
-    send(&emu.url(), &req).await.assert_error(
-        400,
-        "InvalidSignatureException",
-        "does not match the signature",
-    );
-}
-
-#[tokio::test]
-async fn unknown_access_key_is_refused() {
-    let (emu, creds) = setup().await;
-    let unknown = Creds {
-        access_key_id: "ASIAUNKNOWNUNKNOWN00".into(),
-        ..creds
-    };
-    signed(&emu, &unknown, "sts", sts_request())
-        .await
-        .assert_error(
-            403,
-            "InvalidClientTokenId",
-            "security token included in the request is invalid",
-        );
-    signed(&emu, &unknown, "ecr", ecr_request())
-        .await
-        .assert_error(
-            400,
-            "UnrecognizedClientException",
-            "security token included in the request is invalid",
-        );
+    let (emu, _, creds) = with_credentials().await;
+    let sts = sdk_signed(&emu, &creds, "sts", sts_request());
+    let ecr = sdk_signed(&emu, &creds, "ecr", ecr_request());
+    let other_target = "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationTokens";
+    let sts_body = sts.changed(|r| r.body.extend_from_slice(b"&Extra=1"));
+    let ecr_target = ecr.clone().changed(|r| r.set("x-amz-target", other_target));
+    let ecr_body = ecr.changed(|r| r.body = b"{ }".to_vec());
+    let mismatch = "does not match the signature";
+    let cases = [
+        ("STS body", sts_body, STS_MISMATCH, mismatch),
+        ("ECR target", ecr_target, ECR_MISMATCH, mismatch),
+        ("ECR body", ecr_body, ECR_MISMATCH, mismatch),
+    ];
+    assert_refusals(&emu, cases).await;
 }
 
 #[tokio::test]
 async fn wrong_or_missing_session_token_is_refused() {
-    let (emu, creds) = setup().await;
+    let (emu, _, creds) = with_credentials().await;
     let wrong = Creds {
         session_token: "forged".into(),
         ..creds.clone()
     };
-    signed(&emu, &wrong, "sts", sts_request())
-        .await
-        .assert_error(
-            403,
-            "InvalidClientTokenId",
-            "does not belong to this access key",
-        );
-    let host = emu.local_addr().to_string();
-    let mut req = sts_request();
-    hand_sign(
-        &creds,
-        &host,
-        &mut req,
-        "sts",
-        &["content-type", "host", "x-amz-date"],
-        false,
-    );
-    send(&emu.url(), &req).await.assert_error(
-        403,
-        "InvalidClientTokenId",
-        "need X-Amz-Security-Token",
-    );
+    let forged = sdk_signed(&emu, &wrong, "sts", sts_request());
+    let signed = ["content-type", "host", "x-amz-date"];
+    let missing = hand_signed(&creds, &host_of(&emu), sts_request(), "sts", &signed, false);
+    let invalid = (403, "InvalidClientTokenId");
+    let not_its_key = "does not belong to this access key";
+    let cases = [
+        ("wrong token", forged, invalid, not_its_key),
+        ("no token", missing, invalid, "need X-Amz-Security-Token"),
+    ];
+    assert_refusals(&emu, cases).await;
 }
 
 #[tokio::test]
 async fn expired_session_token_is_refused() {
-    let (emu, creds) = setup().await;
+    let (emu, _, creds) = with_credentials().await;
     assert!(emu.expire_credentials(&creds.access_key_id));
-    signed(&emu, &creds, "sts", sts_request())
-        .await
-        .assert_error(
-            403,
-            "ExpiredToken",
-            "security token included in the request is expired",
-        );
-    signed(&emu, &creds, "ecr", ecr_request())
-        .await
-        .assert_error(400, "ExpiredTokenException", "expired");
+    let sts = sdk_send(&emu, &creds, "sts", sts_request()).await;
+    let needle = "security token included in the request is expired";
+    sts.assert_error(403, "ExpiredToken", needle);
+    let ecr = sdk_send(&emu, &creds, "ecr", ecr_request()).await;
+    ecr.assert_error(400, "ExpiredTokenException", "expired");
 }
 
 #[tokio::test]
@@ -314,219 +225,160 @@ async fn credentials_expire_on_the_emulator_clock() {
     let ca = TestCa::new("test root");
     let emu = emulator(&ca).await;
     let creds = session(&emu, &ca, 900).await;
-    emu.faults().set_clock_skew(time::Duration::minutes(16));
-    let mut req = sts_request();
-    let later = SystemTime::now() + Duration::from_secs(16 * 60);
-    sdk_sign(&creds, "sts", REGION, &emu.url(), &mut req, later);
-    send(&emu.url(), &req)
+    // The request is signed at the skewed clock's time, so only expiry counts.
+    let sts_at = |minutes: u64| {
+        emu.faults()
+            .set_clock_skew(time::Duration::minutes(minutes as i64));
+        let mut req = sts_request();
+        let at = SystemTime::now() + Duration::from_secs(minutes * 60);
+        sdk_sign(&creds, "sts", REGION, &emu.url(), &mut req, at);
+        req
+    };
+    send(&emu.url(), &sts_at(16))
         .await
         .assert_error(403, "ExpiredToken", "expired");
-    emu.faults().set_clock_skew(time::Duration::minutes(14));
-    let mut req = sts_request();
-    sdk_sign(
-        &creds,
-        "sts",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now() + Duration::from_secs(14 * 60),
-    );
-    assert_eq!(send(&emu.url(), &req).await.status, 200);
+    assert_eq!(send(&emu.url(), &sts_at(14)).await.status, 200);
 }
 
 #[tokio::test]
 async fn stale_signature_date_is_refused() {
-    let (emu, creds) = setup().await;
-    let mut req = sts_request();
-    sdk_sign(
-        &creds,
-        "sts",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now() - Duration::from_secs(600),
-    );
-    send(&emu.url(), &req)
-        .await
-        .assert_error(403, "SignatureDoesNotMatch", "Signature expired");
-    let mut req = ecr_request();
-    sdk_sign(
-        &creds,
-        "ecr",
-        REGION,
-        &emu.url(),
-        &mut req,
-        SystemTime::now() + Duration::from_secs(600),
-    );
-    send(&emu.url(), &req).await.assert_error(
-        400,
-        "InvalidSignatureException",
-        "Signature not yet current",
-    );
+    let (emu, _, creds) = with_credentials().await;
+    let (url, now, ten_minutes) = (emu.url(), SystemTime::now(), Duration::from_secs(600));
+    let mut stale = sts_request();
+    sdk_sign(&creds, "sts", REGION, &url, &mut stale, now - ten_minutes);
+    let mut early = ecr_request();
+    sdk_sign(&creds, "ecr", REGION, &url, &mut early, now + ten_minutes);
+    let cases = [
+        ("stale", stale, STS_MISMATCH, "Signature expired"),
+        ("future", early, ECR_MISMATCH, "Signature not yet current"),
+    ];
+    assert_refusals(&emu, cases).await;
 }
 
 #[tokio::test]
 async fn wrong_region_or_service_is_refused() {
-    let (emu, creds) = setup().await;
-    let mut req = sts_request();
-    sdk_sign(
-        &creds,
-        "sts",
-        "eu-west-1",
-        &emu.url(),
-        &mut req,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &req).await.assert_error(
-        403,
-        "SignatureDoesNotMatch",
-        "scoped to a valid region",
-    );
-    signed(&emu, &creds, "iam", sts_request())
-        .await
-        .assert_error(
-            403,
-            "SignatureDoesNotMatch",
-            "scoped to correct service: 'sts'",
-        );
-    signed(&emu, &creds, "sts", ecr_request())
-        .await
-        .assert_error(
-            400,
-            "InvalidSignatureException",
+    let (emu, _, creds) = with_credentials().await;
+    let (url, now) = (emu.url(), SystemTime::now());
+    let mut region = sts_request();
+    sdk_sign(&creds, "sts", "eu-west-1", &url, &mut region, now);
+    let iam = sdk_signed(&emu, &creds, "iam", sts_request());
+    let sts_for_ecr = sdk_signed(&emu, &creds, "sts", ecr_request());
+    let cases = [
+        ("region", region, STS_MISMATCH, "scoped to a valid region"),
+        ("iam", iam, STS_MISMATCH, "scoped to correct service: 'sts'"),
+        (
+            "sts",
+            sts_for_ecr,
+            ECR_MISMATCH,
             "scoped to correct service: 'ecr'",
-        );
+        ),
+    ];
+    assert_refusals(&emu, cases).await;
 }
 
 #[tokio::test]
 async fn missing_signed_header_is_refused() {
-    let (emu, creds) = setup().await;
-    let host = emu.local_addr().to_string();
+    let (emu, _, creds) = with_credentials().await;
+    let host = host_of(&emu);
+    let sign = |req: Req, service: &str, headers: &[&str]| {
+        hand_signed(&creds, &host, req, service, headers, true)
+    };
     let all = ["content-type", "host", "x-amz-date", "x-amz-security-token"];
-    let mut req = sts_request();
-    hand_sign(&creds, &host, &mut req, "sts", &all, true);
+    let control = sign(sts_request(), "sts", &all);
     assert_eq!(
-        send(&emu.url(), &req).await.status,
+        send(&emu.url(), &control).await.status,
         200,
         "hand-signed control request"
     );
-    let mut req = sts_request();
-    hand_sign(
-        &creds,
-        &host,
-        &mut req,
-        "sts",
-        &["content-type", "host", "x-amz-date"],
-        true,
-    );
-    send(&emu.url(), &req).await.assert_error(
-        403,
-        "SignatureDoesNotMatch",
-        "'x-amz-security-token' must be a 'SignedHeader'",
-    );
-    let mut req = sts_request();
-    hand_sign(
-        &creds,
-        &host,
-        &mut req,
-        "sts",
-        &["content-type", "x-amz-date", "x-amz-security-token"],
-        true,
-    );
-    send(&emu.url(), &req).await.assert_error(
-        403,
-        "SignatureDoesNotMatch",
-        "'host' must be a 'SignedHeader'",
-    );
-    let mut req = ecr_request();
-    hand_sign(
-        &creds,
-        &host,
-        &mut req,
-        "ecr",
-        &["host", "x-amz-security-token"],
-        true,
-    );
-    send(&emu.url(), &req).await.assert_error(
-        400,
-        "InvalidSignatureException",
-        "'x-amz-date' must be a 'SignedHeader'",
-    );
+    // Each leaves `missing` out of SignedHeaders.
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "x-amz-security-token",
+            "sts",
+            &["content-type", "host", "x-amz-date"],
+        ),
+        (
+            "host",
+            "sts",
+            &["content-type", "x-amz-date", "x-amz-security-token"],
+        ),
+        ("x-amz-date", "ecr", &["host", "x-amz-security-token"]),
+    ];
+    for (missing, service, signed) in cases {
+        let (req, status_and_code) = match service {
+            "sts" => (sts_request(), STS_MISMATCH),
+            _ => (ecr_request(), ECR_MISMATCH),
+        };
+        let answer = send(&emu.url(), &sign(req, service, signed)).await;
+        let needle = format!("'{missing}' must be a 'SignedHeader'");
+        answer.assert_case(missing, status_and_code, &needle);
+    }
 }
 
 #[tokio::test]
 async fn unsigned_or_malformed_requests_are_refused() {
-    let (emu, creds) = setup().await;
-    send(&emu.url(), &sts_request()).await.assert_error(
-        403,
-        "MissingAuthenticationToken",
-        "missing Authentication Token",
-    );
-    send(&emu.url(), &ecr_request()).await.assert_error(
-        400,
-        "MissingAuthenticationTokenException",
-        "missing Authentication Token",
-    );
-    let mut req = sts_request();
-    req.set("authorization", "AWS4-HMAC-SHA256 Credential=x");
-    send(&emu.url(), &req)
-        .await
-        .assert_error(400, "IncompleteSignature", "Authorization header");
-    let mut req = sts_request();
-    req.body = b"Action=AssumeRole&Version=2011-06-15".to_vec();
-    signed(&emu, &creds, "sts", req)
-        .await
-        .assert_error(400, "InvalidAction", "AssumeRole");
-    let mut req = ecr_request();
-    req.set("content-type", "application/json");
-    signed(&emu, &creds, "ecr", req).await.assert_error(
-        400,
-        "SerializationException",
-        "application/x-amz-json-1.1",
-    );
+    let (emu, _, creds) = with_credentials().await;
+    let bad_auth = "AWS4-HMAC-SHA256 Credential=x";
+    let malformed = sts_request().changed(|r| r.set("authorization", bad_auth));
+    let assume_role = b"Action=AssumeRole&Version=2011-06-15".to_vec();
+    let assume_role = sts_request().changed(|r| r.body = assume_role);
+    let json = ecr_request().changed(|r| r.set("content-type", "application/json"));
+    let missing = "missing Authentication Token";
+    let sts_missing = (403, "MissingAuthenticationToken");
+    let ecr_missing = (400, "MissingAuthenticationTokenException");
+    let cases = [
+        ("unsigned STS", sts_request(), sts_missing, missing),
+        ("unsigned ECR", ecr_request(), ecr_missing, missing),
+        (
+            "malformed",
+            malformed,
+            (400, "IncompleteSignature"),
+            "Authorization header",
+        ),
+        (
+            "AssumeRole",
+            sdk_signed(&emu, &creds, "sts", assume_role),
+            (400, "InvalidAction"),
+            "AssumeRole",
+        ),
+        (
+            "JSON",
+            sdk_signed(&emu, &creds, "ecr", json),
+            (400, "SerializationException"),
+            "application/x-amz-json-1.1",
+        ),
+    ];
+    assert_refusals(&emu, cases).await;
+}
+
+/// `req` for `host` (a real AWS endpoint) signed by `creds` for `service`.
+fn signed_for_host(creds: &Creds, service: &str, host: &str, mut req: Req) -> Req {
+    req.set("host", host);
+    let url = format!("http://{host}");
+    sdk_sign(creds, service, REGION, &url, &mut req, SystemTime::now());
+    req
 }
 
 #[tokio::test]
 async fn host_headers_of_real_endpoints_route_sts_and_ecr() {
-    let (emu, creds) = setup().await;
+    let (emu, _, creds) = with_credentials().await;
     // An STS request with no Action still reaches STS by its Host.
-    let mut req = Req {
-        method: "POST".into(),
-        path: "/".into(),
-        headers: vec![
-            ("host".into(), "sts.us-east-1.amazonaws.com".into()),
-            (
-                "content-type".into(),
-                "application/x-www-form-urlencoded".into(),
-            ),
-        ],
-        body: b"Version=2011-06-15".to_vec(),
-    };
-    sdk_sign(
-        &creds,
-        "sts",
-        REGION,
-        "http://sts.us-east-1.amazonaws.com",
-        &mut req,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &req)
-        .await
-        .assert_error(400, "MissingAction", "Missing Action");
-    let mut req = ecr_request();
-    req.headers.retain(|(k, _)| k != "x-amz-target");
-    req.set("host", "api.ecr.us-east-1.amazonaws.com");
-    sdk_sign(
-        &creds,
-        "ecr",
-        REGION,
-        "http://api.ecr.us-east-1.amazonaws.com",
-        &mut req,
-        SystemTime::now(),
-    );
-    send(&emu.url(), &req).await.assert_error(
-        400,
-        "UnknownOperationException",
-        "Unknown operation",
-    );
+    let form = "application/x-www-form-urlencoded";
+    let no_action = Req::new("POST", "/").changed(|r| {
+        r.set("content-type", form);
+        r.body = b"Version=2011-06-15".to_vec();
+    });
+    let sts = signed_for_host(&creds, "sts", "sts.us-east-1.amazonaws.com", no_action);
+    let no_target = ecr_request().changed(|r| r.headers.retain(|(k, _)| k != "x-amz-target"));
+    let ecr = signed_for_host(&creds, "ecr", "api.ecr.us-east-1.amazonaws.com", no_target);
+    let cases = [
+        ("STS", sts, (400, "MissingAction"), "Missing Action"),
+        (
+            "ECR",
+            ecr,
+            (400, "UnknownOperationException"),
+            "Unknown operation",
+        ),
+    ];
+    assert_refusals(&emu, cases).await;
 }

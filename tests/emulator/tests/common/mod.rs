@@ -3,13 +3,16 @@
 //! request helpers that sign the way real clients do.
 #![allow(dead_code)]
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
-use attache_pki::{KeyType, PrivateKey, X509Signer};
+use attache_pki::{
+    CertificateAuthority, IssuedCertificate, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
+    X509Signer,
+};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -43,6 +46,15 @@ pub struct LeafOpts {
     pub serial: Option<Vec<u8>>,
 }
 
+impl LeafOpts {
+    /// The default leaf after `change`.
+    pub fn with(change: impl FnOnce(&mut LeafOpts)) -> LeafOpts {
+        let mut opts = LeafOpts::default();
+        change(&mut opts);
+        opts
+    }
+}
+
 impl Default for LeafOpts {
     fn default() -> Self {
         let now = OffsetDateTime::now_utc();
@@ -62,19 +74,24 @@ impl Default for LeafOpts {
     }
 }
 
-fn serial() -> SerialNumber {
+/// A random positive 16-byte serial number.
+pub fn serial() -> SerialNumber {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).unwrap();
     b[0] = (b[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&b)
 }
 
-fn ca_params(cn: &str) -> CertificateParams {
+/// A CA certificate for subject `dn`: pathLenConstraint `path_len` (none if
+/// `None`), keyCertSign and cRLSign, valid from a day ago for 30 days.
+pub fn ca_params(dn: DistinguishedName, path_len: Option<u8>) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut p = CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p.serial_number = Some(serial());
     p.not_before = now - time::Duration::days(1);
@@ -82,11 +99,18 @@ fn ca_params(cn: &str) -> CertificateParams {
     p
 }
 
+/// [`ca_params`] for an unconstrained CA whose subject is only `CN=cn`.
+fn named_ca_params(cn: &str) -> CertificateParams {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    ca_params(dn, None)
+}
+
 impl TestCa {
     pub fn new(cn: &str) -> TestCa {
         let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
         TestCa {
-            issuer: CertifiedIssuer::self_signed(ca_params(cn), key).unwrap(),
+            issuer: CertifiedIssuer::self_signed(named_ca_params(cn), key).unwrap(),
         }
     }
 
@@ -94,7 +118,7 @@ impl TestCa {
     pub fn intermediate(&self, cn: &str) -> TestCa {
         let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
         TestCa {
-            issuer: CertifiedIssuer::signed_by(ca_params(cn), key, &self.issuer).unwrap(),
+            issuer: CertifiedIssuer::signed_by(named_ca_params(cn), key, &self.issuer).unwrap(),
         }
     }
 
@@ -153,37 +177,49 @@ impl TestCa {
     }
 }
 
-/// The standard set-up: anchor `TA_ARN` = `ca`, profile `PROFILE_ARN` allowing
-/// `ROLE_ARN` (trust policy pins CN=app and the SPIFFE URI by glob) and
-/// `OTHER_ROLE_ARN` existing but not in the profile.
-pub async fn emulator(ca: &TestCa) -> Emulator {
-    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    emu.add_trust_anchor(TA_ARN, &ca.pem(), true);
-    emu.add_profile(Profile {
+/// A trust-policy condition: `key` compared by `operator` with `values`.
+pub fn condition(operator: Operator, key: &str, values: &[&str]) -> Condition {
+    Condition {
+        operator,
+        key: key.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// The standard profile: `PROFILE_ARN`, enabled, listing only `ROLE_ARN`,
+/// sessions up to 7200 s, no roleSessionName.
+pub fn profile() -> Profile {
+    Profile {
         arn: PROFILE_ARN.into(),
         role_arns: vec![ROLE_ARN.into()],
         duration_seconds: Some(7200),
         accept_role_session_name: false,
         enabled: true,
-    });
+    }
+}
+
+/// The standard set-up: anchor `TA_ARN` = `ca`, [`profile`] allowing
+/// `ROLE_ARN` (trust policy pins CN=app and the SPIFFE URI by glob) and
+/// `OTHER_ROLE_ARN` existing but not in the profile.
+pub async fn emulator(ca: &TestCa) -> Emulator {
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    emu.add_trust_anchor(TA_ARN, &ca.pem(), true);
+    emu.add_profile(profile());
+    let uri_glob = "spiffe://cluster.local/ns/*/sa/app";
     emu.add_role(Role {
         arn: ROLE_ARN.into(),
         conditions: vec![
-            Condition {
-                operator: Operator::StringEquals,
-                key: "aws:PrincipalTag/x509Subject/CN".into(),
-                values: vec!["app".into()],
-            },
-            Condition {
-                operator: Operator::StringLike,
-                key: "aws:PrincipalTag/x509SAN/URI".into(),
-                values: vec!["spiffe://cluster.local/ns/*/sa/app".into()],
-            },
-            Condition {
-                operator: Operator::StringEquals,
-                key: "aws:SourceArn".into(),
-                values: vec![TA_ARN.into()],
-            },
+            condition(
+                Operator::StringEquals,
+                "aws:PrincipalTag/x509Subject/CN",
+                &["app"],
+            ),
+            condition(
+                Operator::StringLike,
+                "aws:PrincipalTag/x509SAN/URI",
+                &[uri_glob],
+            ),
+            condition(Operator::StringEquals, "aws:SourceArn", &[TA_ARN]),
         ],
     });
     emu.add_role(Role {
@@ -191,6 +227,20 @@ pub async fn emulator(ca: &TestCa) -> Emulator {
         conditions: vec![],
     });
     emu
+}
+
+/// [`emulator`] for a new CA named "test root", and that CA.
+pub async fn emulator_and_ca() -> (Emulator, TestCa) {
+    let ca = TestCa::new("test root");
+    let emu = emulator(&ca).await;
+    (emu, ca)
+}
+
+/// [`emulator_and_ca`] and the credentials of a one-hour session.
+pub async fn with_credentials() -> (Emulator, TestCa, Creds) {
+    let (emu, ca) = emulator_and_ca().await;
+    let creds = session(&emu, &ca, 3600).await;
+    (emu, ca, creds)
 }
 
 pub fn host_of(emu: &Emulator) -> String {
@@ -210,6 +260,32 @@ pub fn session_body(role: &str, duration: Option<i64>) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()
 }
 
+/// A certificate for [`SPIFFE_URI`] issued by attache's CA code, valid for
+/// `lifetime`, and its fresh `key_type` key.
+pub fn workload_leaf(
+    ca: &CertificateAuthority,
+    key_type: KeyType,
+    lifetime: Duration,
+) -> (IssuedCertificate, PrivateKey) {
+    let key = PrivateKey::generate(key_type).unwrap();
+    let csr = VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();
+    let id = WorkloadIdentity::from_spiffe_uri(SPIFFE_URI).unwrap();
+    let now = OffsetDateTime::now_utc();
+    (ca.issue_workload(&csr, &id, lifetime, now).unwrap(), key)
+}
+
+/// A P-256 [`workload_leaf`] valid for an hour, as the broker issues it, as a signer.
+pub fn workload_signer(ca: &CertificateAuthority) -> X509Signer {
+    let (cert, key) = workload_leaf(ca, KeyType::EcdsaP256, Duration::from_secs(3600));
+    X509Signer::new(cert.der, Vec::new(), key).unwrap()
+}
+
+/// A certificate's serial number in lower-case hex (the default session name).
+pub fn serial_hex(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.serial.to_str_radix(16)
+}
+
 /// A request about to be sent, open to tampering.
 #[derive(Clone, Debug)]
 pub struct Req {
@@ -220,6 +296,31 @@ pub struct Req {
 }
 
 impl Req {
+    /// A `method` request for `path` with no headers and no body.
+    pub fn new(method: &str, path: &str) -> Req {
+        Req {
+            method: method.into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A `method` request for `path` carrying `body` as `application/json`.
+    pub fn json(method: &str, path: &str, body: Vec<u8>) -> Req {
+        Req {
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+            ..Req::new(method, path)
+        }
+    }
+
+    /// This request after `change`.
+    pub fn changed(mut self, change: impl FnOnce(&mut Req)) -> Req {
+        change(&mut self);
+        self
+    }
+
     pub fn set(&mut self, name: &str, value: &str) {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         self.headers.push((name.to_string(), value.to_string()));
@@ -234,6 +335,36 @@ impl Req {
     }
 }
 
+/// A POST /sessions of `body` with `headers`, signed over those headers by
+/// `signer` for `service` in `region` at `now`.
+pub fn signed_sessions_post(
+    signer: &X509Signer,
+    host: &str,
+    mut headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    region: &str,
+    service: &str,
+    now: OffsetDateTime,
+) -> Req {
+    let path = "/sessions";
+    let signed = signer
+        .sign(
+            "POST", host, path, "", &headers, &body, region, service, now,
+        )
+        .unwrap();
+    headers.extend(signed.headers);
+    Req {
+        headers,
+        body,
+        ..Req::new("POST", path)
+    }
+}
+
+/// The Content-Type header of a CreateSession request.
+pub fn json_content() -> Vec<(String, String)> {
+    vec![("Content-Type".to_string(), "application/json".to_string())]
+}
+
 /// A CreateSession request signed by `signer` at `now` for `region`.
 pub fn signed_session_request(
     signer: &X509Signer,
@@ -242,28 +373,34 @@ pub fn signed_session_request(
     region: &str,
     now: OffsetDateTime,
 ) -> Req {
-    let content = vec![("Content-Type".to_string(), "application/json".to_string())];
-    let signed = signer
-        .sign(
-            "POST",
-            host,
-            "/sessions",
-            "",
-            &content,
-            &body,
-            region,
-            "rolesanywhere",
-            now,
-        )
-        .unwrap();
-    let mut headers = content;
-    headers.extend(signed.headers);
-    Req {
-        method: "POST".into(),
-        path: "/sessions".into(),
-        headers,
-        body,
+    let content = json_content();
+    signed_sessions_post(signer, host, content, body, region, "rolesanywhere", now)
+}
+
+/// The standard CreateSession request for `ROLE_ARN` to `emu`, signed by
+/// `signer` at `at`.
+pub fn session_request_at(emu: &Emulator, signer: &X509Signer, at: OffsetDateTime) -> Req {
+    let body = session_body(ROLE_ARN, None);
+    signed_session_request(signer, &host_of(emu), body, REGION, at)
+}
+
+/// One refusal to check: its name, the request, the status and code, and a
+/// fragment of the message.
+pub type RefusalCase<'a> = (&'a str, Req, (u16, &'a str), &'a str);
+
+/// Sends each case's request to `emu` and asserts its refusal; a failure
+/// names the case.
+pub async fn assert_refusals(emu: &Emulator, cases: impl IntoIterator<Item = RefusalCase<'_>>) {
+    for (case, req, status_and_code, needle) in cases {
+        let answer = send(&emu.url(), &req).await;
+        answer.assert_case(case, status_and_code, needle);
     }
+}
+
+/// Sends [`session_request_at`] signed now.
+pub async fn create_session(emu: &Emulator, signer: &X509Signer) -> Answer {
+    let req = session_request_at(emu, signer, OffsetDateTime::now_utc());
+    send(&emu.url(), &req).await
 }
 
 /// The answer: status, `x-amzn-ErrorType`, body.
@@ -282,16 +419,22 @@ impl Answer {
     /// Asserts an error with this status and code whose message contains `needle`.
     #[track_caller]
     pub fn assert_error(&self, status: u16, code: &str, needle: &str) {
-        assert_eq!(self.status, status, "{self:?}");
+        self.assert_case("", (status, code), needle);
+    }
+
+    /// [`Answer::assert_error`] for one case of several: a failure names `case`.
+    #[track_caller]
+    pub fn assert_case(&self, case: &str, (status, code): (u16, &str), needle: &str) {
+        assert_eq!(self.status, status, "{case}: {self:?}");
         let code_seen = if self.error_type.is_empty() {
             xml_tag(&self.body, "Code").unwrap_or_default()
         } else {
             self.error_type.clone()
         };
-        assert_eq!(code_seen, code, "{self:?}");
+        assert_eq!(code_seen, code, "{case}: {self:?}");
         assert!(
             self.body.contains(needle),
-            "expected {needle:?} in {self:?}"
+            "{case}: expected {needle:?} in {self:?}"
         );
     }
 }
@@ -352,13 +495,9 @@ pub fn creds_of(answer: &Answer) -> Creds {
 /// Runs a successful CreateSession for `ROLE_ARN` and returns the credentials.
 pub async fn session(emu: &Emulator, ca: &TestCa, duration: i64) -> Creds {
     let signer = ca.leaf(&LeafOpts::default());
-    let req = signed_session_request(
-        &signer,
-        &host_of(emu),
-        session_body(ROLE_ARN, Some(duration)),
-        REGION,
-        OffsetDateTime::now_utc(),
-    );
+    let body = session_body(ROLE_ARN, Some(duration));
+    let now = OffsetDateTime::now_utc();
+    let req = signed_session_request(&signer, &host_of(emu), body, REGION, now);
     creds_of(&send(&emu.url(), &req).await)
 }
 
@@ -418,6 +557,24 @@ pub fn sdk_sign(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+}
+
+/// `req` signed by `creds` for `service` in `REGION` now, as the SDKs sign.
+pub fn sdk_signed(emu: &Emulator, creds: &Creds, service: &str, mut req: Req) -> Req {
+    sdk_sign(
+        creds,
+        service,
+        REGION,
+        &emu.url(),
+        &mut req,
+        SystemTime::now(),
+    );
+    req
+}
+
+/// Sends [`sdk_signed`] to `emu`.
+pub async fn sdk_send(emu: &Emulator, creds: &Creds, service: &str, req: Req) -> Answer {
+    send(&emu.url(), &sdk_signed(emu, creds, service, req)).await
 }
 
 /// An STS GetCallerIdentity POST, unsigned.

@@ -50,7 +50,16 @@ pub struct Caller {
 
 /// Authentication and authorization results by SHA-256 of the token: the
 /// caller, the role it may use, and until when the entry may be reused.
-pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], (Caller, String, Instant)>>>;
+pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], Reviewed>>>;
+
+/// A caller TokenReview authenticated, reused until `until`.
+#[derive(Clone)]
+pub struct Reviewed {
+    /// Who the token belongs to.
+    pub caller: Caller,
+    /// When the entry stops being used.
+    pub until: Instant,
+}
 
 /// Shared state of the certificate API.
 #[derive(Clone)]
@@ -361,9 +370,9 @@ impl CertApi {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .filter(|(_, _, until)| *until > now)
-            .map(|(caller, role, _)| (caller.clone(), role.clone()));
-        if let Some((caller, _)) = cached {
+            .filter(|r| r.until > now)
+            .map(|r| r.caller.clone());
+        if let Some(caller) = cached {
             self.metrics.token_cache_hits.inc();
             // Only the TokenReview is reused: policy is read again, so a
             // removed role annotation, a tightened allowed-roles or a
@@ -381,46 +390,57 @@ impl CertApi {
         }
         let shape =
             precheck(token, OffsetDateTime::now_utc().unix_timestamp()).map_err(unauthenticated)?;
-        let caller = {
-            let _permit = tokio::time::timeout(TOKEN_REVIEW_WAIT, self.reviews.acquire())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "too many certificate requests at once, retry later".into(),
-                    )
-                })?;
-            match self.authenticate(token).await {
-                Err(r) if r.status == StatusCode::UNAUTHORIZED => {
-                    remember(&self.refusals, key, Instant::now() + REFUSAL_CACHE_TTL);
-                    return Err(r);
-                }
-                other => other?,
-            }
-        };
+        let caller = self.review(token, key).await?;
         let role = self.authorize(&caller).await?;
         let left = shape.expires_at - OffsetDateTime::now_utc().unix_timestamp();
         let ttl = TOKEN_CACHE_TTL.min(Duration::from_secs(left.max(0).unsigned_abs()));
+        self.cache_review(key, caller.clone(), ttl);
+        Ok((caller, role))
+    }
+
+    /// One TokenReview, waiting at most [`TOKEN_REVIEW_WAIT`] for a slot; a
+    /// token it refuses is remembered for [`REFUSAL_CACHE_TTL`].
+    async fn review(&self, token: &str, key: [u8; 32]) -> Result<Caller, Refusal> {
+        let _permit = tokio::time::timeout(TOKEN_REVIEW_WAIT, self.reviews.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "too many certificate requests at once, retry later".into(),
+                )
+            })?;
+        match self.authenticate(token).await {
+            Err(r) if r.status == StatusCode::UNAUTHORIZED => {
+                remember(&self.refusals, key, Instant::now() + REFUSAL_CACHE_TTL);
+                Err(r)
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps `caller` for `ttl` in the bounded cache (when full: expired
+    /// entries go first, then the one closest to expiry).
+    fn cache_review(&self, key: [u8; 32], caller: Caller, ttl: Duration) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if cache.len() >= TOKEN_CACHE_MAX {
-            cache.retain(|_, (_, _, until)| *until > now);
-            if cache.len() >= TOKEN_CACHE_MAX {
-                // Still full of live entries: drop the one closest to expiry.
-                if let Some(oldest) = cache
-                    .iter()
-                    .min_by_key(|(_, (_, _, u))| *u)
-                    .map(|(k, _)| *k)
-                {
-                    cache.remove(&oldest);
-                }
+            cache.retain(|_, r| r.until > now);
+            if cache.len() >= TOKEN_CACHE_MAX
+                && let Some(oldest) = cache.iter().min_by_key(|(_, r)| r.until).map(|(k, _)| *k)
+            {
+                cache.remove(&oldest);
             }
         }
-        cache.insert(key, (caller.clone(), role.clone(), now + ttl));
-        Ok((caller, role))
+        cache.insert(
+            key,
+            Reviewed {
+                caller,
+                until: now + ttl,
+            },
+        );
     }
 
     /// The whole request: authenticate, authorize, verify the CSR, issue.

@@ -279,28 +279,7 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
     let cert = RotatingCert::new(&serving_ca, &names)?;
     let tls = tokio_rustls::TlsAcceptor::from(cert.server_config()?);
 
-    let annotations = crate::informer::AnnotationCache::watch(client.clone());
-    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let (annotations, synced) = (annotations.clone(), synced.clone());
-        tokio::spawn(async move {
-            annotations.wait_until_ready().await;
-            synced.store(true, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!("ServiceAccount and namespace caches listed");
-        });
-    }
-    let webhook = Webhook {
-        annotations,
-        config: Arc::new(inject_config(&args, &serving_pem)),
-        excluded_namespaces: Arc::new(
-            args.excluded_namespaces
-                .iter()
-                .cloned()
-                .chain([args.namespace.clone()])
-                .collect(),
-        ),
-        metrics: metrics.clone(),
-    };
+    let (webhook, synced) = webhook_state(&args, &client, &serving_pem, &metrics);
     let revocations = Revocations::new(
         client.clone(),
         &args.namespace,
@@ -343,6 +322,39 @@ pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
         stop: Some(served.stop),
         tasks: served.tasks,
     })
+}
+
+/// The webhook's state, and a flag set once its ServiceAccount and namespace
+/// caches have listed (`/readyz` waits for it).
+fn webhook_state(
+    args: &RunArgs,
+    client: &kube::Client,
+    serving_pem: &str,
+    metrics: &Metrics,
+) -> (Webhook, Arc<std::sync::atomic::AtomicBool>) {
+    let annotations = crate::informer::AnnotationCache::watch(client.clone());
+    let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (annotations, synced) = (annotations.clone(), synced.clone());
+        tokio::spawn(async move {
+            annotations.wait_until_ready().await;
+            synced.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("ServiceAccount and namespace caches listed");
+        });
+    }
+    let webhook = Webhook {
+        annotations,
+        config: Arc::new(inject_config(args, serving_pem)),
+        excluded_namespaces: Arc::new(
+            args.excluded_namespaces
+                .iter()
+                .cloned()
+                .chain([args.namespace.clone()])
+                .collect(),
+        ),
+        metrics: metrics.clone(),
+    };
+    (webhook, synced)
 }
 
 /// Publishes the CA bundle ConfigMap and sets the webhook's caBundle now,

@@ -5,6 +5,7 @@
 //! sidecar's credentials endpoint, and proves it with STS GetCallerIdentity
 //! and ECR GetAuthorizationToken. Every AWS call goes to the emulator.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -88,67 +89,133 @@ async fn run(args: Args) -> Result<()> {
         identity.namespace(),
         identity.service_account()
     ));
+    let files = issue_certificate(&ca, &identity, dir.path())?;
+
+    step.say("Starting the sidecar's credentials endpoint");
+    let endpoint = start_sidecar(&args.listen, &emu.url(), &files, dir.path()).await?;
+    println!("    http://{}/v1/credentials is ready", endpoint.listen);
+
+    step.say("Reading credentials the way an AWS SDK does (container credentials provider)");
+    let http = reqwest::Client::new();
+    let creds = read_credentials(&http, &endpoint).await?;
+
+    step.say("Calling STS GetCallerIdentity with them");
+    let arn = client::get_caller_identity(&http, &emu.url(), REGION, &creds).await?;
+    println!("    {arn}");
+    if !arn.starts_with(&format!("arn:aws:sts::{ACCOUNT}:assumed-role/demo-app/")) {
+        bail!("unexpected identity {arn}");
+    }
+
+    step.say(
+        "Calling ECR GetAuthorizationToken and building the pull secret the ECR controller writes",
+    );
+    show_pull_secret(&http, &emu.url(), &creds).await?;
+
+    print_usage(&endpoint, &emu.url());
+    if !args.once {
+        println!("\nServing until Ctrl-C.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    endpoint.sidecar.stop().await;
+    emu.shutdown().await;
+    Ok(())
+}
+
+/// Where the workload's certificate and key were written.
+struct CertificateFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// Issues `identity` a one-day certificate for a fresh P-256 key and writes
+/// both into `dir` (the key mode 0600), as the broker's client would.
+fn issue_certificate(
+    ca: &CertificateAuthority,
+    identity: &WorkloadIdentity,
+    dir: &Path,
+) -> Result<CertificateFiles> {
     let key = PrivateKey::generate(KeyType::EcdsaP256)?;
     let csr = VerifiedCsr::parse(key.certificate_signing_request()?.as_bytes())?;
     let leaf = ca.issue_workload(
         &csr,
-        &identity,
+        identity,
         Duration::from_secs(24 * 3600),
         OffsetDateTime::now_utc(),
     )?;
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, &leaf.pem)?;
-    attache_pki::files::write_atomic(&key_path, key.to_pkcs8_pem().as_bytes(), 0o600, false)?;
+    let files = CertificateFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    std::fs::write(&files.cert, &leaf.pem)?;
+    attache_pki::files::write_atomic(&files.key, key.to_pkcs8_pem().as_bytes(), 0o600, false)?;
     println!(
         "    serial {}  valid until {}  URI SAN {}",
         leaf.serial,
         leaf.not_after,
         identity.spiffe_uri()
     );
+    Ok(files)
+}
 
-    step.say("Starting the sidecar's credentials endpoint");
-    let listen = match std::net::TcpListener::bind(&args.listen) {
+/// The running sidecar and how to reach it.
+struct Endpoint {
+    sidecar: attache_sidecar::app::InProcess,
+    listen: String,
+    token_file: std::path::PathBuf,
+}
+
+/// Runs the sidecar's `serve` in this process on `listen` (a free port if it
+/// is taken), against the emulator at `aws_endpoint`, until it is ready.
+async fn start_sidecar(
+    listen: &str,
+    aws_endpoint: &str,
+    files: &CertificateFiles,
+    dir: &Path,
+) -> Result<Endpoint> {
+    let listen = match std::net::TcpListener::bind(listen) {
         Ok(l) => l.local_addr()?.to_string(),
         Err(_) => std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .to_string(),
     };
-    let token_file = dir.path().join("token");
-    let cli = attache_sidecar::cli::Cli::try_parse_from([
-        "attache-sidecar",
-        "serve",
-        "--region",
-        REGION,
-        "--profile-arn",
-        PROFILE,
-        "--role-arn",
-        ROLE,
-        "--trust-anchor-arn",
-        ANCHOR,
-        "--endpoint",
-        &emu.url(),
-        "--certificate",
-        cert_path.to_str().unwrap_or_default(),
-        "--private-key",
-        key_path.to_str().unwrap_or_default(),
-        "--listen",
-        &listen,
-        "--token-file",
-        token_file.to_str().unwrap_or_default(),
-        "--log-format",
-        "text",
-    ])?;
+    let token_file = dir.join("token");
+    let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let mut argv: Vec<String> = vec!["attache-sidecar".into(), "serve".into()];
+    for (flag, value) in [
+        ("--region", REGION.to_string()),
+        ("--profile-arn", PROFILE.into()),
+        ("--role-arn", ROLE.into()),
+        ("--trust-anchor-arn", ANCHOR.into()),
+        ("--endpoint", aws_endpoint.into()),
+        ("--certificate", path(&files.cert)),
+        ("--private-key", path(&files.key)),
+        ("--listen", listen.clone()),
+        ("--token-file", path(&token_file)),
+        ("--log-format", "text".into()),
+    ] {
+        argv.extend([flag.to_string(), value]);
+    }
+    let cli = attache_sidecar::cli::Cli::try_parse_from(argv)?;
     let sidecar = attache_sidecar::app::InProcess::spawn(cli);
     if !attache_sidecar::app::wait_ready(&listen, Duration::from_secs(5)).await {
         bail!("the sidecar did not become ready; see its log above");
     }
-    println!("    http://{listen}/v1/credentials is ready");
+    Ok(Endpoint {
+        sidecar,
+        listen,
+        token_file,
+    })
+}
 
-    step.say("Reading credentials the way an AWS SDK does (container credentials provider)");
-    let http = reqwest::Client::new();
-    let token = std::fs::read_to_string(&token_file)?;
+/// GETs the endpoint with the token from its file, as an AWS SDK's container
+/// credentials provider does.
+async fn read_credentials(
+    http: &reqwest::Client,
+    endpoint: &Endpoint,
+) -> Result<SessionCredentials> {
+    let token = std::fs::read_to_string(&endpoint.token_file)?;
     let reply: serde_json::Value = http
-        .get(format!("http://{listen}/v1/credentials"))
+        .get(format!("http://{}/v1/credentials", endpoint.listen))
         .header("Authorization", token.trim())
         .send()
         .await?
@@ -166,18 +233,17 @@ async fn run(args: Args) -> Result<()> {
         str_field(&reply, "Expiration")?,
         str_field(&reply, "RoleArn")?
     );
+    Ok(creds)
+}
 
-    step.say("Calling STS GetCallerIdentity with them");
-    let arn = client::get_caller_identity(&http, &emu.url(), REGION, &creds).await?;
-    println!("    {arn}");
-    if !arn.starts_with(&format!("arn:aws:sts::{ACCOUNT}:assumed-role/demo-app/")) {
-        bail!("unexpected identity {arn}");
-    }
-
-    step.say(
-        "Calling ECR GetAuthorizationToken and building the pull secret the ECR controller writes",
-    );
-    let reply = client::get_authorization_token(&http, &emu.url(), REGION, &creds).await?;
+/// Gets an ECR token and prints the `.dockerconfigjson` the ECR controller
+/// would write from it, secrets shortened.
+async fn show_pull_secret(
+    http: &reqwest::Client,
+    aws_endpoint: &str,
+    creds: &SessionCredentials,
+) -> Result<()> {
+    let reply = client::get_authorization_token(http, aws_endpoint, REGION, creds).await?;
     let data = &reply["authorizationData"][0];
     let auth = data["authorizationToken"]
         .as_str()
@@ -193,27 +259,24 @@ async fn run(args: Args) -> Result<()> {
         serde_json::to_string(&config)?
     );
     println!("    expires at {} (12 h)", data["expiresAt"]);
+    Ok(())
+}
 
+/// How to point one's own SDK or CLI at the demo.
+fn print_usage(endpoint: &Endpoint, aws_endpoint: &str) {
     println!(
         "\nEverything worked. Point your own AWS SDK or CLI at the endpoint (and the emulator, never real AWS):"
     );
-    println!("  export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{listen}/v1/credentials");
+    println!(
+        "  export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{}/v1/credentials",
+        endpoint.listen
+    );
     println!(
         "  export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}",
-        token_file.display()
+        endpoint.token_file.display()
     );
-    println!(
-        "  export AWS_REGION={REGION} AWS_ENDPOINT_URL={}",
-        emu.url()
-    );
+    println!("  export AWS_REGION={REGION} AWS_ENDPOINT_URL={aws_endpoint}");
     println!("  aws sts get-caller-identity");
-    if !args.once {
-        println!("\nServing until Ctrl-C.");
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    sidecar.stop().await;
-    emu.shutdown().await;
-    Ok(())
 }
 
 fn str_field(v: &serde_json::Value, k: &str) -> Result<String> {

@@ -246,87 +246,120 @@ fn identity(args: &EcrArgs) -> String {
 /// Returns at once; an error names the missing or bad setting.
 pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
     args.validate()?;
-    let (Some(profile_arn), Some(trust_anchor_arn)) = (
-        ctx.session.profile_arn.clone(),
-        ctx.session.trust_anchor_arn.clone(),
-    ) else {
-        anyhow::bail!("the ECR controller needs --profile-arn and --trust-anchor-arn");
-    };
-    attache_aws::arn::validate_rolesanywhere_arn(&profile_arn, "profile")
-        .context("--profile-arn")?;
-    attache_aws::arn::validate_rolesanywhere_arn(&trust_anchor_arn, "trust-anchor")
-        .context("--trust-anchor-arn")?;
-    let region = attache_aws::arn::arn_region(&trust_anchor_arn)
-        .filter(|r| !r.is_empty())
-        .map(str::to_string)
-        .unwrap_or_else(|| ctx.session.region.clone());
-    anyhow::ensure!(
-        !region.is_empty(),
-        "no region for the ECR controller's Roles Anywhere sessions: set --region"
-    );
-    let settings = credentials::SessionSettings {
-        region,
-        endpoints: attache_aws::ecr::Endpoints::parse(args.rolesanywhere_endpoint.as_deref())
-            .map_err(anyhow::Error::msg)?,
-        duration_seconds: args.ecr_session_duration,
-        rate_per_second: args.ecr_session_rate,
-    };
-    let ecr_endpoints = attache_aws::ecr::Endpoints::parse(args.ecr_endpoint.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let identity = identity(args);
-    tracing::info!(identity = %identity, trust_domain = %ctx.trust_domain, "ECR pull-secret controller campaigning for its Lease");
+    let plan = Plan::resolve(args, &ctx)?;
+    tracing::info!(identity = %plan.identity, trust_domain = %ctx.trust_domain, "ECR pull-secret controller campaigning for its Lease");
     let elector = leader::Elector::spawn(
         ctx.client.clone(),
         leader::LeaseConfig {
             name: args.ecr_lease_name.clone(),
             namespace: ctx.namespace.clone(),
-            identity: identity.clone(),
+            identity: plan.identity.clone(),
             lease_duration: args.ecr_lease_duration,
             renew_deadline: args.ecr_lease_renew_deadline,
             retry_period: args.ecr_lease_retry_period,
         },
         ctx.clock.clone(),
     );
-    let mut leading = elector.leading();
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let args = args.clone();
-    let defaults = Defaults {
-        profile: profile_arn,
-        trust_anchor: trust_anchor_arn,
-    };
-    let supervisor = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                r = leading.wait_for(|l| *l) => if r.is_err() { return },
-                _ = &mut stop_rx => return,
-            }
-            let term = match new_term(&args, &ctx, &defaults, &settings, &ecr_endpoints, &identity)
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot start the ECR controller");
-                    return;
-                }
-            };
-            // Aborted with the supervisor, so a dropped handle stops all writes.
-            let task = AbortOnDrop(tokio::spawn(term.controller.run()));
-            let crl = term
-                .crl
-                .map(|p| AbortOnDrop(tokio::spawn(p.run(args.crl_sync_interval))));
-            tokio::select! {
-                _ = leading.wait_for(|l| !*l) => {}
-                _ = &mut stop_rx => return,
-            }
-            drop((task, crl));
-            tracing::info!("ECR controller stopped (no longer the leader)");
-        }
-    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let supervisor = tokio::spawn(supervise(
+        args.clone(),
+        ctx,
+        plan,
+        elector.leading(),
+        stop_rx,
+    ));
     Ok(EcrHandle {
         leading: elector.leading(),
         elector: Some(elector),
         supervisor: Some(supervisor),
         stop: Some(stop_tx),
     })
+}
+
+/// Each time this replica becomes the leader, a new [`Term`] runs until the
+/// lead is lost or `stop` fires.
+async fn supervise(
+    args: EcrArgs,
+    ctx: EcrContext,
+    plan: Plan,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+            _ = &mut stop => return,
+        }
+        let term = match new_term(&args, &ctx, &plan) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot start the ECR controller");
+                return;
+            }
+        };
+        // Aborted with the supervisor, so a dropped handle stops all writes.
+        let task = AbortOnDrop(tokio::spawn(term.controller.run()));
+        let crl = term
+            .crl
+            .map(|p| AbortOnDrop(tokio::spawn(p.run(args.crl_sync_interval))));
+        tokio::select! {
+            _ = leading.wait_for(|l| !*l) => {}
+            _ = &mut stop => return,
+        }
+        drop((task, crl));
+        tracing::info!("ECR controller stopped (no longer the leader)");
+    }
+}
+
+/// The settings every term shares, checked once at start.
+struct Plan {
+    defaults: Defaults,
+    settings: credentials::SessionSettings,
+    ecr_endpoints: attache_aws::ecr::Endpoints,
+    /// This replica's Lease holder identity (also the Events' instance).
+    identity: String,
+}
+
+impl Plan {
+    /// The profile and trust anchor (both required and valid), the region
+    /// (the trust anchor's, else `--region`), the endpoints and rate.
+    fn resolve(args: &EcrArgs, ctx: &EcrContext) -> Result<Plan> {
+        let (Some(profile_arn), Some(trust_anchor_arn)) = (
+            ctx.session.profile_arn.clone(),
+            ctx.session.trust_anchor_arn.clone(),
+        ) else {
+            anyhow::bail!("the ECR controller needs --profile-arn and --trust-anchor-arn");
+        };
+        attache_aws::arn::validate_rolesanywhere_arn(&profile_arn, "profile")
+            .context("--profile-arn")?;
+        attache_aws::arn::validate_rolesanywhere_arn(&trust_anchor_arn, "trust-anchor")
+            .context("--trust-anchor-arn")?;
+        let region = attache_aws::arn::arn_region(&trust_anchor_arn)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| ctx.session.region.clone());
+        anyhow::ensure!(
+            !region.is_empty(),
+            "no region for the ECR controller's Roles Anywhere sessions: set --region"
+        );
+        let endpoints = |given: &Option<String>| {
+            attache_aws::ecr::Endpoints::parse(given.as_deref()).map_err(anyhow::Error::msg)
+        };
+        Ok(Plan {
+            defaults: Defaults {
+                profile: profile_arn,
+                trust_anchor: trust_anchor_arn,
+            },
+            settings: credentials::SessionSettings {
+                region,
+                endpoints: endpoints(&args.rolesanywhere_endpoint)?,
+                duration_seconds: args.ecr_session_duration,
+                rate_per_second: args.ecr_session_rate,
+            },
+            ecr_endpoints: endpoints(&args.ecr_endpoint)?,
+            identity: identity(args),
+        })
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -350,24 +383,17 @@ struct Defaults {
     trust_anchor: String,
 }
 
-fn new_term(
-    args: &EcrArgs,
-    ctx: &EcrContext,
-    defaults: &Defaults,
-    settings: &credentials::SessionSettings,
-    ecr_endpoints: &attache_aws::ecr::Endpoints,
-    identity: &str,
-) -> Result<Term> {
+fn new_term(args: &EcrArgs, ctx: &EcrContext, plan: &Plan) -> Result<Term> {
     let backoff = RefreshPolicy::default();
     let sessions = Arc::new(credentials::Sessions::new(
-        settings.clone(),
+        plan.settings.clone(),
         credentials::Issuer::new(ctx.ca.clone(), &ctx.trust_domain),
         ctx.clock.clone(),
         ctx.metrics.clone(),
         backoff.clone(),
     ));
     let client =
-        attache_aws::ecr::TokenClient::new(ecr_endpoints.clone(), Duration::from_secs(15))?;
+        attache_aws::ecr::TokenClient::new(plan.ecr_endpoints.clone(), Duration::from_secs(15))?;
     let tokens = Arc::new(tokens::Tokens::new(
         client,
         ctx.clock.clone(),
@@ -383,31 +409,14 @@ fn new_term(
         ctx.client.clone(),
         kube::runtime::events::Reporter {
             controller: "attache-ecr".into(),
-            instance: Some(identity.to_string()),
+            instance: Some(plan.identity.clone()),
         },
     );
     let crl = match &args.crl_sync_role_arn {
-        Some(role) => Some(crl_sync::CrlPusher {
-            store: crate::revocation::LedgerStore::new(ctx.client.clone(), &ctx.namespace),
-            ca: ctx.ca.clone(),
-            sessions: sessions.clone(),
-            identity: world::Key::new(&ctx.namespace, &args.service_account),
-            target: settings.target(
-                role,
-                &defaults.profile,
-                &defaults.trust_anchor,
-                &settings.region,
-            ),
-            name: args.crl_name.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .context("HTTP client for Roles Anywhere")?,
-            metrics: ctx.metrics.clone(),
-            pushed: None,
-        }),
+        Some(role) => Some(crl_pusher(args, ctx, plan, role, sessions.clone())?),
         None => None,
     };
+    let defaults = &plan.defaults;
     let controller = Arc::new(controller::Controller::new(
         ctx.client.clone(),
         controller::ControllerConfig {
@@ -435,4 +444,35 @@ fn new_term(
         },
     ));
     Ok(Term { controller, crl })
+}
+
+/// The CRL push to Roles Anywhere, as the controller's own ServiceAccount
+/// assuming `role`.
+fn crl_pusher(
+    args: &EcrArgs,
+    ctx: &EcrContext,
+    plan: &Plan,
+    role: &str,
+    sessions: Arc<credentials::Sessions>,
+) -> Result<crl_sync::CrlPusher> {
+    let settings = &plan.settings;
+    Ok(crl_sync::CrlPusher {
+        store: crate::revocation::LedgerStore::new(ctx.client.clone(), &ctx.namespace),
+        ca: ctx.ca.clone(),
+        sessions,
+        identity: world::Key::new(&ctx.namespace, &args.service_account),
+        target: settings.target(
+            role,
+            &plan.defaults.profile,
+            &plan.defaults.trust_anchor,
+            &settings.region,
+        ),
+        name: args.crl_name.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("HTTP client for Roles Anywhere")?,
+        metrics: ctx.metrics.clone(),
+        pushed: None,
+    })
 }

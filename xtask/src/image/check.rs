@@ -203,12 +203,12 @@ pub fn versions(ctr: &Container) -> Result<()> {
 }
 
 /// The credentials round trip, with the image's binaries doing the work.
-pub fn round_trip(ctr: &Container, emulator_bin: &Path) -> Result<()> {
-    let work = ctr.host(WORK);
-    fs::create_dir_all(&work)?;
+/// A P-256 key and CSR in `work`, as a workload would make them, owned by
+/// the image's user.
+fn make_key_and_csr(work: &Path) -> Result<()> {
     // A P-256 key and CSR, as a workload would make them.
     let openssl = Command::new("openssl")
-        .current_dir(&work)
+        .current_dir(work)
         .args([
             "req",
             "-new",
@@ -234,9 +234,15 @@ pub fn round_trip(ctr: &Container, emulator_bin: &Path) -> Result<()> {
         openssl.status,
         String::from_utf8_lossy(&openssl.stderr)
     );
-    for path in [&work, &work.join("leaf-key.pem"), &work.join("leaf.csr")] {
+    for path in [work, &work.join("leaf-key.pem"), &work.join("leaf.csr")] {
         chown(path, Some(NONROOT), Some(NONROOT))?;
     }
+    Ok(())
+}
+
+/// `attache-broker ca init` and `ca issue` inside the image: a CA, then the
+/// workload's certificate; the files are written as the image's user.
+fn issue_in_image(ctr: &Container) -> Result<()> {
     let ca = format!("{WORK}/ca");
     ctr.exec(&["/attache-broker", "ca", "init", "--dir", &ca])?;
     // Whoever wrote the key is who the image runs as.
@@ -264,6 +270,14 @@ pub fn round_trip(ctr: &Container, emulator_bin: &Path) -> Result<()> {
         &format!("{WORK}/leaf.pem"),
     ])?;
 
+    Ok(())
+}
+
+pub fn round_trip(ctr: &Container, emulator_bin: &Path) -> Result<()> {
+    let work = ctr.host(WORK);
+    fs::create_dir_all(&work)?;
+    make_key_and_csr(&work)?;
+    issue_in_image(ctr)?;
     let config = work.join("emulator.toml");
     fs::write(&config, emulator_config())?;
     let tls_ca = work.join("emulator-ca.pem");

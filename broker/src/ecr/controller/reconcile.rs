@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 
+use super::super::registry::Registry;
 use super::*;
 
 /// What a ServiceAccount asks for, checked.
 struct Wanted {
-    registries: Vec<super::super::registry::Registry>,
+    registries: Vec<Registry>,
     role: String,
     profile: String,
     anchor: String,
@@ -22,6 +23,44 @@ enum Unwanted {
     Leave,
     Remove,
     Unannotated,
+}
+
+/// Why [`Controller::resolve`] wants nothing written.
+enum NotWanted {
+    /// No registries are asked for.
+    Unannotated,
+    /// A problem to report as a Warning Event.
+    Refused(Refusal),
+}
+
+/// A problem with what a ServiceAccount asks for.
+struct Refusal {
+    /// The Event's reason.
+    reason: &'static str,
+    /// The Event's note.
+    note: String,
+    /// What becomes of an existing pull secret.
+    then: Unwanted,
+}
+
+fn refused(reason: &'static str, note: String, then: Unwanted) -> NotWanted {
+    NotWanted::Refused(Refusal { reason, note, then })
+}
+
+/// The registries the ServiceAccount's annotation (else its namespace's) asks for.
+fn requested_registries(sa: &SaInfo, ns: &NsInfo) -> Result<Vec<Registry>, NotWanted> {
+    let (value, source) = match (&sa.registries, &ns.registries) {
+        (Some(v), _) => (v.clone(), "ServiceAccount"),
+        (None, Some(v)) => (v.clone(), "namespace"),
+        (None, None) => (String::new(), ""),
+    };
+    if value.trim().is_empty() {
+        return Err(NotWanted::Unannotated);
+    }
+    parse_registries(&value).map_err(|e| {
+        let note = format!("{source} annotation {ANN_ECR_REGISTRIES}: {e}; nothing was changed");
+        refused("InvalidEcrRegistries", note, Unwanted::Leave)
+    })
 }
 
 impl Controller {
@@ -105,52 +144,17 @@ impl Controller {
     /// against the namespace policy and the allowed overrides; a problem is
     /// reported as a Warning Event and says whether the pull secret goes.
     async fn wanted(&self, key: &Key, sa: &SaInfo, ns: &NsInfo) -> Result<Wanted, Unwanted> {
-        let (value, source) = match (&sa.registries, &ns.registries) {
-            (Some(v), _) => (v.clone(), "ServiceAccount"),
-            (None, Some(v)) => (v.clone(), "namespace"),
-            (None, None) => (String::new(), ""),
-        };
-        if value.trim().is_empty() {
-            return Err(Unwanted::Unannotated);
+        match self.resolve(key, sa, ns) {
+            Ok(wanted) => Ok(wanted),
+            Err(NotWanted::Unannotated) => Err(Unwanted::Unannotated),
+            Err(NotWanted::Refused(r)) => Err(self.refuse(key, sa, r.reason, r.note, r.then).await),
         }
-        let registries = match parse_registries(&value) {
-            Ok(r) => r,
-            Err(e) => {
-                let note =
-                    format!("{source} annotation {ANN_ECR_REGISTRIES}: {e}; nothing was changed");
-                return Err(self
-                    .refuse(key, sa, "InvalidEcrRegistries", note, Unwanted::Leave)
-                    .await);
-            }
-        };
-        let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
-            let note = format!(
-                "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
-                attache_api::names::ANN_ECR_ROLE_ARN
-            );
-            return Err(self
-                .refuse(key, sa, "NoEcrRole", note, Unwanted::Leave)
-                .await);
-        };
-        if let Err(e) = attache_aws::arn::validate_role_arn(&role) {
-            let note = format!("{}: {e}", attache_api::names::ANN_ECR_ROLE_ARN);
-            return Err(self
-                .refuse(key, sa, "InvalidEcrRole", note, Unwanted::Leave)
-                .await);
-        }
-        if let Err(e) = crate::policy::check_role(
-            &key.namespace,
-            &ns.policy_annotations(),
-            &role,
-            self.config.restrictions,
-        ) {
-            // Fail closed: a role the namespace no longer allows loses its pull secret now,
-            // not when the token runs out.
-            let note = format!("ECR pull secret removed: {e}");
-            return Err(self
-                .refuse(key, sa, "EcrRoleNotAllowed", note, Unwanted::Remove)
-                .await);
-        }
+    }
+
+    /// [`Self::wanted`] without the Event.
+    fn resolve(&self, key: &Key, sa: &SaInfo, ns: &NsInfo) -> Result<Wanted, NotWanted> {
+        let registries = requested_registries(sa, ns)?;
+        let role = self.role_of(key, sa, ns)?;
         // Profile and trust anchor overrides: only those the operator allows
         // (checked exactly as the webhook and the certificate API check them).
         if let Err(e) =
@@ -159,9 +163,7 @@ impl Controller {
                 .check(&key.namespace, &key.name, &sa.override_annotations())
         {
             let note = format!("ECR pull secret removed: {e}");
-            return Err(self
-                .refuse(key, sa, "EcrProfileNotAllowed", note, Unwanted::Remove)
-                .await);
+            return Err(refused("EcrProfileNotAllowed", note, Unwanted::Remove));
         }
         let profile = sa
             .profile
@@ -181,9 +183,7 @@ impl Controller {
         ] {
             if let Err(e) = attache_aws::arn::validate_rolesanywhere_arn(arn, kind) {
                 let note = format!("{what}: {e}");
-                return Err(self
-                    .refuse(key, sa, "InvalidEcrProfile", note, Unwanted::Leave)
-                    .await);
+                return Err(refused("InvalidEcrProfile", note, Unwanted::Leave));
             }
         }
         Ok(Wanted {
@@ -192,6 +192,34 @@ impl Controller {
             profile,
             anchor,
         })
+    }
+
+    /// The ECR role (the ServiceAccount's, else the default): a valid ARN the
+    /// namespace allows.
+    fn role_of(&self, key: &Key, sa: &SaInfo, ns: &NsInfo) -> Result<String, NotWanted> {
+        let Some(role) = sa.role.clone().or_else(|| self.config.default_role.clone()) else {
+            let note = format!(
+                "{ANN_ECR_REGISTRIES} is set but no ECR role is: set {} on the ServiceAccount or --ecr-role-arn on the broker",
+                attache_api::names::ANN_ECR_ROLE_ARN
+            );
+            return Err(refused("NoEcrRole", note, Unwanted::Leave));
+        };
+        if let Err(e) = attache_aws::arn::validate_role_arn(&role) {
+            let note = format!("{}: {e}", attache_api::names::ANN_ECR_ROLE_ARN);
+            return Err(refused("InvalidEcrRole", note, Unwanted::Leave));
+        }
+        if let Err(e) = crate::policy::check_role(
+            &key.namespace,
+            &ns.policy_annotations(),
+            &role,
+            self.config.restrictions,
+        ) {
+            // Fail closed: a role the namespace no longer allows loses its pull secret now,
+            // not when the token runs out.
+            let note = format!("ECR pull secret removed: {e}");
+            return Err(refused("EcrRoleNotAllowed", note, Unwanted::Remove));
+        }
+        Ok(role)
     }
 
     /// Reports `note` as a Warning Event with `reason`, and passes `then` on.

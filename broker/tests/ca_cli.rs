@@ -238,33 +238,20 @@ fn bad_inputs_fail_with_one_clear_line() {
         &broker(&["ca", "show", "--dir", d.join("nowhere").to_str().unwrap()]),
         "cannot read",
     );
-    // Unknown key type: clap reports it (usage error, exit 2), still no panic.
-    let o = broker(&[
-        "ca",
-        "init",
-        "--dir",
-        d.join("x").to_str().unwrap(),
-        "--key-type",
-        "dsa",
-    ]);
-    assert!(
-        !o.status.success() && text(&o).contains("unknown key type"),
-        "{}",
-        text(&o)
-    );
-    let o = broker(&[
-        "ca",
-        "init",
-        "--dir",
-        d.join("x").to_str().unwrap(),
-        "--validity",
-        "soon",
-    ]);
-    assert!(
-        !o.status.success() && text(&o).contains("invalid duration"),
-        "{}",
-        text(&o)
-    );
+    // Unknown key type, bad duration: clap reports them (usage error, exit 2),
+    // still no panic.
+    let x = d.join("x");
+    for (flag, value, says) in [
+        ("--key-type", "dsa", "unknown key type"),
+        ("--validity", "soon", "invalid duration"),
+    ] {
+        let o = broker(&["ca", "init", "--dir", x.to_str().unwrap(), flag, value]);
+        assert!(
+            !o.status.success() && text(&o).contains(says),
+            "{flag} {value}: {}",
+            text(&o)
+        );
+    }
 }
 
 /// `ca crl` for a CA the user manages: openssl verifies the CRL's signature

@@ -352,35 +352,20 @@ fn ecdsa_request_signatures_verify_with_openssl() {
             b"",
         );
         std::fs::write(dir.path().join("pub.pem"), pubkey).unwrap();
-        let (ok, out) = openssl(
-            dir.path(),
-            &[
-                "dgst",
-                "-sha256",
-                "-verify",
-                "pub.pem",
-                "-signature",
-                "sig.der",
-                "sts",
-            ],
-            b"",
-        );
+        // `openssl dgst -verify` of sig.der over the file sts with pub.pem.
+        let verify = || {
+            let args = ["dgst", "-sha256", "-verify", "pub.pem"];
+            openssl(
+                dir.path(),
+                &[&args[..], &["-signature", "sig.der", "sts"]].concat(),
+                b"",
+            )
+        };
+        let (ok, out) = verify();
         assert!(ok && out.contains("Verified OK"), "{key_type}: {out}");
         // And a different message does not verify (the check can fail).
         std::fs::write(dir.path().join("sts"), format!("{to_sign}x")).unwrap();
-        let (ok, _) = openssl(
-            dir.path(),
-            &[
-                "dgst",
-                "-sha256",
-                "-verify",
-                "pub.pem",
-                "-signature",
-                "sig.der",
-                "sts",
-            ],
-            b"",
-        );
+        let (ok, _) = verify();
         assert!(!ok);
     }
 }

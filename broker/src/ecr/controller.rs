@@ -207,20 +207,8 @@ impl Controller {
                 self.queue.push(key);
             },
             relisted: |seen: HashSet<Key>, first| {
-                let gone: Vec<Key> = {
-                    let mut w = lock(&self.world);
-                    let gone: Vec<Key> = w
-                        .sas
-                        .keys()
-                        .filter(|k| !seen.contains(*k))
-                        .cloned()
-                        .collect();
-                    for k in &gone {
-                        w.sas.remove(k);
-                    }
-                    gone
-                };
-                for k in gone {
+                let gone = take_unseen(&mut lock(&self.world).sas, &seen);
+                for (k, _) in gone {
                     self.queue.push(k);
                 }
                 // After a broken watch anything may have changed: look at everyone.
@@ -304,18 +292,7 @@ impl Controller {
                 }
             },
             relisted: |seen: HashSet<Key>, _first| {
-                let gone: Vec<(Key, SecretInfo)> = {
-                    let mut w = lock(&self.world);
-                    let gone: Vec<Key> = w
-                        .secrets
-                        .keys()
-                        .filter(|k| !seen.contains(*k))
-                        .cloned()
-                        .collect();
-                    gone.into_iter()
-                        .filter_map(|k| w.secrets.remove(&k).map(|i| (k, i)))
-                        .collect()
-                };
+                let gone = take_unseen(&mut lock(&self.world).secrets, &seen);
                 for (k, i) in gone {
                     requeue_owners(&k, i);
                 }
@@ -532,6 +509,19 @@ impl Controller {
     fn clear_warning(&self, key: &Key) {
         lock(&self.warned).remove(key);
     }
+}
+
+/// Takes out of `map` the entries whose key `seen` lacks: the objects that
+/// went away while the watch was down.
+fn take_unseen<M, V>(map: &mut M, seen: &HashSet<Key>) -> Vec<(Key, V)>
+where
+    M: Default + IntoIterator<Item = (Key, V)> + FromIterator<(Key, V)>,
+{
+    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(map)
+        .into_iter()
+        .partition(|(k, _)| !seen.contains(k));
+    *map = kept.into_iter().collect();
+    gone
 }
 
 fn key_of(meta: &kube::api::ObjectMeta) -> Key {

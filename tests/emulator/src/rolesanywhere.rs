@@ -2,7 +2,7 @@
 //! `AWS4-X509-*` signed request, then fresh temporary credentials.
 
 use attache_pki::signing::{ALGORITHM_ECDSA, ALGORITHM_RSA, SERVICE_ROLESANYWHERE};
-use attache_pki::sigv4::{self, Authorization, RequestParts};
+use attache_pki::sigv4::{self, Authorization};
 use attache_pki::{CertificateInfo, KeyType, verify_chain};
 use aws_lc_rs::signature;
 use base64::Engine as _;
@@ -247,22 +247,8 @@ fn verify_signature(
                 )));
             }
         };
-    let payload_hash = sigv4::sha256_hex(&req.body);
-    let parts = RequestParts {
-        method: &req.method,
-        path: &req.path,
-        query: &req.query,
-        headers: &req.headers,
-        payload_hash: &payload_hash,
-    };
-    let (canonical, _) = sigv4::canonical_request(&parts, &auth.signed_headers)
-        .map_err(|e| denied(e.to_string()))?;
-    let to_sign = sigv4::string_to_sign(
-        &auth.algorithm,
-        envelope.amz_date,
-        &auth.scope(),
-        &canonical,
-    );
+    let (canonical, to_sign) =
+        crate::sigv4_verify::string_to_sign(req, auth, envelope.amz_date).map_err(denied)?;
     let sig = hex::decode(&auth.signature).map_err(|_| denied("Signature is not hex"))?;
     let spk = parsed_leaf.public_key().subject_public_key.data.as_ref();
     if signature::UnparsedPublicKey::new(verify_alg, spk)
@@ -496,15 +482,7 @@ fn valid_session_name(name: &str) -> bool {
 
 /// A stable UUID-shaped id derived from `data`.
 fn uuid_from(data: &[u8]) -> String {
-    let h = sigv4::sha256_hex(data);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::state::uuid_shape(&sigv4::sha256_hex(data))
 }
 
 #[cfg(test)]

@@ -236,17 +236,7 @@ fn check_signature(
     creds: &IssuedCredentials,
     codes: &SigV4Codes,
 ) -> Result<(), ApiError> {
-    let payload_hash = sigv4::sha256_hex(&req.body);
-    let parts = RequestParts {
-        method: &req.method,
-        path: &req.path,
-        query: &req.query,
-        headers: &req.headers,
-        payload_hash: &payload_hash,
-    };
-    let (canonical, _) = sigv4::canonical_request(&parts, &auth.signed_headers)
-        .map_err(|e| err(codes.mismatch, e.to_string()))?;
-    let to_sign = sigv4::string_to_sign(&auth.algorithm, amz_date, &auth.scope(), &canonical);
+    let (_, to_sign) = string_to_sign(req, auth, amz_date).map_err(|e| err(codes.mismatch, e))?;
     let expected = sigv4::hmac_signature(
         &creds.secret_access_key,
         &auth.date,
@@ -266,6 +256,27 @@ fn check_signature(
         ));
     }
     Ok(())
+}
+
+/// The canonical request over the request as received (its body hashed,
+/// the headers `auth` names), and the string to sign from it.
+pub(crate) fn string_to_sign(
+    req: &RawRequest,
+    auth: &Authorization,
+    amz_date: &str,
+) -> Result<(String, String), String> {
+    let payload_hash = sigv4::sha256_hex(&req.body);
+    let parts = RequestParts {
+        method: &req.method,
+        path: &req.path,
+        query: &req.query,
+        headers: &req.headers,
+        payload_hash: &payload_hash,
+    };
+    let (canonical, _) =
+        sigv4::canonical_request(&parts, &auth.signed_headers).map_err(|e| e.to_string())?;
+    let to_sign = sigv4::string_to_sign(&auth.algorithm, amz_date, &auth.scope(), &canonical);
+    Ok((canonical, to_sign))
 }
 
 /// Refuses a signing time more than [`MAX_SKEW`] away from `now`, with AWS's wording.

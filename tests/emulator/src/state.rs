@@ -339,14 +339,18 @@ pub(crate) const SECRET_ALPHABET: &[u8] =
 
 /// A request id in UUID shape.
 pub(crate) fn request_id() -> String {
-    let h = random_string(32, b"0123456789abcdef");
+    uuid_shape(&random_string(32, b"0123456789abcdef"))
+}
+
+/// The first 32 characters of `hex` as 8-4-4-4-12 (callers give at least 32).
+pub(crate) fn uuid_shape(hex: &str) -> String {
     format!(
         "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
     )
 }
 

@@ -214,7 +214,12 @@ async fn serve_connection<IO, S: HttpService>(
     let mut conn = std::pin::pin!(conn);
     loop {
         let deadline = activity.deadline();
+        // The connection first: when the deadline and the client's bytes are
+        // both ready (a CPU-starved process notices both late), the bytes are
+        // read before the deadline is judged, so a starved server does not
+        // blame its clients.
         tokio::select! {
+            biased;
             _ = &mut conn => return,
             () = activity.changed() => {}
             () = sleep_until(deadline) => {

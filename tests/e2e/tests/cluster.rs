@@ -967,17 +967,26 @@ async fn a_rollout_of_1000_pods_gets_every_certificate() {
         let url = url.clone();
         sent.push(tokio::spawn(async move {
             let t = tokio::time::Instant::now();
-            // A 503 ("too many at once") is retried after a second, as the
-            // sidecar retries it; anything else is final.
+            // A 503 ("too many at once") or a connection closed before any
+            // answer is retried after a second, as the sidecar retries them;
+            // any other answer is final.
             let mut retries = 0;
             loop {
-                let resp = http
+                let sent = http
                     .post(&url)
                     .bearer_auth(&token)
                     .json(&json!({"csr": csr}))
                     .send()
-                    .await
-                    .unwrap();
+                    .await;
+                let resp = match sent {
+                    Err(e) if retries < 5 => {
+                        eprintln!("pod {i}: retrying after {e}");
+                        retries += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    other => other.unwrap(),
+                };
                 let status = resp.status().as_u16();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
                 if status == 503 && retries < 5 {

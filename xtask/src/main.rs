@@ -235,13 +235,14 @@ impl Counts {
     }
 }
 
-/// `cargo test --workspace` with the tools directory exported; echoes its
+/// `cargo test --workspace --no-fail-fast` (one red test binary does not hide
+/// the others) with the tools directory exported; echoes its
 /// output and counts the libtest summaries.
 fn cargo_test(paths: &Paths, cargo_args: &[String]) -> Result<Counts> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&paths.root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .env("ATTACHE_TOOLS_DIR", &paths.tools)
         .stdout(Stdio::piped())

@@ -12,15 +12,18 @@
 //!
 //! Not a test: nothing here fails on a slow machine; it prints numbers.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const THROUGHPUT_SECS: u64 = 2;
-const ROUNDS: usize = 3;
+use common::World;
+use support::*;
+
 const LATENCY_REQUESTS: usize = 20_000;
-const CONNECTIONS: usize = 8;
 
 fn main() {
     if let Ok(addr) = std::env::var("ATTACHE_BENCH_HELLO") {
@@ -30,83 +33,69 @@ fn main() {
             .unwrap_or(5);
         return hello_server(addr.parse().expect("address"), size);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let world = rt.block_on(World::new());
+    let rt = runtime(1);
+    let world = rt.block_on(World::with(BENCH));
 
     // Start-to-ready of the real binary against the emulator (best of 5).
-    let mut start_to_ready = Duration::MAX;
-    let mut sidecar = None;
+    let readyz = get_200("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".into());
     let mut breakdown = None;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let (child, addr, token) = world.spawn_sidecar();
-        wait_ready(addr);
-        let took = t.elapsed();
-        if took < start_to_ready {
-            start_to_ready = took;
-            breakdown = world.breakdown(addr);
-        }
-        if let Some((mut old, _, _)) = sidecar.replace((child, addr, token)) {
-            let _ = Child::kill(&mut old);
-            let _ = old.wait();
-        }
-    }
-    let (mut child, addr, token) = sidecar.unwrap();
+    let (sidecar, start_to_ready) = start_best_of(
+        5,
+        || {
+            let mut sidecar = spawn_sidecar(&world);
+            wait_ready(&mut sidecar, readyz);
+            sidecar
+        },
+        |best| breakdown = read_breakdown(&world, best.addr),
+    );
+    let addr = sidecar.addr;
     let creds_req = format!(
-        "GET /v1/credentials HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n\r\n"
+        "GET /v1/credentials HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\r\n",
+        sidecar.token
     );
 
     // Two ceilings: the classic 5-byte hello, and one answering a body as long
     // as the credentials reply (so the payload's own cost is visible).
     let reply_len = {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         let mut buf = Vec::new();
         round_trip(&mut s, creds_req.as_bytes(), &mut buf).unwrap();
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         buf.len() - end
     };
+    let creds = get_200(creds_req);
+    let hello_get = get_200("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".into());
     let spawn_hello = |bytes: usize| {
-        let hello_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = free_addr();
         let child = Command::new(std::env::current_exe().unwrap())
-            .env("ATTACHE_BENCH_HELLO", hello_addr.to_string())
+            .env("ATTACHE_BENCH_HELLO", addr.to_string())
             .env("ATTACHE_BENCH_HELLO_BYTES", bytes.to_string())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        wait_port(hello_addr);
-        (child, hello_addr)
+        let mut hello = Server {
+            child,
+            addr,
+            token: String::new(),
+        };
+        wait_ready(&mut hello, hello_get);
+        hello
     };
-    let (mut hello, hello_addr) = spawn_hello(5);
-    let (mut hello_big, hello_big_addr) = spawn_hello(reply_len);
-    let hello_req = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_string();
+    let hello = spawn_hello(5);
+    let hello_big = spawn_hello(reply_len);
 
-    // Warm up, then alternate the servers and keep each one's best round, so a
-    // burst of background work on the machine does not decide the ratio.
-    load(addr, &creds_req, 1, Duration::from_millis(300));
-    load(hello_addr, &hello_req, 1, Duration::from_millis(300));
-    load(hello_big_addr, &hello_req, 1, Duration::from_millis(300));
-    let (mut sc_rps, mut hello_rps, mut big_rps) = (0f64, 0f64, 0f64);
-    for _ in 0..ROUNDS {
-        let round = Duration::from_secs(THROUGHPUT_SECS);
-        sc_rps = sc_rps.max(load(addr, &creds_req, CONNECTIONS, round).0);
-        hello_rps = hello_rps.max(load(hello_addr, &hello_req, CONNECTIONS, round).0);
-        big_rps = big_rps.max(load(hello_big_addr, &hello_req, CONNECTIONS, round).0);
-    }
-    let sc_lat = latencies(addr, &creds_req, LATENCY_REQUESTS);
-    let hello_lat = latencies(hello_addr, &hello_req, LATENCY_REQUESTS);
-    let (rss, hwm) = memory_kib(child.id());
+    let [sc_rps, hello_rps, big_rps] = best_throughput([
+        (addr, creds),
+        (hello.addr, hello_get),
+        (hello_big.addr, hello_get),
+    ]);
+    let sc_lat = latencies(addr, LATENCY_REQUESTS, creds);
+    let hello_lat = latencies(hello.addr, LATENCY_REQUESTS, hello_get);
+    let pid = sidecar.child.id();
+    let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
 
-    let signing = rt.block_on(world.signing_cost());
-    let _ = child.kill();
-    let _ = child.wait();
-    for h in [&mut hello, &mut hello_big] {
-        let _ = h.kill();
-        let _ = h.wait();
-    }
+    let signing = signing_cost(&world.signer());
+    drop((sidecar, hello, hello_big));
 
     println!(
         "attache-sidecar benchmark ({} cores)",
@@ -162,313 +151,85 @@ fn main() {
     );
 }
 
-struct World {
-    _dir: tempfile::TempDir,
-    emulator: attache_emulator::Emulator,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    signer: attache_pki::X509Signer,
+/// `attache-sidecar serve` logging JSON, with its start-up breakdown, to
+/// [`log_path`].
+fn spawn_sidecar(world: &World) -> Server {
+    let (mut cmd, addr, token) = attache_serve(world);
+    let child = cmd
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "warn,attache_sidecar::startup=info")
+        .stderr(std::fs::File::create(log_path(world, addr)).unwrap())
+        .spawn()
+        .unwrap();
+    Server { child, addr, token }
 }
 
-const ANCHOR: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/bench";
-const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/bench";
-const ROLE: &str = "arn:aws:iam::123456789012:role/bench";
+/// The log of the sidecar listening on `addr`.
+fn log_path(world: &World, addr: SocketAddr) -> std::path::PathBuf {
+    world
+        .dir
+        .path()
+        .join(format!("sidecar-{}.log", addr.port()))
+}
 
-impl World {
-    async fn new() -> World {
-        use attache_pki::*;
-        let dir = tempfile::tempdir().unwrap();
-        let ca =
-            CertificateAuthority::create(&CaOptions::default(), time::OffsetDateTime::now_utc())
-                .unwrap();
-        let emulator =
-            attache_emulator::Emulator::start(attache_emulator::EmulatorConfig::default())
-                .await
-                .unwrap();
-        emulator.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
-        emulator.add_profile(attache_emulator::Profile {
-            arn: PROFILE.into(),
-            role_arns: vec![ROLE.into()],
-            duration_seconds: None,
-            accept_role_session_name: false,
-            enabled: true,
-        });
-        emulator.add_role(attache_emulator::Role {
-            arn: ROLE.into(),
-            conditions: vec![],
-        });
-        let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-        let csr =
-            VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();
-        let id = WorkloadIdentity::new("bench.local", "ns", "sa").unwrap();
-        let leaf = ca
-            .issue_workload(
-                &csr,
-                &id,
-                Duration::from_secs(3600),
+/// The sidecar's own start-up breakdown (its `ready: first credentials
+/// held` line), once it has been logged.
+fn read_breakdown(world: &World, addr: SocketAddr) -> Option<serde_json::Value> {
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(log_path(world, addr)).unwrap_or_default();
+        if let Some(v) = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "ready: first credentials held")
+        {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// Microseconds per CreateSession signature vs per raw ECDSA P-256 signature.
+fn signing_cost(signer: &attache_pki::X509Signer) -> (f64, f64) {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    const N: u32 = 5_000;
+    let body = br#"{"durationSeconds":3600,"profileArn":"arn:aws:rolesanywhere:us-east-1:123456789012:profile/bench","roleArn":"arn:aws:iam::123456789012:role/bench","trustAnchorArn":"arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/bench"}"#;
+    let ct = [("Content-Type".to_string(), "application/json".to_string())];
+    let t = Instant::now();
+    for _ in 0..N {
+        let s = signer
+            .sign(
+                "POST",
+                "rolesanywhere.us-east-1.amazonaws.com",
+                "/sessions",
+                "",
+                &ct,
+                body,
+                "us-east-1",
+                "rolesanywhere",
                 time::OffsetDateTime::now_utc(),
             )
             .unwrap();
-        let cert = dir.path().join("tls.crt");
-        let key_path = dir.path().join("tls.key");
-        std::fs::write(&cert, &leaf.pem).unwrap();
-        std::fs::write(&key_path, key.to_pkcs8_pem().as_bytes()).unwrap();
-        let signer = X509Signer::new(leaf.der, vec![], key).unwrap();
-        World {
-            _dir: dir,
-            emulator,
-            cert,
-            key: key_path,
-            signer,
-        }
+        std::hint::black_box(s);
     }
-
-    fn spawn_sidecar(&self) -> (Child, SocketAddr, String) {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let token = "a".repeat(64);
-        let token_file = self._dir.path().join(format!("token-{}", addr.port()));
-        std::fs::write(&token_file, &token).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args([
-                "serve",
-                "--region",
-                "us-east-1",
-                "--profile-arn",
-                PROFILE,
-                "--role-arn",
-                ROLE,
-                "--trust-anchor-arn",
-                ANCHOR,
-            ])
-            .args([
-                "--endpoint",
-                &self.emulator.url(),
-                "--listen",
-                &addr.to_string(),
-            ])
-            .arg("--certificate")
-            .arg(&self.cert)
-            .arg("--private-key")
-            .arg(&self.key)
-            .arg("--token-file")
-            .arg(&token_file)
-            .args(["--log-format", "json"])
-            .env("RUST_LOG", "warn,attache_sidecar::startup=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log_path(addr)).unwrap())
-            .spawn()
-            .unwrap();
-        (child, addr, token)
+    let ours = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref()).unwrap();
+    let msg = [7u8; 200];
+    let t = Instant::now();
+    for _ in 0..N {
+        std::hint::black_box(pair.sign(&rng, &msg).unwrap());
     }
-
-    fn log_path(&self, addr: SocketAddr) -> std::path::PathBuf {
-        self._dir
-            .path()
-            .join(format!("sidecar-{}.log", addr.port()))
-    }
-
-    /// The sidecar's own start-up breakdown (its `ready: first credentials
-    /// held` line), once it has been logged.
-    fn breakdown(&self, addr: SocketAddr) -> Option<serde_json::Value> {
-        for _ in 0..200 {
-            let text = std::fs::read_to_string(self.log_path(addr)).unwrap_or_default();
-            if let Some(v) = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| v["message"] == "ready: first credentials held")
-            {
-                return Some(v);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-
-    /// Microseconds per CreateSession signature vs per raw ECDSA P-256 signature.
-    async fn signing_cost(&self) -> (f64, f64) {
-        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-        const N: u32 = 5_000;
-        let body = br#"{"durationSeconds":3600,"profileArn":"arn:aws:rolesanywhere:us-east-1:123456789012:profile/bench","roleArn":"arn:aws:iam::123456789012:role/bench","trustAnchorArn":"arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/bench"}"#;
-        let ct = [("Content-Type".to_string(), "application/json".to_string())];
-        let t = Instant::now();
-        for _ in 0..N {
-            let s = self
-                .signer
-                .sign(
-                    "POST",
-                    "rolesanywhere.us-east-1.amazonaws.com",
-                    "/sessions",
-                    "",
-                    &ct,
-                    body,
-                    "us-east-1",
-                    "rolesanywhere",
-                    time::OffsetDateTime::now_utc(),
-                )
-                .unwrap();
-            std::hint::black_box(s);
-        }
-        let ours = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, doc.as_ref()).unwrap();
-        let msg = [7u8; 200];
-        let t = Instant::now();
-        for _ in 0..N {
-            std::hint::black_box(pair.sign(&rng, &msg).unwrap());
-        }
-        let raw = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
-        (ours, raw)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(addr: SocketAddr) {
-    for _ in 0..2000 {
-        if TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    panic!("{addr} never listened");
-}
-
-fn wait_ready(addr: SocketAddr) {
-    let req = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    for _ in 0..10_000 {
-        if let Ok(mut s) = TcpStream::connect(addr)
-            && let Ok(status) = round_trip(&mut s, req.as_bytes(), &mut Vec::new())
-            && status == 200
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    panic!("sidecar at {addr} never became ready");
-}
-
-/// Sends one request on a keep-alive connection and reads one response; returns the status.
-fn round_trip(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u16> {
-    s.write_all(req)?;
-    buf.clear();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            // Cheap header scan (no allocation), so the client's own cost stays
-            // small next to the server's on these shared cores.
-            let head = &buf[..end];
-            let len = head
-                .split(|b| *b == b'\n')
-                .find_map(|line| {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let (k, v) = line.split_at(line.iter().position(|b| *b == b':')?);
-                    k.eq_ignore_ascii_case(b"content-length")
-                        .then(|| {
-                            std::str::from_utf8(&v[1..])
-                                .ok()?
-                                .trim()
-                                .parse::<usize>()
-                                .ok()
-                        })
-                        .flatten()
-                })
-                .unwrap_or(0);
-            let status = std::str::from_utf8(head.get(9..12).unwrap_or(b"000"))
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
-    }
-}
-
-/// Closed-loop load on `conns` keep-alive connections for `dur`; returns (requests/s, non-200 count).
-fn load(addr: SocketAddr, req: &str, conns: usize, dur: Duration) -> (f64, u64) {
-    let deadline = Instant::now() + dur;
-    let handles: Vec<_> = (0..conns)
-        .map(|_| {
-            let req = req.as_bytes().to_vec();
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.set_nodelay(true).unwrap();
-                let mut buf = Vec::new();
-                let (mut ok, mut bad) = (0u64, 0u64);
-                while Instant::now() < deadline {
-                    match round_trip(&mut s, &req, &mut buf) {
-                        Ok(200) => ok += 1,
-                        _ => bad += 1,
-                    }
-                }
-                (ok, bad)
-            })
-        })
-        .collect();
-    let (ok, bad) = handles
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    assert_eq!(bad, 0, "non-200 answers under load");
-    (ok as f64 / dur.as_secs_f64(), bad)
-}
-
-/// p50 and p99 in microseconds over `n` sequential requests on one connection.
-fn latencies(addr: SocketAddr, req: &str, n: usize) -> (f64, f64) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut buf = Vec::new();
-    let mut v: Vec<f64> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            assert_eq!(round_trip(&mut s, req.as_bytes(), &mut buf).unwrap(), 200);
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    (v[n / 2], v[n * 99 / 100])
-}
-
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let raw = t.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+    (ours, raw)
 }
 
 /// The baseline: the smallest hyper HTTP/1 server, on a 2-worker runtime like the sidecar's.
 fn hello_server(addr: SocketAddr, size: usize) {
     let body: &'static [u8] = Box::leak(vec![b'x'; size].into_boxed_slice());
     use hyper_util::rt::TokioIo;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    runtime(2).block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         loop {
             let (stream, _) = listener.accept().await.unwrap();

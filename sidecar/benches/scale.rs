@@ -36,26 +36,32 @@
 //! How the settings and the windows were chosen: docs/sizing.md. Figures are
 //! printed, never asserted.
 
-use std::path::Path;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attache_aws::cache::{self, CredentialCache, RefreshPolicy};
 use attache_aws::session::{SessionClient, SessionConfig};
 use attache_emulator::{Emulator, EmulatorConfig, Operation};
-use attache_pki::{
-    CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
-};
+use attache_pki::{CaOptions, CertificateAuthority, WorkloadIdentity};
 use attache_rt::clock::{Clock, ScaledClock};
-use attache_sidecar::certsource::{CertSource, FileSource, FileSourceConfig};
+use attache_sidecar::certsource::CertSource;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::source::RolesAnywhereSource;
+use common::{Setup, file_source, write_workload};
 use time::OffsetDateTime;
 
-const ANCHOR: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/scale";
-const PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/scale";
-const ROLE: &str = "arn:aws:iam::123456789012:role/scale";
-const SPIFFE: &str = "spiffe://scale.local/ns/apps/sa/api";
+/// The pods' ARNs and SPIFFE ID, and their certificates' 12 simulated hours.
+const SCALE: Setup = Setup {
+    anchor: "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/scale",
+    profile: "arn:aws:rolesanywhere:us-east-1:123456789012:profile/scale",
+    role: "arn:aws:iam::123456789012:role/scale",
+    spiffe: "spiffe://scale.local/ns/apps/sa/api",
+    lifetime: Duration::from_secs(12 * 3600),
+};
 const QUOTA: u32 = 10;
 /// The session length the sidecar asks for by default.
 const SESSION_SECONDS: u32 = 3600;
@@ -98,18 +104,16 @@ fn main() {
 
 /// Pod `i`'s certificate (12 simulated hours) and key, as files.
 fn write_certificates(ca: &CertificateAuthority, dir: &Path, n: usize, now: OffsetDateTime) {
-    let id = WorkloadIdentity::from_spiffe_uri(SPIFFE).expect("SPIFFE ID");
+    let id = WorkloadIdentity::from_spiffe_uri(SCALE.spiffe).expect("SPIFFE ID");
     for i in 0..n {
-        let key = PrivateKey::generate(KeyType::EcdsaP256).expect("key");
-        let csr = VerifiedCsr::parse(key.certificate_signing_request().expect("CSR").as_bytes())
-            .expect("own CSR");
-        let leaf = ca
-            .issue_workload(&csr, &id, Duration::from_secs(12 * 3600), now)
-            .expect("certificate");
-        std::fs::write(dir.join(format!("{i}.crt")), &leaf.pem).expect("write certificate");
-        std::fs::write(dir.join(format!("{i}.key")), key.to_pkcs8_pem().as_bytes())
-            .expect("write key");
+        let (cert, key) = pod_files(dir, i);
+        write_workload(ca, &id, SCALE.lifetime, now, &cert, &key);
     }
+}
+
+/// Pod `i`'s certificate and key files in `dir`.
+fn pod_files(dir: &Path, i: usize) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{i}.crt")), dir.join(format!("{i}.key")))
 }
 
 struct World {
@@ -147,7 +151,13 @@ impl World {
             .await
             .expect("emulator");
         emulator.set_create_session_quota(QUOTA);
-        emulator.trust_workload(ANCHOR, PROFILE, ROLE, ca.certificate_pem(), SPIFFE);
+        emulator.trust_workload(
+            SCALE.anchor,
+            SCALE.profile,
+            SCALE.role,
+            ca.certificate_pem(),
+            SCALE.spiffe,
+        );
         let clock = ScaledClock::new(OffsetDateTime::now_utc(), factor);
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(watchdog(clock.clone(), held.clone()));
@@ -156,9 +166,9 @@ impl World {
         let client = SessionClient::new(SessionConfig {
             region: "us-east-1".into(),
             endpoint: Some(emulator.url()),
-            profile_arn: PROFILE.into(),
-            role_arn: ROLE.into(),
-            trust_anchor_arn: ANCHOR.into(),
+            profile_arn: SCALE.profile.into(),
+            role_arn: SCALE.role.into(),
+            trust_anchor_arn: SCALE.anchor.into(),
             duration_seconds: SESSION_SECONDS,
             role_session_name: None,
             connect_timeout: Duration::from_secs(5),
@@ -182,15 +192,9 @@ impl World {
         i: usize,
     ) -> (CredentialCache, tokio::task::JoinHandle<()>, Metrics) {
         let metrics = Metrics::default();
+        let (cert, key) = pod_files(dir, i);
         let source = RolesAnywhereSource {
-            certs: CertSource::Files(FileSource::new(
-                FileSourceConfig {
-                    certificate: dir.join(format!("{i}.crt")),
-                    private_key: dir.join(format!("{i}.key")),
-                    intermediates: None,
-                },
-                metrics.clone(),
-            )),
+            certs: CertSource::Files(file_source(&cert, &key, metrics.clone())),
             client: self.client.clone(),
             clock: Arc::new(self.clock.clone()),
         };

@@ -1,22 +1,21 @@
 //! Certificate sources: bootstrap and renewal from a broker (a small stand-in
 //! speaking the broker's wire contract), and rotation of certificate files.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use attache_pki::{
-    CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
-};
+use attache_pki::{CaOptions, CertificateAuthority, KeyType, VerifiedCsr, WorkloadIdentity};
 use attache_rt::clock::ManualClock;
-use attache_sidecar::certsource::{
-    BrokerSource, BrokerSourceConfig, CertSource, FileSource, FileSourceConfig,
-};
+use attache_sidecar::certsource::{BrokerSource, BrokerSourceConfig, CertSource};
 use attache_sidecar::metrics::Metrics;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
+use common::{file_source, write_workload};
 use time::OffsetDateTime;
 
 struct FakeBroker {
@@ -128,14 +127,40 @@ async fn start_broker(
     (broker, config)
 }
 
+/// A broker stand-in on a manual clock, with the CA bundle and token files
+/// its client reads in a temporary directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    broker: Arc<FakeBroker>,
+    config: BrokerSourceConfig,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(OffsetDateTime::now_utc());
+        let (broker, config) = start_broker(dir.path(), clock.clone()).await;
+        Fixture {
+            dir,
+            clock,
+            broker,
+            config,
+        }
+    }
+
+    /// The broker certificate source, reading the files as they are now.
+    fn source(&self) -> CertSource {
+        CertSource::Broker(BrokerSource::new(self.config.clone(), Metrics::default()).unwrap())
+    }
+}
+
 #[tokio::test]
 async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(OffsetDateTime::now_utc());
-    let (broker, config) = start_broker(dir.path(), clock.clone()).await;
-    let source = CertSource::Broker(BrokerSource::new(config, Metrics::default()).unwrap());
+    let f = Fixture::start().await;
+    let (clock, broker, source) = (&f.clock, &f.broker, f.source());
 
-    let first = source.signer(&clock).await.unwrap();
+    let first = source.signer(clock).await.unwrap();
     assert_eq!(
         first
             .certificate()
@@ -147,17 +172,17 @@ async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
     assert_eq!(broker.issued.load(Ordering::SeqCst), 1);
     // Before half-life the same certificate is reused.
     clock.advance(time::Duration::hours(11));
-    let again = source.signer(&clock).await.unwrap();
+    let again = source.signer(clock).await.unwrap();
     assert_eq!(again.certificate().serial, first.certificate().serial);
     assert_eq!(broker.issued.load(Ordering::SeqCst), 1);
     // At half-life with the broker down: keep the current, still-valid one.
     clock.advance(time::Duration::hours(2));
     broker.up.store(false, Ordering::SeqCst);
-    let during = source.signer(&clock).await.unwrap();
+    let during = source.signer(clock).await.unwrap();
     assert_eq!(during.certificate().serial, first.certificate().serial);
     // Broker back: a new key and certificate.
     broker.up.store(true, Ordering::SeqCst);
-    let renewed = source.signer(&clock).await.unwrap();
+    let renewed = source.signer(clock).await.unwrap();
     assert_ne!(renewed.certificate().serial, first.certificate().serial);
     assert_ne!(
         renewed.certificate().public_key_der,
@@ -167,7 +192,7 @@ async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
     // Down past expiry: an error that says why.
     broker.up.store(false, Ordering::SeqCst);
     clock.advance(time::Duration::hours(30));
-    let err = source.signer(&clock).await.unwrap_err();
+    let err = source.signer(clock).await.unwrap_err();
     assert_eq!(err.kind, "certificate");
     assert!(
         err.message.contains("HTTP 503") && err.message.contains("down for the test"),
@@ -178,47 +203,29 @@ async fn broker_bootstrap_renews_at_half_life_and_rides_out_outages() {
 
 #[tokio::test]
 async fn broker_refusal_is_reported_with_its_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(OffsetDateTime::now_utc());
-    let (_broker, config) = start_broker(dir.path(), clock.clone()).await;
-    std::fs::write(dir.path().join("sa-token"), "someone-else").unwrap();
-    let source = CertSource::Broker(BrokerSource::new(config, Metrics::default()).unwrap());
-    let err = source.signer(&clock).await.unwrap_err();
-    assert!(
-        err.message.contains("HTTP 401 unauthenticated: bad token"),
-        "{}",
-        err.message
-    );
+    let f = Fixture::start().await;
+    std::fs::write(f.dir.path().join("sa-token"), "someone-else").unwrap();
+    let err = f.source().signer(&f.clock).await.unwrap_err().message;
+    assert!(err.contains("HTTP 401 unauthenticated: bad token"), "{err}");
 }
 
 #[tokio::test]
 async fn broker_with_an_untrusted_certificate_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(OffsetDateTime::now_utc());
-    let (_broker, config) = start_broker(dir.path(), clock.clone()).await;
+    let f = Fixture::start().await;
     let other =
         CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), other.certificate_pem()).unwrap();
-    let source = CertSource::Broker(BrokerSource::new(config, Metrics::default()).unwrap());
-    let err = source.signer(&clock).await.unwrap_err();
-    assert!(err.message.contains("cannot reach"), "{}", err.message);
+    std::fs::write(f.dir.path().join("ca.pem"), other.certificate_pem()).unwrap();
+    let err = f.source().signer(&f.clock).await.unwrap_err().message;
+    assert!(err.contains("cannot reach"), "{err}");
 }
 
+/// Writes a one-hour certificate for ServiceAccount `sa` and its key to
+/// `tls.crt` and `tls.key` in `dir`; returns its serial.
 fn write_pair(dir: &std::path::Path, ca: &CertificateAuthority, sa: &str) -> String {
-    let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-    let csr = VerifiedCsr::parse(key.certificate_signing_request().unwrap().as_bytes()).unwrap();
     let id = WorkloadIdentity::new("td", "ns", sa).unwrap();
-    let leaf = ca
-        .issue_workload(
-            &csr,
-            &id,
-            Duration::from_secs(3600),
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-    std::fs::write(dir.join("tls.key"), key.to_pkcs8_pem().as_bytes()).unwrap();
-    std::fs::write(dir.join("tls.crt"), &leaf.pem).unwrap();
-    leaf.serial
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let now = OffsetDateTime::now_utc();
+    write_workload(ca, &id, Duration::from_secs(3600), now, &cert, &key).serial
 }
 
 #[tokio::test]
@@ -227,16 +234,8 @@ async fn file_certificates_are_reloaded_when_rotated() {
     let ca =
         CertificateAuthority::create(&CaOptions::default(), OffsetDateTime::now_utc()).unwrap();
     let first = write_pair(dir.path(), &ca, "one");
-    let metrics = Metrics::default();
-    let files = FileSource::new(
-        FileSourceConfig {
-            certificate: dir.path().join("tls.crt"),
-            private_key: dir.path().join("tls.key"),
-            intermediates: None,
-        },
-        metrics,
-    );
-    let source = CertSource::Files(files);
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let source = CertSource::Files(file_source(&cert, &key, Metrics::default()));
     let clock = ManualClock::new(OffsetDateTime::now_utc());
     assert_eq!(
         source.signer(&clock).await.unwrap().certificate().serial,
@@ -250,9 +249,9 @@ async fn file_certificates_are_reloaded_when_rotated() {
         second
     );
     // A torn write (new cert, old key) keeps the previous pair in use.
-    let key_before = std::fs::read(dir.path().join("tls.key")).unwrap();
+    let key_before = std::fs::read(&key).unwrap();
     write_pair(dir.path(), &ca, "three-even-longer-name");
-    std::fs::write(dir.path().join("tls.key"), key_before).unwrap();
+    std::fs::write(&key, key_before).unwrap();
     assert_eq!(
         source.signer(&clock).await.unwrap().certificate().serial,
         second

@@ -1,5 +1,7 @@
 //! The loopback credentials endpoint as an SDK and an attacker see it.
 
+mod common;
+
 use std::sync::Arc;
 
 use attache_aws::cache::{self, CredentialSource, FetchError, RefreshPolicy};
@@ -7,6 +9,7 @@ use attache_aws::credentials::Credentials;
 use attache_rt::clock::SystemClock;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::server::{EndpointState, ImdsTokens, service};
+use common::{json, text};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use zeroize::Zeroizing;
@@ -71,11 +74,40 @@ async fn start(imds: bool) -> Running {
     }
 }
 
+/// The IMDSv2 role listing; the role's name after it gives its credentials.
+const IMDS_CREDENTIALS: &str = "/latest/meta-data/iam/security-credentials/";
+
 impl Running {
     async fn ready(&self) {
         self.open.notify_one();
         let mut cache = self.state.cache.clone();
         cache.wait_ready().await;
+    }
+
+    /// A GET of `path` on the endpoint.
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.url))
+    }
+
+    /// The status of a plain GET of `path`.
+    async fn status(&self, path: &str) -> reqwest::StatusCode {
+        self.get(path).send().await.unwrap().status()
+    }
+
+    /// `GET /v1/credentials`, with `auth` as its Authorization header if any.
+    async fn credentials(&self, auth: Option<&str>) -> reqwest::Response {
+        let mut req = self.get("/v1/credentials");
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// An IMDSv2 session token request asking for 60 seconds.
+    fn token_request(&self) -> reqwest::RequestBuilder {
+        self.http
+            .put(format!("{}/latest/api/token", self.url))
+            .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
     }
 }
 
@@ -83,30 +115,18 @@ impl Running {
 async fn credentials_need_the_exact_token() {
     let r = start(false).await;
     r.ready().await;
-    let get = |auth: Option<&str>| {
-        let mut req = r.http.get(format!("{}/v1/credentials", r.url));
-        if let Some(a) = auth {
-            req = req.header("Authorization", a);
-        }
-        req.send()
-    };
-    let resp = get(None).await.unwrap();
+    let resp = r.credentials(None).await;
     assert_eq!(resp.status(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized");
     let mut wrong = TOKEN.to_string();
     wrong.replace_range(63.., "0");
-    assert_eq!(get(Some(&wrong)).await.unwrap().status(), 401);
-    assert_eq!(get(Some(&TOKEN[..10])).await.unwrap().status(), 401);
-    assert_eq!(
-        get(Some(&format!("Bearer {TOKEN}")))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(r.credentials(Some(&wrong)).await.status(), 401);
+    assert_eq!(r.credentials(Some(&TOKEN[..10])).await.status(), 401);
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(r.credentials(Some(&bearer)).await.status(), 401);
 
-    let resp = get(Some(TOKEN)).await.unwrap();
+    let resp = r.credentials(Some(TOKEN)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -126,72 +146,23 @@ async fn credentials_need_the_exact_token() {
 #[tokio::test]
 async fn unavailable_and_not_ready_until_credentials_are_held() {
     let r = start(false).await;
-    let resp = r
-        .http
-        .get(format!("{}/v1/credentials", r.url))
-        .header("Authorization", TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let resp = r.credentials(Some(TOKEN)).await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "no_credentials");
-    assert_eq!(
-        r.http
-            .get(format!("{}/readyz", r.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        r.http
-            .get(format!("{}/healthz", r.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(r.status("/readyz").await, 503);
+    assert_eq!(r.status("/healthz").await, 200);
     r.ready().await;
-    assert_eq!(
-        r.http
-            .get(format!("{}/readyz", r.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(r.status("/readyz").await, 200);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_status_and_show_expiry_without_secrets() {
     let r = start(false).await;
     r.ready().await;
-    let _ = r
-        .http
-        .get(format!("{}/v1/credentials", r.url))
-        .send()
-        .await
-        .unwrap();
-    let _ = r
-        .http
-        .get(format!("{}/v1/credentials", r.url))
-        .header("Authorization", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let text = r
-        .http
-        .get(format!("{}/metrics", r.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    r.credentials(None).await;
+    r.credentials(Some(TOKEN)).await;
+    let text = text(r.get("/metrics")).await;
     assert!(
         text.contains(
             "attache_sidecar_http_requests_total{path=\"/v1/credentials\",status=\"401\"} 1"
@@ -223,8 +194,7 @@ async fn metrics_count_requests_by_status_and_show_expiry_without_secrets() {
 async fn imds_v2_flow_works_only_with_a_session_token() {
     let r = start(true).await;
     r.ready().await;
-    let base = format!("{}/latest/meta-data/iam/security-credentials/", r.url);
-    assert_eq!(r.http.get(&base).send().await.unwrap().status(), 401);
+    assert_eq!(r.status(IMDS_CREDENTIALS).await, 401);
     let resp = r
         .http
         .put(format!("{}/latest/api/token", r.url))
@@ -232,43 +202,14 @@ async fn imds_v2_flow_works_only_with_a_session_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400, "TTL header is required");
-    let token = r
-        .http
-        .put(format!("{}/latest/api/token", r.url))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let role = r
-        .http
-        .get(&base)
-        .header("X-aws-ec2-metadata-token", &token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let token = text(r.token_request()).await;
+    let with_token = |path: &str| r.get(path).header("X-aws-ec2-metadata-token", &token);
+    let role = text(with_token(IMDS_CREDENTIALS)).await;
     assert_eq!(role, "app-reader");
-    let creds: serde_json::Value = r
-        .http
-        .get(format!("{base}{role}"))
-        .header("X-aws-ec2-metadata-token", &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let creds = json(with_token(&format!("{IMDS_CREDENTIALS}{role}"))).await;
     assert_eq!(creds["Code"], "Success");
     assert_eq!(creds["AccessKeyId"], "ASIATESTKEY");
-    let forwarded = r
-        .http
-        .get(&base)
-        .header("X-aws-ec2-metadata-token", &token)
+    let forwarded = with_token(IMDS_CREDENTIALS)
         .header("X-Forwarded-For", "10.0.0.1")
         .send()
         .await
@@ -277,11 +218,8 @@ async fn imds_v2_flow_works_only_with_a_session_token() {
     // DNS rebinding: a page in the pod's browser reaching 127.0.0.1 under
     // its own host name gets neither a token nor credentials.
     for (method, path) in [
-        (reqwest::Method::PUT, "/latest/api/token".to_string()),
-        (
-            reqwest::Method::GET,
-            base.trim_start_matches(&r.url).to_string(),
-        ),
+        (reqwest::Method::PUT, "/latest/api/token"),
+        (reqwest::Method::GET, IMDS_CREDENTIALS),
     ] {
         let rebound = r
             .http
@@ -295,9 +233,7 @@ async fn imds_v2_flow_works_only_with_a_session_token() {
         assert_eq!(rebound.status(), 403, "{path}");
     }
     let big = r
-        .http
-        .put(format!("{}/latest/api/token", r.url))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .token_request()
         .body(vec![b'x'; 100 * 1024])
         .send()
         .await
@@ -309,12 +245,6 @@ async fn imds_v2_flow_works_only_with_a_session_token() {
 async fn imds_paths_are_off_by_default() {
     let r = start(false).await;
     r.ready().await;
-    let resp = r
-        .http
-        .put(format!("{}/latest/api/token", r.url))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
-        .send()
-        .await
-        .unwrap();
+    let resp = r.token_request().send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }

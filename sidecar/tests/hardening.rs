@@ -22,13 +22,11 @@ async fn the_sidecar_process_is_not_dumpable() {
     // An endpoint that accepts and never answers keeps the process waiting.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let mut flags = w.source_flags();
-    let at = flags.iter().position(|f| f == "--endpoint").unwrap();
-    flags[at + 1] = endpoint;
+    let mut args = w.sidecar_args("credential-process");
+    set_flag(&mut args, "--endpoint", &endpoint);
     let nobody = 65534;
     let mut child = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-        .arg("credential-process")
-        .args(&flags)
+        .args(&args)
         .uid(nobody)
         .gid(nobody)
         .stdout(Stdio::null())

@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -32,12 +32,26 @@ impl Drop for Sidecar {
     }
 }
 
+impl Sidecar {
+    /// The container credentials endpoint's URL.
+    fn full_uri(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/credentials", self.port)
+    }
+
+    /// Points `cmd`'s container credentials provider at this sidecar (URL
+    /// and token file, as the webhook injects them) and turns IMDS off.
+    fn container_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", self.full_uri())
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &self.token_file)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+    }
+}
+
 async fn start_sidecar(w: &World) -> Sidecar {
     let port = free_port();
     let token_file = w.dir.path().join("run/token");
     let log = w.dir.path().join("sidecar.log");
-    let mut args = vec!["serve".to_string()];
-    args.extend(w.source_flags());
+    let mut args = w.sidecar_args("serve");
     args.extend([
         "--listen".into(),
         format!("127.0.0.1:{port}"),
@@ -45,8 +59,7 @@ async fn start_sidecar(w: &World) -> Sidecar {
         token_file.to_str().unwrap().into(),
         "--imds".into(),
     ]);
-    let child = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-        .args(&args)
+    let child = sidecar(&args)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -84,33 +97,55 @@ async fn start_sidecar(w: &World) -> Sidecar {
     }
 }
 
+/// The `attache-sidecar` binary with `args`.
+fn sidecar(args: &[String]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_attache-sidecar"));
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `cmd` to its end; `block_in_place` keeps the in-process emulator serving meanwhile.
+fn output(cmd: &mut Command) -> Output {
+    tokio::task::block_in_place(|| cmd.output().unwrap())
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An environment with no AWS configuration but what the test gives.
 fn clean_env(cmd: &mut Command) -> &mut Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_REGION", REGION)
+    no_aws_config(cmd).env("AWS_REGION", REGION)
 }
 
-/// The tools venv's Python (with botocore); a missing venv fails the test.
-fn python() -> Command {
-    Command::new(attache_testkit::require_python())
+/// botocore (the tools venv's Python; a missing venv fails the test) asking
+/// the emulator's STS who it is, with no AWS configuration yet.
+fn botocore(w: &World) -> Command {
+    let mut cmd = Command::new(attache_testkit::require_python());
+    clean_env(&mut cmd)
+        .args(["-c", BOTO_STS])
+        .env("STS_ENDPOINT", w.emulator.url());
+    cmd
 }
 
-const BOTO_STS: &str = r#"
-import json, os, botocore.session
-s = botocore.session.get_session()
-c = s.create_client("sts", region_name=os.environ["AWS_REGION"], endpoint_url=os.environ["STS_ENDPOINT"])
-print(json.dumps(c.get_caller_identity()))
-"#;
+/// [`botocore`] with IMDS off and the `attache` profile of `file`, which
+/// `file_var` names (`AWS_CONFIG_FILE` or `AWS_SHARED_CREDENTIALS_FILE`).
+fn attache_profile(w: &World, file_var: &str, file: &Path) -> Command {
+    let mut cmd = botocore(w);
+    cmd.env(file_var, file)
+        .env("AWS_PROFILE", "attache")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
 
-/// Runs a client process; `block_in_place` keeps the in-process emulator serving meanwhile.
-fn run_json(cmd: &mut Command) -> serde_json::Value {
-    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+/// Runs a client process printing STS GetCallerIdentity as JSON on its last
+/// line, asserts it saw the world's role, and returns the reply.
+fn identity_of(w: &World, client: &mut Command) -> serde_json::Value {
+    let out = output(client);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -118,11 +153,8 @@ fn run_json(cmd: &mut Command) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
-fn assert_identity(w: &World, reply: &serde_json::Value) {
+    let reply: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(reply["Arn"], w.expected_arn(), "{reply}");
     assert_eq!(reply["Account"], ACCOUNT);
     let sessions = w.emulator.sessions();
@@ -132,6 +164,7 @@ fn assert_identity(w: &World, reply: &serde_json::Value) {
             .iter()
             .all(|s| s.san_uri.as_deref() == Some(SPIFFE) && s.role_arn == ROLE)
     );
+    reply
 }
 
 fn assert_no_secrets_in(log: &Path, secrets: &[&str]) {
@@ -154,37 +187,22 @@ fn assert_no_secrets_in(log: &Path, secrets: &[&str]) {
 async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hold_no_secret() {
     let w = World::new().await;
     let sidecar = start_sidecar(&w).await;
-    let full_uri = format!("http://127.0.0.1:{}/v1/credentials", sidecar.port);
     let sts = w.emulator.url();
 
     // Both before any client runs: a missing tool fails at once.
-    let venv_python = attache_testkit::require_python();
+    attache_testkit::require_python();
     let js_dir = attache_testkit::require_node_clients();
 
     // Container credentials provider.
-    let reply = run_json(
-        clean_env(&mut Command::new(&venv_python))
-            .args(["-c", BOTO_STS])
-            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
-            .env(
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                &sidecar.token_file,
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("STS_ENDPOINT", &sts),
-    );
-    assert_identity(&w, &reply);
+    identity_of(&w, sidecar.container_env(&mut botocore(&w)));
     // IMDSv2 (token PUT, role listing, credentials).
-    let reply = run_json(
-        clean_env(&mut Command::new(&venv_python))
-            .args(["-c", BOTO_STS])
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                format!("http://127.0.0.1:{}/", sidecar.port),
-            )
-            .env("STS_ENDPOINT", &sts),
+    identity_of(
+        &w,
+        botocore(&w).env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{}/", sidecar.port),
+        ),
     );
-    assert_identity(&w, &reply);
 
     let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
     for provider in ["fromHttp", "fromContainerMetadata"] {
@@ -192,7 +210,7 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
         clean_env(&mut cmd)
             .arg(js_dir.join("sts-identity.mjs"))
             .arg(provider)
-            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &full_uri)
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", sidecar.full_uri())
             .env("STS_ENDPOINT", &sts);
         if provider == "fromHttp" {
             // What the SDK's default chain uses for FULL_URI: the token file.
@@ -204,8 +222,7 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
             // The older ECS provider only reads the token from the environment.
             cmd.env("AWS_CONTAINER_AUTHORIZATION_TOKEN", token.trim());
         }
-        let reply = run_json(&mut cmd);
-        assert_identity(&w, &reply);
+        identity_of(&w, &mut cmd);
     }
 
     assert_log_holds_no_secret(&w, sidecar).await;
@@ -213,17 +230,13 @@ async fn botocore_and_javascript_sdks_get_the_service_accounts_role_and_logs_hol
 
 /// Fetches every secret the sidecar handled, stops it, then searches its log.
 async fn assert_log_holds_no_secret(w: &World, sidecar: Sidecar) {
-    let full_uri = format!("http://127.0.0.1:{}/v1/credentials", sidecar.port);
     let token = std::fs::read_to_string(&sidecar.token_file).unwrap();
-    let creds: serde_json::Value = reqwest::Client::new()
-        .get(&full_uri)
-        .header("Authorization", token.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let creds = json(
+        reqwest::Client::new()
+            .get(sidecar.full_uri())
+            .header("Authorization", token.trim()),
+    )
+    .await;
     let key_body: String = w.key_pem.lines().nth(1).unwrap().to_string();
     let log = sidecar.log.clone();
     drop(sidecar);
@@ -247,21 +260,11 @@ async fn probe_gets_the_service_accounts_role(tool: &str) {
     let sidecar = start_sidecar(&w).await;
     let home = w.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let reply = run_json(
-        clean_env(&mut Command::new(&probe))
-            .env("HOME", &home)
-            .env(
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                format!("http://127.0.0.1:{}/v1/credentials", sidecar.port),
-            )
-            .env(
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                &sidecar.token_file,
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("STS_ENDPOINT", w.emulator.url()),
-    );
-    assert_identity(&w, &reply);
+    let mut cmd = Command::new(&probe);
+    clean_env(&mut cmd)
+        .env("HOME", &home)
+        .env("STS_ENDPOINT", w.emulator.url());
+    let reply = identity_of(&w, sidecar.container_env(&mut cmd));
     assert!(
         reply["UserId"].as_str().is_some_and(|u| !u.is_empty()),
         "{reply}"
@@ -282,19 +285,9 @@ async fn java_sdk_default_chain_gets_the_service_accounts_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_process_output_works_as_an_aws_config_credential_process() {
     let w = World::new().await;
-    let mut args = vec!["credential-process".to_string()];
-    args.extend(w.source_flags());
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args(&args)
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = w.sidecar_args("credential-process");
+    let out = output(&mut sidecar(&args));
+    assert_success(&out);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["Version"], 1);
     assert!(doc["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
@@ -314,15 +307,7 @@ async fn credential_process_output_works_as_an_aws_config_credential_process() {
         ),
     )
     .unwrap();
-    let reply = run_json(
-        clean_env(&mut python())
-            .args(["-c", BOTO_STS])
-            .env("AWS_CONFIG_FILE", &config)
-            .env("AWS_PROFILE", "attache")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("STS_ENDPOINT", w.emulator.url()),
-    );
-    assert_identity(&w, &reply);
+    identity_of(&w, &mut attache_profile(&w, "AWS_CONFIG_FILE", &config));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,21 +348,11 @@ async fn startup_validation_lists_every_problem_on_its_own_line() {
     }
     // A key that does not match the certificate, and an expired certificate.
     let other = attache_pki::PrivateKey::generate(attache_pki::KeyType::EcdsaP256).unwrap();
-    std::fs::write(
-        w.dir.path().join("other.key"),
-        other.to_pkcs8_pem().as_bytes(),
-    )
-    .unwrap();
-    let mut args = vec!["credential-process".to_string()];
-    args.extend(w.source_flags());
-    let i = args.iter().position(|a| a == "--private-key").unwrap();
-    args[i + 1] = w.dir.path().join("other.key").to_str().unwrap().into();
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args(&args)
-            .output()
-            .unwrap()
-    });
+    let other_key = w.dir.path().join("other.key");
+    std::fs::write(&other_key, other.to_pkcs8_pem().as_bytes()).unwrap();
+    let mut args = w.sidecar_args("credential-process");
+    set_flag(&mut args, "--private-key", other_key.to_str().unwrap());
+    let out = output(&mut sidecar(&args));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("does not match"),
@@ -392,26 +367,18 @@ async fn update_writes_one_profile_and_keeps_the_others() {
     let file = w.dir.path().join("aws/credentials");
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, "[personal]\naws_access_key_id = AKIAKEEPME\n").unwrap();
-    let mut args = vec![
-        "update".to_string(),
-        "--once".into(),
-        "--profile".into(),
-        "attache".into(),
-    ];
-    args.push("--credentials-file".into());
-    args.push(file.to_str().unwrap().into());
-    args.extend(w.source_flags());
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args(&args)
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut args = w.sidecar_args("update");
+    args.extend(
+        [
+            "--once",
+            "--profile",
+            "attache",
+            "--credentials-file",
+            file.to_str().unwrap(),
+        ]
+        .map(String::from),
     );
+    assert_success(&output(&mut sidecar(&args)));
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(
         text.contains("[personal]\naws_access_key_id = AKIAKEEPME"),
@@ -425,15 +392,10 @@ async fn update_writes_one_profile_and_keeps_the_others() {
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let reply = run_json(
-        clean_env(&mut python())
-            .args(["-c", BOTO_STS])
-            .env("AWS_SHARED_CREDENTIALS_FILE", &file)
-            .env("AWS_PROFILE", "attache")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("STS_ENDPOINT", w.emulator.url()),
+    identity_of(
+        &w,
+        &mut attache_profile(&w, "AWS_SHARED_CREDENTIALS_FILE", &file),
     );
-    assert_identity(&w, &reply);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,41 +416,28 @@ async fn https_proxy_and_no_proxy_are_honoured() {
             .unwrap_or("")
             .to_string()
     });
-    let mut args = vec!["credential-process".to_string()];
-    args.extend(w.source_flags());
+    let mut args = w.sidecar_args("credential-process");
     // Without --endpoint the real regional endpoint is used, through the proxy.
     let i = args.iter().position(|a| a == "--endpoint").unwrap();
     args.drain(i..i + 2);
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args(&args)
+    let out = output(
+        sidecar(&args)
             .env("HTTPS_PROXY", &proxy_url)
-            .env_remove("NO_PROXY")
-            .output()
-            .unwrap()
-    });
+            .env_remove("NO_PROXY"),
+    );
     assert!(!out.status.success());
     assert_eq!(
         seen.join().unwrap(),
         "CONNECT rolesanywhere.us-east-1.amazonaws.com:443 HTTP/1.1"
     );
     // NO_PROXY exempts the emulator: the same proxy setting, yet a direct call succeeds.
-    let mut args = vec!["credential-process".to_string()];
-    args.extend(w.source_flags());
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_attache-sidecar"))
-            .args(&args)
+    let out = output(
+        sidecar(&w.sidecar_args("credential-process"))
             .env("HTTPS_PROXY", "http://127.0.0.1:9")
             .env("HTTP_PROXY", "http://127.0.0.1:9")
-            .env("NO_PROXY", "127.0.0.1")
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            .env("NO_PROXY", "127.0.0.1"),
     );
+    assert_success(&out);
 }
 
 /// Runs the Rust SDK's default credential chain in a child process (this
@@ -513,17 +462,8 @@ async fn rust_aws_config_default_chain_reads_the_endpoint() {
         ])
         .env("ATTACHE_AWS_CONFIG_CHILD", "1")
         .env("HOME", &home)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-            format!("http://127.0.0.1:{}/v1/credentials", sidecar.port),
-        )
-        .env(
-            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-            &sidecar.token_file,
-        )
         .env("STS_ENDPOINT", w.emulator.url());
-    let out = tokio::task::block_in_place(|| cmd.output().unwrap());
+    let out = output(sidecar.container_env(&mut cmd));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use attache_aws::cache::{self, RefreshPolicy};
 use attache_aws::session::{SessionClient, SessionConfig};
 use attache_rt::clock::SystemClock;
-use attache_sidecar::certsource::{CertSource, FileSource, FileSourceConfig};
+use attache_sidecar::certsource::CertSource;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::source::RolesAnywhereSource;
 use common::*;
@@ -30,24 +30,11 @@ fn config(w: &World, role: &str) -> SessionConfig {
     }
 }
 
-fn signer(w: &World) -> Arc<attache_pki::X509Signer> {
-    FileSource::new(
-        FileSourceConfig {
-            certificate: w.cert.clone(),
-            private_key: w.key.clone(),
-            intermediates: None,
-        },
-        Metrics::default(),
-    )
-    .load(time::OffsetDateTime::now_utc())
-    .unwrap()
-}
-
 #[tokio::test]
 async fn first_session_returns_credentials_for_the_pinned_role() {
     let w = World::new().await;
     let client = SessionClient::new(config(&w, ROLE)).unwrap();
-    let creds = client.create_session(&signer(&w)).await.unwrap();
+    let creds = client.create_session(&w.signer()).await.unwrap();
     assert!(creds.access_key_id.starts_with("ASIA"));
     assert_eq!(creds.role_arn, ROLE);
     let lifetime = creds.expiration - creds.issued_at;
@@ -64,7 +51,7 @@ async fn first_session_returns_credentials_for_the_pinned_role() {
 async fn errors_are_classified_as_aws_sends_them() {
     let w = World::new().await;
     let client = SessionClient::new(config(&w, ROLE)).unwrap();
-    let s = signer(&w);
+    let s = w.signer();
 
     w.emulator.faults().throttle_next(1);
     let e = client.create_session(&s).await.unwrap_err();
@@ -94,14 +81,7 @@ async fn the_cache_recovers_after_throttling() {
     let w = World::new().await;
     w.emulator.faults().throttle_next(2);
     let source = RolesAnywhereSource {
-        certs: CertSource::Files(FileSource::new(
-            FileSourceConfig {
-                certificate: w.cert.clone(),
-                private_key: w.key.clone(),
-                intermediates: None,
-            },
-            Metrics::default(),
-        )),
+        certs: CertSource::Files(file_source(&w.cert, &w.key, Metrics::default())),
         client: SessionClient::new(config(&w, ROLE)).unwrap(),
         clock: Arc::new(SystemClock),
     };
@@ -133,8 +113,7 @@ async fn the_cache_recovers_after_throttling() {
 /// the profile setting.
 #[tokio::test]
 async fn session_names_are_made_valid_and_need_a_profile_that_accepts_them() {
-    use attache_sidecar::cli::{Cli, Command};
-    use clap::Parser as _;
+    use attache_sidecar::cli::Command;
     const NAMING: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/naming";
     let w = World::new().await;
     w.emulator.add_profile(attache_emulator::Profile {
@@ -145,33 +124,17 @@ async fn session_names_are_made_valid_and_need_a_profile_that_accepts_them() {
         enabled: true,
     });
     let client = |profile: &str, name: &str| {
-        let cli = Cli::try_parse_from([
-            "attache-sidecar",
-            "serve",
-            "--profile-arn",
-            profile,
-            "--role-arn",
-            ROLE,
-            "--trust-anchor-arn",
-            ANCHOR,
-            "--endpoint",
-            &w.emulator.url(),
-            "--certificate",
-            w.cert.to_str().unwrap(),
-            "--private-key",
-            w.key.to_str().unwrap(),
-            "--role-session-name",
-            name,
-        ])
-        .unwrap();
-        let Command::Serve(args) = cli.command else {
+        let mut args = w.sidecar_args("serve");
+        set_flag(&mut args, "--profile-arn", profile);
+        args.extend(["--role-session-name".to_string(), name.to_string()]);
+        let Command::Serve(args) = parse_cli(&args).command else {
             unreachable!("serve")
         };
         args.source.build(&Metrics::default()).unwrap().client
     };
     let long_pod = format!("{}-7d9f8-xk2lp", "batch-".repeat(20));
     let creds = client(NAMING, &long_pod)
-        .create_session(&signer(&w))
+        .create_session(&w.signer())
         .await
         .unwrap();
     let used = &w.emulator.sessions()[0].role_session_name;
@@ -180,7 +143,7 @@ async fn session_names_are_made_valid_and_need_a_profile_that_accepts_them() {
     assert!(used.starts_with("batch-batch-"), "{used}");
     assert_eq!(creds.role_arn, ROLE);
     let refused = client(PROFILE, "web-1")
-        .create_session(&signer(&w))
+        .create_session(&w.signer())
         .await
         .unwrap_err();
     assert_eq!((refused.kind(), refused.is_retryable()), ("invalid", false));

@@ -17,45 +17,14 @@ use time::OffsetDateTime;
 
 /// `aws_signing_helper credential-process` arguments for the world's certificate.
 fn helper_args(w: &World) -> Vec<String> {
-    [
-        "credential-process",
-        "--certificate",
-        w.cert.to_str().unwrap(),
-        "--private-key",
-        w.key.to_str().unwrap(),
-        "--trust-anchor-arn",
-        ANCHOR,
-        "--profile-arn",
-        PROFILE,
-        "--role-arn",
-        ROLE,
-        "--region",
-        REGION,
-        "--endpoint",
-        &w.emulator.url(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// `attache-sidecar credential-process` arguments for the world's certificate.
-fn sidecar_args(w: &World) -> Vec<String> {
     let mut args = vec!["credential-process".to_string()];
-    args.extend(w.source_flags());
+    args.extend(w.flags());
     args
 }
 
 /// A command with no AWS configuration of this machine.
 fn clean(mut cmd: Command) -> Command {
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    no_aws_config(&mut cmd).env("AWS_EC2_METADATA_DISABLED", "true");
     cmd
 }
 
@@ -87,13 +56,6 @@ fn expiration(doc: &serde_json::Value) -> OffsetDateTime {
     .unwrap_or_else(|e| panic!("{e}: {doc}"))
 }
 
-const BOTO_STS: &str = r#"
-import json, os, botocore.session
-s = botocore.session.get_session()
-c = s.create_client("sts", region_name=os.environ["AWS_REGION"], endpoint_url=os.environ["STS_ENDPOINT"])
-print(json.dumps(c.get_caller_identity()))
-"#;
-
 /// A `credential_process` line: the program and its arguments, none of which
 /// holds a space or a quote (temporary paths, ARNs, a loopback URL).
 fn command_line(program: &std::path::Path, args: &[String]) -> String {
@@ -113,7 +75,7 @@ async fn sidecar_and_aws_signing_helper_credential_processes_are_interchangeable
     let w = World::new().await;
 
     // The documents: same keys, same meaning.
-    let ours = run_json(&sidecar, &sidecar_args(&w));
+    let ours = run_json(&sidecar, &w.sidecar_args("credential-process"));
     let theirs = run_json(&helper, &helper_args(&w));
     assert_eq!(keys(&ours), keys(&theirs), "ours {ours}\ntheirs {theirs}");
     assert_eq!(
@@ -154,7 +116,7 @@ async fn sidecar_and_aws_signing_helper_credential_processes_are_interchangeable
         &config,
         format!(
             "[profile attache]\ncredential_process = {}\n\n[profile aws-signing-helper]\ncredential_process = {}\n",
-            command_line(&sidecar, &sidecar_args(&w)),
+            command_line(&sidecar, &w.sidecar_args("credential-process")),
             command_line(&helper, &helper_args(&w)),
         ),
     )

@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use attache_aws::cache::CredentialSource as _;
 use attache_emulator::{Emulator, EmulatorConfig};
 use attache_rt::clock::SystemClock;
-use attache_sidecar::cli::{Cli, Command as SidecarCommand};
+use attache_sidecar::cli::Command as SidecarCommand;
 use attache_sidecar::metrics::Metrics;
 use attache_sidecar::source::RolesAnywhereSource;
 use attache_testkit::tool_command;
-use clap::Parser as _;
-use common::{ANCHOR, PROFILE, ROLE, free_port, role_flags};
+use common::{ANCHOR, PROFILE, ROLE, TESTS, free_port, parse_cli, sidecar_args};
 
 const TRUST_DOMAIN: &str = "example.org";
 const WORKLOAD: &str = "spiffe://example.org/workload";
@@ -51,36 +50,29 @@ impl Spire {
     fn start() -> Spire {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let port = free_port();
+        let port = free_port().to_string();
+        let data = d.join("server");
         std::fs::write(
             d.join("server.conf"),
-            format!(
-                r#"server {{
-    bind_address = "127.0.0.1"
-    bind_port = "{port}"
-    socket_path = "{server_sock}"
-    trust_domain = "{TRUST_DOMAIN}"
-    data_dir = "{data}"
-    log_level = "WARN"
-    default_x509_svid_ttl = "{SVID_TTL_SECONDS}s"
-}}
-plugins {{
-    DataStore "sql" {{
-        plugin_data {{
-            database_type = "sqlite3"
-            connection_string = "{data}/datastore.sqlite3"
-        }}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
-}}
-"#,
-                server_sock = d.join("server.sock").display(),
-                data = d.join("server").display(),
+            spire_config(
+                "server",
+                &data,
+                &d.join("server.sock"),
+                &[
+                    ("bind_address", "127.0.0.1"),
+                    ("bind_port", &port),
+                    ("default_x509_svid_ttl", &format!("{SVID_TTL_SECONDS}s")),
+                ],
+                (
+                    r#"DataStore "sql""#,
+                    &[
+                        ("database_type", "sqlite3"),
+                        (
+                            "connection_string",
+                            &format!("{}/datastore.sqlite3", data.display()),
+                        ),
+                    ],
+                ),
             ),
         )
         .unwrap();
@@ -128,31 +120,19 @@ plugins {{
 
         std::fs::write(
             d.join("agent.conf"),
-            format!(
-                r#"agent {{
-    data_dir = "{data}"
-    log_level = "WARN"
-    server_address = "127.0.0.1"
-    server_port = "{port}"
-    socket_path = "{agent_sock}"
-    trust_domain = "{TRUST_DOMAIN}"
-    trust_bundle_path = "{bundle}"
-}}
-plugins {{
-    NodeAttestor "join_token" {{
-        plugin_data {{}}
-    }}
-    KeyManager "memory" {{
-        plugin_data {{}}
-    }}
-    WorkloadAttestor "unix" {{
-        plugin_data {{}}
-    }}
-}}
-"#,
-                data = d.join("agent").display(),
-                agent_sock = spire.agent_socket().display(),
-                bundle = d.join("bundle.pem").display(),
+            spire_config(
+                "agent",
+                &d.join("agent"),
+                &spire.agent_socket(),
+                &[
+                    ("server_address", "127.0.0.1"),
+                    ("server_port", &port),
+                    (
+                        "trust_bundle_path",
+                        &d.join("bundle.pem").display().to_string(),
+                    ),
+                ],
+                (r#"WorkloadAttestor "unix""#, &[]),
             ),
         )
         .unwrap();
@@ -180,6 +160,51 @@ plugins {{
     fn endpoint(&self) -> String {
         format!("unix://{}", self.agent_socket().display())
     }
+}
+
+/// A SPIRE configuration file for `section` (`server` or `agent`): the trust
+/// domain, warnings only, its data in `data` and its API on `socket`, then
+/// `settings`; the in-memory key manager, join-token node attestation and
+/// `plugin` (its kind and name, and its `plugin_data` settings).
+fn spire_config(
+    section: &str,
+    data: &Path,
+    socket: &Path,
+    settings: &[(&str, &str)],
+    (plugin, plugin_data): (&str, &[(&str, &str)]),
+) -> String {
+    let lines = |indent: &str, items: &[(&str, &str)]| -> String {
+        items
+            .iter()
+            .map(|(key, value)| format!("{indent}{key} = \"{value}\"\n"))
+            .collect()
+    };
+    let (data, socket) = (data.display().to_string(), socket.display().to_string());
+    let shared = [
+        ("trust_domain", TRUST_DOMAIN),
+        ("log_level", "WARN"),
+        ("data_dir", &data),
+        ("socket_path", &socket),
+    ];
+    let settings = lines("    ", &shared) + &lines("    ", settings);
+    let plugin_data = lines("            ", plugin_data);
+    format!(
+        r#"{section} {{
+{settings}}}
+plugins {{
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    {plugin} {{
+        plugin_data {{
+{plugin_data}        }}
+    }}
+}}
+"#
+    )
 }
 
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
@@ -224,10 +249,10 @@ async fn emulator(bundle_pem: &str) -> Emulator {
     emulator
 }
 
-/// `credential-process` and the flags of [`role_flags`], then `extra`.
+/// `credential-process` with the tests' role flags at `emulator_url` (no
+/// certificate source), then `extra`.
 fn credential_process(emulator_url: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["credential-process".to_string()];
-    args.extend(role_flags(emulator_url));
+    let mut args = sidecar_args("credential-process", TESTS.flags(emulator_url));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -244,9 +269,7 @@ fn sidecar(args: &[String], env: &[(&str, &str)]) -> Output {
 
 /// The same source the binary builds, from `credential-process` arguments.
 fn in_process_source(args: &[String]) -> RolesAnywhereSource {
-    let argv = std::iter::once("attache-sidecar".to_string()).chain(args.iter().cloned());
-    let SidecarCommand::CredentialProcess(source) = Cli::try_parse_from(argv).unwrap().command
-    else {
+    let SidecarCommand::CredentialProcess(source) = parse_cli(args).command else {
         unreachable!("parsed credential-process");
     };
     let setup = source
@@ -297,23 +320,21 @@ async fn a_spire_svid_gets_credentials_and_rotations_are_followed() {
             WORKLOAD,
         ],
     ));
-    source.fetch().await.unwrap();
-    let first = emulator
-        .sessions()
-        .last()
-        .unwrap()
-        .certificate_serial
-        .clone();
-    let deadline = Instant::now() + Duration::from_secs(3 * SVID_TTL_SECONDS);
-    let rotated = loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        source.fetch().await.unwrap();
-        let serial = emulator
+    let last_serial = || {
+        emulator
             .sessions()
             .last()
             .unwrap()
             .certificate_serial
-            .clone();
+            .clone()
+    };
+    source.fetch().await.unwrap();
+    let first = last_serial();
+    let deadline = Instant::now() + Duration::from_secs(3 * SVID_TTL_SECONDS);
+    let rotated = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        source.fetch().await.unwrap();
+        let serial = last_serial();
         if serial != first {
             break serial;
         }

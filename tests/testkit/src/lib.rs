@@ -108,6 +108,71 @@ pub fn tool_command(name: &str) -> std::process::Command {
     std::process::Command::new(require_tool(name))
 }
 
+/// Asserts that every flag of every command of the program `bin` (named
+/// `name` in messages) appears in backticks in docs/reference.md.
+/// Subcommands are read from each `--help`'s `Commands:` list, so a new one
+/// is checked without being named here. Returns the commands checked.
+pub fn assert_every_flag_documented(bin: &Path, name: &str) -> Vec<String> {
+    let reference = std::fs::read_to_string(workspace_root().join("docs/reference.md"))
+        .expect("docs/reference.md");
+    let mut checked = Vec::new();
+    let mut pending: Vec<Vec<String>> = vec![vec![]];
+    while let Some(cmd) = pending.pop() {
+        let out = std::process::Command::new(bin)
+            .args(&cmd)
+            .arg("--help")
+            .output()
+            .unwrap_or_else(|e| panic!("{name} {} --help: {e}", cmd.join(" ")));
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let subcommands = subcommands(&help);
+        let flags = flags(&help);
+        assert!(
+            !flags.is_empty() || !subcommands.is_empty(),
+            "{name} {} --help lists neither flags nor commands:\n{help}",
+            cmd.join(" ")
+        );
+        for f in flags {
+            assert!(
+                reference.contains(&format!("`{f}`")),
+                "{name} {} {f} is not documented in docs/reference.md",
+                cmd.join(" ")
+            );
+        }
+        for sub in subcommands {
+            pending.push(cmd.iter().cloned().chain([sub]).collect());
+        }
+        checked.push(cmd.join(" "));
+    }
+    checked
+}
+
+/// The names in a clap `--help`'s `Commands:` list, but `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `--long` flags a `--help` defines (its option lines, not flags its
+/// descriptions mention), but `--help` and `--version`.
+fn flags(help: &str) -> Vec<&str> {
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        // The option's own spelling ends where its description starts.
+        .filter_map(|l| l.split("  ").next())
+        .flat_map(str::split_whitespace)
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|w| *w != "--help" && *w != "--version")
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,23 +204,9 @@ fn bad_inputs_fail_with_one_clear_line() {
 
     let o = openssl(
         d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "k2.pem",
-            "-subj",
-            "/CN=x",
-            "-outform",
-            "DER",
-            "-out",
-            "ok.der",
-        ],
+        &words(
+            "req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k2.pem -subj /CN=x -outform DER -out ok.der",
+        ),
     );
     assert!(o.status.success());
     let mut der = std::fs::read(d.join("ok.der")).unwrap();

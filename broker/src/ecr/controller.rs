@@ -177,9 +177,7 @@ impl Controller {
             service_accounts = keys.len(),
             "ECR controller synced; reconciling"
         );
-        for k in keys {
-            self.queue.push(k);
-        }
+        self.queue.push_all(keys);
         for _ in 0..self.config.workers.max(1) {
             tasks.spawn(self.clone().work());
         }
@@ -214,9 +212,7 @@ impl Controller {
                 // After a broken watch anything may have changed: look at everyone.
                 if !first {
                     let keys: Vec<Key> = lock(&self.world).sas.keys().cloned().collect();
-                    for k in keys {
-                        self.queue.push(k);
-                    }
+                    self.queue.push_all(keys);
                 }
             },
         };
@@ -243,9 +239,7 @@ impl Controller {
                     != Some(info);
                 if changed && synced {
                     let keys = lock(&self.world).sas_in(&name);
-                    for k in keys {
-                        self.queue.push(k);
-                    }
+                    self.queue.push_all(keys);
                 }
             },
             delete: |ns: Namespace| {
@@ -395,9 +389,7 @@ impl Controller {
                 let due: Vec<Key> = std::mem::replace(&mut *d, later).into_values().collect();
                 (due, d.keys().next().map(|(at, _seq)| *at))
             };
-            for k in due {
-                self.queue.push(k);
-            }
+            self.queue.push_all(due);
             match next {
                 Some(at) => {
                     tokio::select! {
@@ -433,9 +425,7 @@ impl Controller {
                     lock(&in_flight).remove(&pair);
                     let keys = this.dependents(&pair);
                     if ok {
-                        for k in keys {
-                            this.queue.push(k);
-                        }
+                        this.queue.push_all(keys);
                     } else if let Some((_, failure)) = this.tokens.failing(&pair) {
                         for k in keys {
                             let sa_uid = lock(&this.world).sas.get(&k).map(|s| s.uid.clone());

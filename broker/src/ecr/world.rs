@@ -234,6 +234,13 @@ impl Queue {
         }
     }
 
+    /// Queues every one of `keys`.
+    pub fn push_all(&self, keys: impl IntoIterator<Item = Key>) {
+        for key in keys {
+            self.push(key);
+        }
+    }
+
     /// Waits for the next key and marks it active.
     pub async fn pop(&self) -> Key {
         loop {

@@ -9,41 +9,78 @@ use crate::wire::{ApiError, RawRequest};
 /// How far `X-Amz-Date` may be from the emulator's clock.
 pub(crate) const MAX_SKEW: time::Duration = time::Duration::minutes(5);
 
+/// An AWS error: HTTP status and error code.
+#[derive(Clone, Copy)]
+pub(crate) struct ErrorCode {
+    pub status: u16,
+    pub code: &'static str,
+}
+
 /// The error codes a service uses for SigV4 failures (they differ between the
 /// query protocol of STS and the JSON protocol of ECR).
 pub(crate) struct SigV4Codes {
     /// Signing name in the credential scope (`sts`, `ecr`).
     pub service: &'static str,
     /// No `Authorization` at all.
-    pub missing: (u16, &'static str),
+    pub missing: ErrorCode,
     /// `Authorization` that cannot be read.
-    pub incomplete: (u16, &'static str),
+    pub incomplete: ErrorCode,
     /// Wrong signature, scope or date.
-    pub mismatch: (u16, &'static str),
+    pub mismatch: ErrorCode,
     /// Unknown access key or session token.
-    pub invalid_token: (u16, &'static str),
+    pub invalid_token: ErrorCode,
     /// Expired credentials.
-    pub expired: (u16, &'static str),
+    pub expired: ErrorCode,
 }
 
 /// STS (query protocol) codes.
 pub(crate) const STS: SigV4Codes = SigV4Codes {
     service: "sts",
-    missing: (403, "MissingAuthenticationToken"),
-    incomplete: (400, "IncompleteSignature"),
-    mismatch: (403, "SignatureDoesNotMatch"),
-    invalid_token: (403, "InvalidClientTokenId"),
-    expired: (403, "ExpiredToken"),
+    missing: ErrorCode {
+        status: 403,
+        code: "MissingAuthenticationToken",
+    },
+    incomplete: ErrorCode {
+        status: 400,
+        code: "IncompleteSignature",
+    },
+    mismatch: ErrorCode {
+        status: 403,
+        code: "SignatureDoesNotMatch",
+    },
+    invalid_token: ErrorCode {
+        status: 403,
+        code: "InvalidClientTokenId",
+    },
+    expired: ErrorCode {
+        status: 403,
+        code: "ExpiredToken",
+    },
 };
 
 /// ECR (AWS JSON 1.1) codes.
 pub(crate) const ECR: SigV4Codes = SigV4Codes {
     service: "ecr",
-    missing: (400, "MissingAuthenticationTokenException"),
-    incomplete: (400, "IncompleteSignatureException"),
-    mismatch: (400, "InvalidSignatureException"),
-    invalid_token: (400, "UnrecognizedClientException"),
-    expired: (400, "ExpiredTokenException"),
+    missing: ErrorCode {
+        status: 400,
+        code: "MissingAuthenticationTokenException",
+    },
+    incomplete: ErrorCode {
+        status: 400,
+        code: "IncompleteSignatureException",
+    },
+    mismatch: ErrorCode {
+        status: 400,
+        code: "InvalidSignatureException",
+    },
+    invalid_token: ErrorCode {
+        status: 400,
+        code: "UnrecognizedClientException",
+    },
+    expired: ErrorCode {
+        status: 400,
+        code: "ExpiredTokenException",
+    },
 };
 
 /// Roles Anywhere control-plane (REST-JSON) codes: the common errors of
@@ -51,15 +88,30 @@ pub(crate) const ECR: SigV4Codes = SigV4Codes {
 /// `AccessDeniedException`/`ExpiredTokenException` 403).
 pub(crate) const ROLESANYWHERE: SigV4Codes = SigV4Codes {
     service: "rolesanywhere",
-    missing: (403, "MissingAuthenticationTokenException"),
-    incomplete: (403, "IncompleteSignatureException"),
-    mismatch: (403, "InvalidSignatureException"),
-    invalid_token: (403, "UnrecognizedClientException"),
-    expired: (403, "ExpiredTokenException"),
+    missing: ErrorCode {
+        status: 403,
+        code: "MissingAuthenticationTokenException",
+    },
+    incomplete: ErrorCode {
+        status: 403,
+        code: "IncompleteSignatureException",
+    },
+    mismatch: ErrorCode {
+        status: 403,
+        code: "InvalidSignatureException",
+    },
+    invalid_token: ErrorCode {
+        status: 403,
+        code: "UnrecognizedClientException",
+    },
+    expired: ErrorCode {
+        status: 403,
+        code: "ExpiredTokenException",
+    },
 };
 
-fn err(code: (u16, &'static str), message: impl Into<String>) -> ApiError {
-    ApiError::new(code.0, code.1, message)
+fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(code.status, code.code, message)
 }
 
 /// Checks the request's SigV4 signature and returns the credentials it was

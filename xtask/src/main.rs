@@ -70,7 +70,7 @@ enum Task {
     /// scale, endpoint, vs-signing-helper, broker, ecr.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(BENCHES.iter().map(|b| b.0)))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(BENCHES.iter().map(|b| b.name)))]
         name: String,
     },
     /// Build the image from deploy/Dockerfile offline with buildah (host-built
@@ -81,18 +81,43 @@ enum Task {
     Image,
 }
 
-/// (name, package, bench target, needs the pinned tools).
-const BENCHES: &[(&str, &str, &str, bool)] = &[
-    ("scale", "attache-sidecar", "scale", false),
-    ("endpoint", "attache-sidecar", "endpoint", false),
-    (
+/// A benchmark `cargo xtask bench NAME` runs.
+struct Bench {
+    /// The name on the command line.
+    name: &'static str,
+    /// Its package.
+    package: &'static str,
+    /// Its `[[bench]]` target.
+    target: &'static str,
+    /// Whether it needs the pinned tools (kube-apiserver, the signing helper).
+    needs_tools: bool,
+}
+
+const fn bench_of(
+    name: &'static str,
+    package: &'static str,
+    target: &'static str,
+    needs_tools: bool,
+) -> Bench {
+    Bench {
+        name,
+        package,
+        target,
+        needs_tools,
+    }
+}
+
+const BENCHES: &[Bench] = &[
+    bench_of("scale", "attache-sidecar", "scale", false),
+    bench_of("endpoint", "attache-sidecar", "endpoint", false),
+    bench_of(
         "vs-signing-helper",
         "attache-sidecar",
         "vs_signing_helper",
         true,
     ),
-    ("broker", "attache-broker", "broker", true),
-    ("ecr", "attache-broker", "ecr", true),
+    bench_of("broker", "attache-broker", "broker", true),
+    bench_of("ecr", "attache-broker", "ecr", true),
 ];
 
 /// Where things are.
@@ -154,9 +179,14 @@ fn main() -> Result<()> {
 }
 
 fn bench(paths: &Paths, name: &str) -> Result<()> {
-    let (_, package, target, needs_tools) = BENCHES
+    let Bench {
+        package,
+        target,
+        needs_tools,
+        ..
+    } = BENCHES
         .iter()
-        .find(|b| b.0 == name)
+        .find(|b| b.name == name)
         .with_context(|| format!("no benchmark named {name:?}"))?;
     if *needs_tools {
         tools::provision(paths, tools::Selection::ForTests)?;

@@ -50,6 +50,14 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Whether a GET of `url` answers with a success status.
+async fn answers_ok(http: &reqwest::Client, url: &str) -> bool {
+    http.get(url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -144,17 +152,8 @@ impl ApiServer {
         *self.etcd.lock().map_err(poisoned)? = Some(child);
         let http = reqwest::Client::new();
         let health = format!("{client_url}/health");
-        self.wait(&self.etcd, &log, "etcd", || {
-            let http = http.clone();
-            let health = health.clone();
-            async move {
-                http.get(&health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
+        self.wait(&self.etcd, &log, "etcd", || answers_ok(&http, &health))
+            .await
     }
 
     /// (Re)starts kube-apiserver over the same etcd and certificates.
@@ -207,14 +206,7 @@ impl ApiServer {
             .build()?;
         let readyz = format!("{}/readyz", self.url);
         self.wait(&self.apiserver, &log, "kube-apiserver", || {
-            let http = http.clone();
-            let readyz = readyz.clone();
-            async move {
-                http.get(&readyz)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
+            answers_ok(&http, &readyz)
         })
         .await?;
         self.starts

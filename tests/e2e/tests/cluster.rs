@@ -112,27 +112,13 @@ async fn deploy_manifests_and_examples_are_accepted_by_the_real_api_server() {
     for entry in std::fs::read_dir(&examples).unwrap() {
         let dir = entry.unwrap().path();
         if dir.join("kustomization.yaml").exists() {
-            tokio::task::block_in_place(|| {
-                run_ok(
-                    server
-                        .kubectl()
-                        .args(["apply", "--server-side", "-k"])
-                        .arg(&dir),
-                )
-            });
+            apply_kustomization(&server, &dir, &[]);
             applied += 1;
         }
     }
     assert!(applied >= 2, "the s3-list and ecr-pull examples");
     let overlay = root().join("deploy/overlays/my-cluster");
-    tokio::task::block_in_place(|| {
-        run_ok(
-            server
-                .kubectl()
-                .args(["apply", "--server-side", "--field-manager=e2e", "-k"])
-                .arg(&overlay),
-        )
-    });
+    apply_kustomization(&server, &overlay, &["--field-manager=e2e"]);
     let policy = run_ok(server.kubectl().args([
         "get",
         "mutatingwebhookconfiguration",
@@ -246,20 +232,21 @@ async fn pods_are_mutated_by_the_real_admission_chain() {
 
     // Opt-out by annotation (the broker decides) and by label (the
     // webhook's objectSelector: the API server does not even call it).
-    let mut p = pod("optout", "app");
-    p.metadata.annotations = Some(BTreeMap::from([(
-        "attache.dev/inject".into(),
-        "false".into(),
-    )]));
-    pods.create(&PostParams::default(), &p).await.unwrap();
-    assert!(!injected(&stored(&admin, &ns, "optout").await));
-    let mut p = pod("optout-label", "app");
-    p.metadata.labels = Some(BTreeMap::from([(
-        "attache.dev/inject".into(),
-        "false".into(),
-    )]));
-    pods.create(&PostParams::default(), &p).await.unwrap();
-    assert!(!injected(&stored(&admin, &ns, "optout-label").await));
+    let opt_out = || {
+        Some(BTreeMap::from([(
+            "attache.dev/inject".into(),
+            "false".into(),
+        )]))
+    };
+    let mut by_annotation = pod("optout", "app");
+    by_annotation.metadata.annotations = opt_out();
+    let mut by_label = pod("optout-label", "app");
+    by_label.metadata.labels = opt_out();
+    for p in [by_annotation, by_label] {
+        let name = p.metadata.name.clone().unwrap();
+        pods.create(&PostParams::default(), &p).await.unwrap();
+        assert!(!injected(&stored(&admin, &ns, &name).await), "{name}");
+    }
 
     // A namespace not labelled attache.dev/injection=enabled is never sent
     // to the webhook: its pods start untouched even with a role.
@@ -399,13 +386,8 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
     emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
     let dir = tempfile::tempdir().unwrap();
     // What the kubelet writes into the projected volume: a token bound to the pod.
-    let bound = TokenSpec {
-        audiences: &["attache-broker"],
-        seconds: 3600,
-        pod: Some(("web", &uid)),
-    };
-    let token = server.token(&ns, "app", bound).await.unwrap();
-    let unused = server.token(&ns, "app", bound).await.unwrap();
+    let token = pod_token(server, &ns, Some(("web", &uid))).await;
+    let unused = pod_token(server, &ns, Some(("web", &uid))).await;
     std::fs::write(dir.path().join("sa-token"), &token).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let cli = sidecar_cli(sidecar, dir.path(), &listen, &broker.url(), &emu.url());
@@ -488,15 +470,8 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
     // The sidecar's own token (its decision cached by the broker) and one
     // never used before.
     for t in [&token, &unused] {
-        let reply = broker
-            .http()
-            .post(format!("{}/v1/certificates", broker.url()))
-            .bearer_auth(t)
-            .json(&json!({"csr": csr}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 401, "{}", reply.text().await.unwrap());
+        let (status, body) = request_certificate(&broker.http(), broker.addr, t, &csr).await;
+        assert_eq!(status, 401, "{body}");
     }
     assert_broker_calls_allowed_and_listed(server, BROKER_USER, BROKER_NS);
 }
@@ -520,15 +495,7 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
             (status, resp.json::<Value>().await.unwrap())
         }
     };
-    let spec = |aud: &'static [&'static str]| TokenSpec {
-        audiences: aud,
-        seconds: 3600,
-        pod: None,
-    };
-    let good = server
-        .token(&ns, "app", spec(&["attache-broker"]))
-        .await
-        .unwrap();
+    let good = app_token(server, &ns).await;
     let (status, body) = post(Some(good.clone()), csr()).await;
     assert_eq!(status, 200, "{body}");
     let (_, info) =
@@ -543,7 +510,12 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
         (status, body["error"].as_str()),
         (401, Some("unauthenticated"))
     );
-    let vault = server.token(&ns, "app", spec(&["vault"])).await.unwrap();
+    let vault = TokenSpec {
+        audiences: &["vault"],
+        seconds: 3600,
+        pod: None,
+    };
+    let vault = server.token(&ns, "app", vault).await.unwrap();
     assert_eq!(post(Some(vault), csr()).await.0, 401, "wrong audience");
     // One signature character changed, away from the end: the last one
     // carries padding bits a decoder may ignore.
@@ -573,55 +545,31 @@ async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
         "{body}"
     );
 
-    service_account(
-        &admin,
-        &ns,
-        "greedy",
-        json!({"attache.dev/role-arn": OTHER_ROLE}),
-    )
-    .await;
-    let greedy = server
-        .token(&ns, "greedy", spec(&["attache-broker"]))
-        .await
-        .unwrap();
-    let (status, body) = post(Some(greedy), csr()).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("attache.dev/allowed-roles")
-    );
-    // A profile override the broker was not told to allow (--allowed-profile-arns).
-    service_account(
-        &admin,
-        &ns,
-        "elsewhere",
-        json!({
-            "attache.dev/role-arn": ROLE,
-            "attache.dev/profile-arn": "arn:aws:rolesanywhere:us-east-1:123456789012:profile/elsewhere",
-        }),
-    )
-    .await;
-    let elsewhere = server
-        .token(&ns, "elsewhere", spec(&["attache-broker"]))
-        .await
-        .unwrap();
-    let (status, body) = post(Some(elsewhere), csr()).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("--allowed-profile-arns"),
-        "{body}"
-    );
+    // Refused by policy: a role the namespace does not allow, and a profile
+    // override the broker was not told to allow (--allowed-profile-arns).
+    let elsewhere = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/elsewhere";
+    for (sa, annotations, why) in [
+        (
+            "greedy",
+            json!({"attache.dev/role-arn": OTHER_ROLE}),
+            "attache.dev/allowed-roles",
+        ),
+        (
+            "elsewhere",
+            json!({"attache.dev/role-arn": ROLE, "attache.dev/profile-arn": elsewhere}),
+            "--allowed-profile-arns",
+        ),
+    ] {
+        service_account(&admin, &ns, sa, annotations).await;
+        let token = workload_token(server, &ns, sa, None).await;
+        let (status, body) = post(Some(token), csr()).await;
+        assert_eq!(status, 403, "{sa}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{sa}: {body}");
+    }
     // One identity gets at most --max-certificates-per-minute (10) a minute.
     service_account(&admin, &ns, "burst", json!({"attache.dev/role-arn": ROLE})).await;
-    let burst = server
-        .token(&ns, "burst", spec(&["attache-broker"]))
-        .await
-        .unwrap();
+    let burst = workload_token(server, &ns, "burst", None).await;
     for i in 0..10 {
         let (status, body) = post(Some(burst.clone()), csr()).await;
         assert_eq!(status, 200, "certificate {i}: {body}");
@@ -722,7 +670,7 @@ async fn two_replicas_starting_together_share_one_ca() {
     // A server of its own: the shared one already has a CA.
     let server = ApiServer::start(Default::default()).await.unwrap();
     apply_deploy(&server);
-    let client = server.client_with_token(&broker_token(&server).await).await;
+    let client = broker_client(&server).await;
     let args = || broker_args(&[]);
     let (a, b) = tokio::join!(
         attache_broker::run::start(args(), client.clone()),
@@ -812,7 +760,7 @@ async fn team_with_own_broker() -> (
     let server = deployed().await;
     broker().await;
     let (admin, ns) = team(server).await;
-    let client = server.client_with_token(&broker_token(server).await).await;
+    let client = broker_client(server).await;
     let running = attache_broker::run::start(broker_args(&["--webhook-config", ""]), client)
         .await
         .unwrap();
@@ -854,15 +802,9 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
 
     // ... and another pod (another address) still gets its certificate.
     let token = app_token(server, &ns).await;
-    let csr = fresh_csr();
-    let issued = http_from([127, 0, 0, 2], &ca_pem)
-        .post(format!("https://{}/v1/certificates", running.addr))
-        .bearer_auth(&token)
-        .json(&json!({"csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(issued.status(), 200);
+    let other_pod = http_from([127, 0, 0, 2], &ca_pem);
+    let (status, body) = request_certificate(&other_pod, running.addr, &token, &fresh_csr()).await;
+    assert_eq!(status, 200, "{body}");
     drop(held);
 
     // 1,000 garbage tokens cost no TokenReview; 1,000 requests with one
@@ -887,14 +829,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
         .chain(std::iter::repeat_n(forged, 1000))
         .enumerate()
     {
-        let status = garbage
-            .post(format!("https://{}/v1/certificates", running.addr))
-            .bearer_auth(&token)
-            .json(&json!({"csr": "x"}))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let (status, _) = request_certificate(&garbage, running.addr, &token, "x").await;
         assert_eq!(status, 401, "request {i}");
     }
     let reviews = running.metrics.token_reviews.get() - reviews_before;
@@ -1045,14 +980,8 @@ async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
     let (server, admin, ns, running) = team_with_own_broker().await;
     let token = app_token(server, &ns).await;
     let http = common::https_trusting(&running.serving_ca_pem);
-    let post = || {
-        let csr = fresh_csr();
-        http.post(format!("https://{}/v1/certificates", running.addr))
-            .bearer_auth(&token)
-            .json(&json!({"csr": csr}))
-            .send()
-    };
-    assert_eq!(post().await.unwrap().status(), 200);
+    let post = async || request_certificate(&http, running.addr, &token, &fresh_csr()).await;
+    assert_eq!(post().await.0, 200);
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
     namespaces
         .patch(
@@ -1066,9 +995,8 @@ async fn a_tightened_policy_refuses_the_next_request_of_a_cached_token() {
         .unwrap();
     let hits = running.metrics.token_cache_hits.get();
     let reviews = running.metrics.token_reviews.get();
-    let refused = post().await.unwrap();
-    assert_eq!(refused.status(), 403);
-    let body: Value = refused.json().await.unwrap();
+    let (status, body) = post().await;
+    assert_eq!(status, 403);
     assert!(
         body["message"]
             .as_str()
@@ -1111,15 +1039,7 @@ async fn admission_reads_annotations_from_a_watch_cache() {
         let (http, body) = (http.clone(), pod_review(&ns, sa));
         let url = format!("https://{}/mutate", running.webhook_addr);
         async move {
-            let reply: Value = http
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let reply = json_reply(http.post(url).json(&body)).await;
             assert_eq!(reply["response"]["allowed"], true, "{reply}");
             // kube-rs sends the patch as a byte array; the API server takes it.
             !reply["response"]["patch"].is_null()

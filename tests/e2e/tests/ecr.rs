@@ -4,32 +4,26 @@
 //! the real Lease; and kube-apiserver stopped and restarted mid-run.
 
 mod common;
+mod ecr_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use attache_broker::ecr::{EcrArgs, EcrContext, EcrHandle};
+use attache_broker::ecr::EcrHandle;
 use attache_broker::metrics::Metrics;
 use attache_e2e::ApiServer;
-use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_emulator::{Emulator, EmulatorConfig, Operator};
 use attache_pki::{CaOptions, CertificateAuthority};
 use clap::Parser as _;
 use common::*;
+use ecr_common::{ANN, PROFILE as ECR_PROFILE, allow_profile, ecr_args, ecr_context, trust_role};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-const ECR_PROFILE: &str = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/ecr";
-const ANN: &str = "attache.dev/ecr-registries";
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 const SECRET: &str = "attache-ecr-app";
-
-#[derive(clap::Parser)]
-struct Flags {
-    #[command(flatten)]
-    ecr: EcrArgs,
-}
 
 struct World {
     server: &'static ApiServer,
@@ -44,25 +38,13 @@ async fn world(server: &'static ApiServer) -> World {
     );
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     emulator.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
-    emulator.add_profile(Profile {
-        arn: ECR_PROFILE.into(),
-        role_arns: vec![ECR_ROLE.into()],
-        duration_seconds: None,
-        accept_role_session_name: false,
-        enabled: true,
-    });
-    emulator.add_role(Role {
-        arn: ECR_ROLE.into(),
-        conditions: vec![Condition {
-            operator: Operator::StringLike,
-            key: "aws:PrincipalTag/x509SAN/URI".into(),
-            // Per-ServiceAccount sessions: the pulling ServiceAccounts (the tests' `app`, `worker`).
-            values: vec![
-                "spiffe://cluster.local/ns/*/sa/app".into(),
-                "spiffe://cluster.local/ns/*/sa/worker".into(),
-            ],
-        }],
-    });
+    allow_profile(&emulator, ECR_PROFILE, &[ECR_ROLE]);
+    // Per-ServiceAccount sessions: the pulling ServiceAccounts (the tests' `app`, `worker`).
+    let pulling = [
+        "spiffe://cluster.local/ns/*/sa/app",
+        "spiffe://cluster.local/ns/*/sa/worker",
+    ];
+    trust_role(&emulator, ECR_ROLE, Operator::StringLike, &pulling);
     World {
         server,
         ca,
@@ -70,47 +52,36 @@ async fn world(server: &'static ApiServer) -> World {
     }
 }
 
+/// A world on an API server of its own with `deploy/kubernetes` applied
+/// (leaked: it lives as long as the test binary).
+async fn dedicated_world() -> World {
+    let server: &'static ApiServer = Box::leak(Box::new(
+        ApiServer::start(Default::default()).await.unwrap(),
+    ));
+    apply_deploy(server);
+    world(server).await
+}
+
 impl World {
     /// A controller as its own ServiceAccount, with a short Lease.
     async fn controller(&self, identity: &str) -> EcrHandle {
-        let client = self
-            .server
-            .client_with_token(&controller_token(self.server).await)
-            .await;
-        let url = self.emulator.url();
-        let args = Flags::parse_from([
-            "t",
-            "--ecr-role-arn",
-            ECR_ROLE,
-            "--ecr-endpoint",
-            &url,
-            "--rolesanywhere-endpoint",
-            &url,
-            "--ecr-identity",
-            identity,
+        let lease = [
             "--ecr-lease-duration",
             "3s",
             "--ecr-lease-renew-deadline",
             "2s",
             "--ecr-lease-retry-period",
             "500ms",
-        ])
-        .ecr;
-        let ctx = EcrContext {
-            client,
-            ca: self.ca.clone(),
-            namespace: BROKER_NS.into(),
-            trust_domain: "cluster.local".into(),
-            session: attache_broker::flags::SessionDefaults {
-                region: "us-east-1".into(),
-                profile_arn: Some(ECR_PROFILE.into()),
-                trust_anchor_arn: Some(ANCHOR.into()),
-                ..Default::default()
-            },
-            namespace_restrictions: true,
-            metrics: Metrics::default(),
-            clock: Arc::new(attache_rt::clock::SystemClock),
-        };
+        ];
+        let args = ecr_args(ECR_ROLE, &self.emulator.url(), identity, &lease);
+        let clock = Arc::new(attache_rt::clock::SystemClock);
+        let metrics = Metrics::default();
+        let ctx = ecr_context(
+            controller_client(self.server).await,
+            self.ca.clone(),
+            &metrics,
+            clock,
+        );
         attache_broker::ecr::start(&args, ctx).await.unwrap()
     }
 
@@ -132,6 +103,19 @@ impl World {
 
 async fn leading(h: &EcrHandle) -> bool {
     *h.leading().borrow()
+}
+
+/// Waits until `h`'s elector has finished `n` more tries for the Lease
+/// (each publishes its verdict, leading or not; a failed request does not).
+async fn lease_tries(h: &EcrHandle, n: usize) {
+    let mut verdicts = h.leading();
+    verdicts.borrow_and_update();
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(30), verdicts.changed())
+            .await
+            .expect("the elector tries again")
+            .expect("the elector runs");
+    }
 }
 
 fn pull_secrets(sa: &ServiceAccount) -> Vec<String> {
@@ -200,9 +184,11 @@ async fn pull_secrets_through_real_rbac_and_a_real_lease_hand_over() {
     );
     assert!(leading(&a).await);
 
-    // A second replica contends for the same real Lease and waits.
+    // A second replica contends for the same real Lease and waits: after
+    // it has looked at the Lease four times (its 500 ms retry period, 2 s),
+    // exactly one leads.
     let b = w.controller("replica-b").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    lease_tries(&b, 4).await;
     assert!(leading(&a).await && !leading(&b).await, "exactly one leads");
     let leases: Api<Lease> = Api::namespaced(admin.clone(), BROKER_NS);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
@@ -236,11 +222,8 @@ async fn pull_secrets_through_real_rbac_and_a_real_lease_hand_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_the_api_server_restarts() {
     // A dedicated API server: this test stops it.
-    let server: &'static ApiServer = Box::leak(Box::new(
-        ApiServer::start(Default::default()).await.unwrap(),
-    ));
-    apply_deploy(server);
-    let w = world(server).await;
+    let w = dedicated_world().await;
+    let server = w.server;
     let (admin, ns) = w.pull_secret_team().await;
     let c = w.controller("replica-a").await;
     converged(&admin, &ns).await;
@@ -305,15 +288,10 @@ async fn watches_resume_after_the_api_server_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ecr_controller_command_waits_for_the_ca_secret_then_serves_pull_secrets() {
     // A dedicated API server: the controller campaigns for the one Lease.
-    let server: &'static ApiServer = Box::leak(Box::new(
-        ApiServer::start(Default::default()).await.unwrap(),
-    ));
-    apply_deploy(server);
-    let w = world(server).await;
+    let w = dedicated_world().await;
+    let server = w.server;
     let (admin, ns) = w.pull_secret_team().await;
-    let client = server
-        .client_with_token(&controller_token(server).await)
-        .await;
+    let client = controller_client(server).await;
     #[derive(clap::Parser)]
     struct Cmd {
         #[command(flatten)]
@@ -375,12 +353,7 @@ async fn the_ecr_controller_command_waits_for_the_ca_secret_then_serves_pull_sec
         Some(ECR_ROLE)
     );
     assert!(running.is_ready());
-    let metrics = reqwest::get(format!("http://{}/metrics", running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_at(running.admin_addr).await;
     assert!(
         metrics.contains("attache_ecr_secrets_written_total 1"),
         "{metrics}"

@@ -33,11 +33,7 @@ fn done(w: &World) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
-    let w = World::new(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team-a", &[]).await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &["existing-creds"])
-        .await;
+    let (w, ns, host) = World::with_app("team-a", &["existing-creds"]).await;
     w.service_account(
         &ns,
         "typo",
@@ -47,13 +43,7 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
     .await;
     w.service_account(&ns, "plain", &[], &[]).await;
     let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
-
-    let name = secret_name("app");
-    eventually(30, "SA lists the pull secret", async || {
-        w.pull_secrets(&ns, "app").await.contains(&name)
-    })
-    .await;
+    let (_c, name) = w.serve_app(&ns, &host, &metrics).await;
     // Other entries are kept, ours appended.
     assert_eq!(
         w.pull_secrets(&ns, "app").await,
@@ -75,13 +65,7 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
         "ServiceAccount"
     );
     assert_eq!(secret["metadata"]["annotations"][ANN], host);
-    let expires = secret["metadata"]["annotations"]["attache.dev/ecr-expires-at"]
-        .as_str()
-        .unwrap();
-    let expires =
-        time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
-            .unwrap();
-    let left = expires - attache_rt::clock::Clock::now(&w.clock);
+    let left = w.time_left(&secret);
     assert!(
         left > time::Duration::hours(11) && left <= time::Duration::hours(12),
         "{left}"
@@ -99,19 +83,13 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
         .decode(entry["auth"].as_str().unwrap())
         .unwrap();
     assert_eq!(auth, format!("AWS:{password}").as_bytes());
-    assert_eq!(
-        w.emulator().ecr_password_valid(password).as_deref(),
-        Some(ROLE)
-    );
+    assert_eq!(w.issued_for(password).as_deref(), Some(ROLE));
     assert_eq!(cfg.as_object().unwrap().len(), 1);
 
     // A bad entry: a Warning Event naming it, and nothing else.
-    eventually(30, "warning about the bad registry", async || {
-        w.events_for(&ns, "typo").await.iter().any(|(r, n)| {
-            r == "InvalidEcrRegistries" && n.contains("123.dkr.ecr.us-east-1.amazonaws.com")
-        })
-    })
-    .await;
+    let bad = "123.dkr.ecr.us-east-1.amazonaws.com";
+    w.await_event(&ns, "typo", "InvalidEcrRegistries", &[bad])
+        .await;
     assert!(w.secret(&ns, &secret_name("typo")).await.is_none());
     assert!(w.pull_secrets(&ns, "typo").await.is_empty());
     assert!(w.secret(&ns, &secret_name("plain")).await.is_none());
@@ -130,12 +108,7 @@ async fn annotated_service_account_gets_a_pull_secret_the_registry_accepts() {
 async fn namespaces_sharing_a_role_cost_one_token_call_and_namespace_annotation_covers_every_sa() {
     let w = World::new(&["us-east-1"]).await;
     let host = registry("us-east-1");
-    let mut teams = Vec::new();
-    for prefix in ["n1", "n2", "n3"] {
-        let ns = w.namespace(prefix, &[]).await;
-        w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
-        teams.push(ns);
-    }
+    let teams = w.app_namespaces(&["n1", "n2", "n3"]).await;
     // Namespace-wide: every SA there, unless its own annotation says otherwise.
     let wide = w.namespace("wide", &[(ANN, &host)]).await;
     // No controller-manager here to create the namespace's `default` SA: as it would.
@@ -145,22 +118,15 @@ async fn namespaces_sharing_a_role_cost_one_token_call_and_namespace_annotation_
         .await;
     let metrics = Metrics::default();
     let _c = w.controller("a", &metrics).await;
+    let mut listed: Vec<(&str, &str)> = teams.iter().map(|ns| (ns.as_str(), "app")).collect();
+    listed.extend([(wide.as_str(), "one"), (wide.as_str(), "default")]);
     eventually(30, "all pull secrets", async || {
-        for ns in &teams {
-            if w.pull_secrets(ns, "app").await.len() != 1 {
-                return false;
-            }
-        }
-        w.pull_secrets(&wide, "one").await.len() == 1
-            && w.pull_secrets(&wide, "default").await.len() == 1
+        w.each_lists_one(&listed).await
     })
     .await;
     assert!(w.secret(&wide, &secret_name("opted-out")).await.is_none());
     assert!(w.pull_secrets(&wide, "opted-out").await.is_empty());
-    assert_eq!(
-        w.emulator().request_count(Operation::GetAuthorizationToken),
-        1
-    );
+    assert_eq!(w.token_calls(), 1);
     let p1 = w
         .password(&teams[0], &secret_name("app"), &host)
         .await
@@ -182,26 +148,17 @@ async fn namespaces_sharing_a_role_cost_one_token_call_and_namespace_annotation_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_travel_refreshes_restores_edits_and_cleans_up() {
-    let w = World::new(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team", &[]).await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &["keep-me"])
-        .await;
-    let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
-    let name = secret_name("app");
-    eventually(30, "secret", async || {
-        w.password(&ns, &name, &host).await.is_some()
-    })
-    .await;
+    let (w, ns, host) = World::with_app("team", &["keep-me"]).await;
+    let (_c, name) = w.serve_app(&ns, &host, &Metrics::default()).await;
     let first = w.password(&ns, &name, &host).await.unwrap();
-    let emu = w.emulator();
 
-    // Five hours later nothing is due.
+    // Five hours later nothing is due. (A refresh made too early but seen
+    // only after these checks shows below, in when the controller obtained
+    // the next token.)
     w.tick(Duration::from_secs(5 * 3600), Duration::from_secs(1800))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 1);
+    let five_hours = attache_rt::clock::Clock::now(&w.clock);
+    assert_eq!(w.token_calls(), 1);
     assert_eq!(w.password(&ns, &name, &host).await.unwrap(), first);
 
     // At 6 h (well before the 12 h expiry) the token is refreshed and written.
@@ -213,9 +170,19 @@ async fn time_travel_refreshes_restores_edits_and_cleans_up() {
             .is_some_and(|p| p != first)
     })
     .await;
-    assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 2);
+    assert_eq!(w.token_calls(), 2);
     let second = w.password(&ns, &name, &host).await.unwrap();
-    assert_eq!(emu.ecr_password_valid(&second).as_deref(), Some(ROLE));
+    assert_eq!(w.issued_for(&second).as_deref(), Some(ROLE));
+    // The controller's own record of the refresh: obtained after the 5 h mark.
+    eventually(30, "the refreshed token in the state Secret", async || {
+        w.obtained_at(&second).await.is_some()
+    })
+    .await;
+    let obtained = w.obtained_at(&second).await.unwrap();
+    assert!(
+        obtained > five_hours,
+        "refreshed at {obtained}, not after the 5 h mark ({five_hours})"
+    );
 
     // Deleted: restored with the cached token (no AWS call).
     let secrets: Api<Secret> = Api::namespaced(w.admin.clone(), &ns);
@@ -235,7 +202,7 @@ async fn time_travel_refreshes_restores_edits_and_cleans_up() {
         w.password(&ns, &name, &host).await.as_deref() == Some(second.as_str())
     })
     .await;
-    assert_eq!(emu.request_count(Operation::GetAuthorizationToken), 2);
+    assert_eq!(w.token_calls(), 2);
 
     // Annotation removed: Secret and entry gone, other entries kept.
     let sas: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), &ns);
@@ -253,9 +220,7 @@ async fn time_travel_refreshes_restores_edits_and_cleans_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_secret_with_the_same_name_is_never_touched() {
-    let w = World::new(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team", &[]).await;
+    let (w, ns, _) = World::with_app("team", &[]).await;
     let name = secret_name("app");
     let foreign = w
         .create_secret(
@@ -263,16 +228,11 @@ async fn a_foreign_secret_with_the_same_name_is_never_touched() {
             json!({"type": "Opaque", "metadata": {"name": name}, "data": {"x": "eQ=="}}),
         )
         .await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
-    let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
-    eventually(30, "SecretNotOwned event", async || {
-        w.events_for(&ns, "app")
-            .await
-            .iter()
-            .any(|(r, n)| r == "SecretNotOwned" && n.contains(&name) && n.contains("managed-by"))
-    })
-    .await;
+    let _c = w.controller("a", &Metrics::default()).await;
+    w.await_event(&ns, "app", "SecretNotOwned", &[&name, "managed-by"])
+        .await;
+    // Time for a wrong write after the Event to show: nothing the test can
+    // see says the controller is done with `app` (its queue is not exposed).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let now = w.secret(&ns, &name).await.unwrap();
     assert_eq!(
@@ -292,10 +252,7 @@ async fn a_foreign_secret_with_the_same_name_is_never_touched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_on_service_account_updates_and_server_errors_converge() {
     let w = World::proxied(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team", &[]).await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &["a", "b"])
-        .await;
+    let (ns, _) = w.app_namespace("team", &["a", "b"]).await;
     let proxy = w.proxy();
     // As if other writers raced it: the ServiceAccount's patches answer 409
     // five times, the Lease's updates twice; and the first Secret create
@@ -372,17 +329,9 @@ async fn conflicts_on_service_account_updates_and_server_errors_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_keeps_the_old_secret_and_retries() {
-    let w = World::new(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team", &[]).await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
+    let (w, ns, host) = World::with_app("team", &[]).await;
     let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
-    let name = secret_name("app");
-    eventually(30, "secret", async || {
-        w.password(&ns, &name, &host).await.is_some()
-    })
-    .await;
+    let (_c, name) = w.serve_app(&ns, &host, &metrics).await;
     let first = w.password(&ns, &name, &host).await.unwrap();
     let rv = w.secret(&ns, &name).await.unwrap()["metadata"]["resourceVersion"].clone();
     let emu = w.emulator();
@@ -397,12 +346,11 @@ async fn throttling_keeps_the_old_secret_and_retries() {
     })
     .await;
     // Retried with backoff, the old (still valid) Secret untouched.
-    let calls = emu.request_count(Operation::GetAuthorizationToken)
-        + emu.request_count(Operation::CreateSession);
+    let aws_calls = || w.token_calls() + emu.request_count(Operation::CreateSession);
+    let calls = aws_calls();
     w.tick(Duration::from_secs(120), Duration::from_secs(5))
         .await;
-    let later = emu.request_count(Operation::GetAuthorizationToken)
-        + emu.request_count(Operation::CreateSession);
+    let later = aws_calls();
     assert!(later > calls, "retried: {calls} -> {later}");
     assert!(
         later < calls + 40,
@@ -412,7 +360,7 @@ async fn throttling_keeps_the_old_secret_and_retries() {
         w.secret(&ns, &name).await.unwrap()["metadata"]["resourceVersion"],
         rv
     );
-    assert_eq!(emu.ecr_password_valid(&first).as_deref(), Some(ROLE));
+    assert_eq!(w.issued_for(&first).as_deref(), Some(ROLE));
     assert!(
         metrics
             .encode()
@@ -437,32 +385,20 @@ async fn throttling_keeps_the_old_secret_and_retries() {
     }
     let new = w.password(&ns, &name, &host).await.unwrap();
     assert_ne!(new, first);
-    assert_eq!(emu.ecr_password_valid(&new).as_deref(), Some(ROLE));
+    assert_eq!(w.issued_for(&new).as_deref(), Some(ROLE));
     done(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
     let w = World::new(&["us-east-1"]).await;
+    let names = w.app_namespaces(&["n"; 3]).await;
     let host = registry("us-east-1");
-    let mut names = Vec::new();
-    for _ in 0..3 {
-        let ns = w.namespace("n", &[]).await;
-        w.service_account(&ns, "app", &[(ANN, &host)], &[]).await;
-        names.push(ns);
-    }
+    let apps: Vec<(&str, &str)> = names.iter().map(|ns| (ns.as_str(), "app")).collect();
     let (ma, mb) = (Metrics::default(), Metrics::default());
     let a = w.controller("replica-a", &ma).await;
     let name = secret_name("app");
-    eventually(30, "A wrote all", async || {
-        for ns in &names {
-            if w.pull_secrets(ns, "app").await.len() != 1 {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    eventually(30, "A wrote all", async || w.each_lists_one(&apps).await).await;
     let b = attache_broker::ecr::start(&w.args("replica-b", &[]), w.context(&mb))
         .await
         .unwrap();
@@ -495,13 +431,12 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     // B adopted the tokens from the state Secret: no rewrite, no AWS call.
+    // (Asserted again, without a wait, by the totals after B's refresh: B
+    // writes a refreshed token only after its first reconcile of that
+    // ServiceAccount has finished, so those totals hold all of the hand-over.)
     assert_eq!(writes(&w), before, "no double writes on hand-over");
-    assert_eq!(
-        w.emulator().request_count(Operation::GetAuthorizationToken),
-        1
-    );
+    assert_eq!(w.token_calls(), 1);
     assert_eq!(w.lease().await["spec"]["holderIdentity"], "replica-b");
 
     // A's refresh schedule carries over: at 6 h B refreshes, once per Secret.
@@ -519,12 +454,10 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         true
     })
     .await;
+    // Time for a doubled write to show (B's work queue is not observable).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(writes(&w), before + names.len());
-    assert_eq!(
-        w.emulator().request_count(Operation::GetAuthorizationToken),
-        2
-    );
+    assert_eq!(w.token_calls(), 2);
 
     // Graceful shutdown releases the Lease at once.
     b.shutdown().await;
@@ -535,18 +468,8 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_the_namespace_stops_allowing_loses_its_pull_secret() {
-    let w = World::new(&["us-east-1"]).await;
-    let host = registry("us-east-1");
-    let ns = w.namespace("team-a", &[]).await;
-    w.service_account(&ns, "app", &[(ANN, &host)], &["existing-creds"])
-        .await;
-    let metrics = Metrics::default();
-    let _c = w.controller("a", &metrics).await;
-    let name = secret_name("app");
-    eventually(30, "pull secret written", async || {
-        w.secret(&ns, &name).await.is_some()
-    })
-    .await;
+    let (w, ns, host) = World::with_app("team-a", &["existing-creds"]).await;
+    let (_c, name) = w.serve_app(&ns, &host, &Metrics::default()).await;
 
     // The namespace withdraws the role: the secret and its entry go, and an Event says why.
     let patch = json!({"metadata": {"annotations": {"attache.dev/allowed-roles": "[]"}}});
@@ -666,7 +589,7 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
     let password = w.password(&team_a, &name, &host).await.unwrap();
     assert_ne!(password, "forged-password");
     assert_eq!(
-        w.emulator().ecr_password_valid(&password).as_deref(),
+        w.issued_for(&password).as_deref(),
         Some(ROLE),
         "a token ECR issued for the role"
     );
@@ -680,6 +603,8 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
         forged_pull_secret("attache-ecr-forged", &owner2, &host, ROLE),
     )
     .await;
+    // Time for the controller's Secret watch to deliver the forgery (it
+    // changes nothing the test can see, by design).
     tokio::time::sleep(Duration::from_millis(500)).await;
     Api::<Secret>::namespaced(w.admin.clone(), &team_a)
         .delete(&name, &Default::default())
@@ -701,14 +626,8 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
         let p = w.password(ns, &name, &host).await.unwrap();
         assert_eq!(p, password, "{ns}: the one real token");
         let s = w.secret(ns, &name).await.unwrap();
-        let expires = s["metadata"]["annotations"]["attache.dev/ecr-expires-at"]
-            .as_str()
-            .unwrap();
-        let expires =
-            time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
-                .unwrap();
         assert!(
-            expires - attache_rt::clock::Clock::now(&w.clock) <= time::Duration::hours(12),
+            w.time_left(&s) <= time::Duration::hours(12),
             "{ns}: no adopted far-future expiry"
         );
     }
@@ -723,10 +642,7 @@ async fn a_forged_attache_secret_in_one_namespace_changes_nothing_written_to_any
             obj["metadata"]["resourceVersion"]
         );
     }
-    assert_eq!(
-        w.emulator().request_count(Operation::GetAuthorizationToken),
-        1
-    );
+    assert_eq!(w.token_calls(), 1);
     done(&w);
 }
 
@@ -763,25 +679,25 @@ async fn each_service_account_needs_the_ecr_roles_trust_for_its_own_identity() {
         .password(&ns, &secret_name("trusted"), &host)
         .await
         .unwrap();
-    assert_eq!(
-        w.emulator().ecr_password_valid(&password).as_deref(),
-        Some(ROLE_C)
-    );
+    assert_eq!(w.issued_for(&password).as_deref(), Some(ROLE_C));
     // `other` shares the role but not the trust: no pull secret, an Event
     // naming its identity, even though a token for the role is at hand.
-    eventually(30, "EcrRoleNotTrusted for other", async || {
-        w.events_for(&ns, "other").await.iter().any(|(r, n)| {
-            r == "EcrRoleNotTrusted" && n.contains(&spiffe("other")) && n.contains(ROLE_C)
-        })
-    })
+    w.await_event(
+        &ns,
+        "other",
+        "EcrRoleNotTrusted",
+        &[&spiffe("other"), ROLE_C],
+    )
     .await;
-    eventually(30, "EcrProfileNotAllowed for rogue", async || {
-        w.events_for(&ns, "rogue")
-            .await
-            .iter()
-            .any(|(r, n)| r == "EcrProfileNotAllowed" && n.contains("attache.dev/profile-arn"))
-    })
+    w.await_event(
+        &ns,
+        "rogue",
+        "EcrProfileNotAllowed",
+        &["attache.dev/profile-arn"],
+    )
     .await;
+    // Time for a wrong write after the Events to show (no signal says the
+    // controller is done with `other` and `rogue`).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(w.secret(&ns, &secret_name("other")).await.is_none());
     assert_eq!(
@@ -824,7 +740,7 @@ async fn each_service_account_needs_the_ecr_roles_trust_for_its_own_identity() {
         Some(password.as_str())
     );
     assert_eq!(
-        w.emulator().request_count(Operation::GetAuthorizationToken),
+        w.token_calls(),
         1,
         "one token for the role, shared after each ServiceAccount's own verdict"
     );

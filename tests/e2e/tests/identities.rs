@@ -58,9 +58,7 @@ fn allowed<T>(r: Result<T, kube::Error>, what: &str) -> T {
 /// waits until a dry run of a write the policies refuse is refused (as the
 /// controller), for at most a minute.
 async fn policies_in_force(server: &attache_e2e::ApiServer) {
-    let c = server
-        .client_with_token(&controller_token(server).await)
-        .await;
+    let c = controller_client(server).await;
     let probe: Secret = obj(json!({"metadata": {"name": "attache-ecr-probe"}, "type": "Opaque"}));
     let dry = PostParams {
         dry_run: true,
@@ -87,6 +85,16 @@ async fn policies_in_force(server: &attache_e2e::ApiServer) {
     .await;
 }
 
+/// The shared server with the policies in force, a cluster-admin client and
+/// a new namespace `tenant-<n>`.
+async fn tenant() -> (&'static attache_e2e::ApiServer, kube::Client, String) {
+    let server = deployed().await;
+    policies_in_force(server).await;
+    let admin = server.admin().await;
+    let ns = server.namespace("tenant", json!({}), json!({})).await;
+    (server, admin, ns)
+}
+
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
 }
@@ -111,13 +119,8 @@ fn pull_secret(name: &str, owner: &ServiceAccount, labelled: bool, type_: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ecr_controller_may_write_only_its_pull_secrets_and_imagepullsecrets() {
-    let server = deployed().await;
-    policies_in_force(server).await;
-    let admin = server.admin().await;
-    let c = server
-        .client_with_token(&controller_token(server).await)
-        .await;
-    let ns = server.namespace("tenant", json!({}), json!({})).await;
+    let (server, admin, ns) = tenant().await;
+    let c = controller_client(server).await;
     let sas_admin: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
     let app = sas_admin
         .create(
@@ -177,16 +180,30 @@ async fn the_ecr_controller_may_write_only_its_pull_secrets_and_imagepullsecrets
 
     // Anything else, though RBAC grants create/update/delete of Secrets everywhere.
     let policy = By::Policy(CONTROLLER_SECRETS);
-    refused(
-        secrets
-            .create(
-                &pp,
-                &pull_secret("attache-ecr-opaque", &app, true, "Opaque"),
-            )
-            .await,
-        By::Policy(CONTROLLER_SECRETS),
-        "an Opaque Secret",
-    );
+    let docker = "kubernetes.io/dockerconfigjson";
+    for (name, labelled, type_, what) in [
+        ("attache-ecr-opaque", true, "Opaque", "an Opaque Secret"),
+        (
+            "pull-creds",
+            true,
+            docker,
+            "a pull Secret without attache's name prefix",
+        ),
+        (
+            "attache-ecr-nolabel",
+            false,
+            docker,
+            "a pull Secret without attache's label",
+        ),
+    ] {
+        refused(
+            secrets
+                .create(&pp, &pull_secret(name, &app, labelled, type_))
+                .await,
+            By::Policy(CONTROLLER_SECRETS),
+            what,
+        );
+    }
     let token_secret: Secret = obj(json!({
         "type": "kubernetes.io/service-account-token",
         "metadata": {
@@ -199,31 +216,6 @@ async fn the_ecr_controller_may_write_only_its_pull_secrets_and_imagepullsecrets
         secrets.create(&pp, &token_secret).await,
         By::Policy(CONTROLLER_SECRETS),
         "a service-account-token Secret",
-    );
-    refused(
-        secrets
-            .create(
-                &pp,
-                &pull_secret("pull-creds", &app, true, "kubernetes.io/dockerconfigjson"),
-            )
-            .await,
-        By::Policy(CONTROLLER_SECRETS),
-        "a pull Secret without attache's name prefix",
-    );
-    refused(
-        secrets
-            .create(
-                &pp,
-                &pull_secret(
-                    "attache-ecr-nolabel",
-                    &app,
-                    false,
-                    "kubernetes.io/dockerconfigjson",
-                ),
-            )
-            .await,
-        By::Policy(CONTROLLER_SECRETS),
-        "a pull Secret without attache's label",
     );
     // Taking over the tenant's Secret of attache's name by labelling it.
     let mut theirs = secrets.get("attache-ecr-theirs").await.unwrap();
@@ -312,46 +304,30 @@ async fn the_ecr_controller_may_write_only_its_pull_secrets_and_imagepullsecrets
         .await,
         "add its imagePullSecrets entry",
     );
-    refused(
-        sas.patch(
-            "app",
-            &patch,
-            &merge(json!({"metadata": {"annotations": {"attache.dev/role-arn": "arn:aws:iam::1:role/admin"}}})),
-        )
-        .await,
-        By::Policy(CONTROLLER_SAS),
-        "annotate a ServiceAccount",
-    );
-    refused(
-        sas.patch(
-            "app",
-            &patch,
-            &merge(json!({"imagePullSecrets": [{"name": "attache-ecr-app"}]})),
-        )
-        .await,
-        By::Policy(CONTROLLER_SAS),
-        "remove a tenant's imagePullSecrets entry",
-    );
-    refused(
-        sas.patch(
-            "app",
-            &patch,
-            &merge(json!({"imagePullSecrets": [{"name": "keep-me"}, {"name": "attache-ecr-app"}, {"name": "evil"}]})),
-        )
-        .await,
-        By::Policy(CONTROLLER_SAS),
-        "add another imagePullSecrets entry",
-    );
-    refused(
-        sas.patch(
-            "app",
-            &patch,
-            &merge(json!({"automountServiceAccountToken": false})),
-        )
-        .await,
-        By::Policy(CONTROLLER_SAS),
-        "change automountServiceAccountToken",
-    );
+    for (change, what) in [
+        (
+            json!({"metadata": {"annotations": {"attache.dev/role-arn": "arn:aws:iam::1:role/admin"}}}),
+            "annotate a ServiceAccount",
+        ),
+        (
+            json!({"imagePullSecrets": [{"name": "attache-ecr-app"}]}),
+            "remove a tenant's imagePullSecrets entry",
+        ),
+        (
+            json!({"imagePullSecrets": [{"name": "keep-me"}, {"name": "attache-ecr-app"}, {"name": "evil"}]}),
+            "add another imagePullSecrets entry",
+        ),
+        (
+            json!({"automountServiceAccountToken": false}),
+            "change automountServiceAccountToken",
+        ),
+    ] {
+        refused(
+            sas.patch("app", &patch, &merge(change)).await,
+            By::Policy(CONTROLLER_SAS),
+            what,
+        );
+    }
     allowed(
         sas.patch(
             "app",
@@ -393,11 +369,8 @@ async fn the_ecr_controller_may_write_only_its_pull_secrets_and_imagepullsecrets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_may_change_only_its_webhooks_ca_bundle_and_has_no_secrets_elsewhere() {
-    let server = deployed().await;
-    policies_in_force(server).await;
-    let admin = server.admin().await;
-    let b = server.client_with_token(&broker_token(server).await).await;
-    let ns = server.namespace("tenant", json!({}), json!({})).await;
+    let (server, admin, ns) = tenant().await;
+    let b = broker_client(server).await;
     Api::<Secret>::namespaced(admin.clone(), &ns)
         .create(
             &PostParams::default(),

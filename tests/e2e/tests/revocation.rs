@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use attache_aws::session::{SessionClient, SessionConfig};
 use attache_broker::metrics::Metrics;
-use attache_emulator::{Condition, Operator, Permission, Profile, Role};
+use attache_emulator::{Operator, Permission};
 use attache_pki::{KeyType, PrivateKey, X509Signer};
 use common::{BROKER_NS, BROKER_USER, CONTROLLER_USER, assert_broker_calls_allowed_and_listed};
-use ecr_common::{ROLE, World};
+use ecr_common::{ROLE, World, allow_profile, trust_role};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PROFILE: &str = ecr_common::PROFILE;
 const CRL_ROLE: &str = "arn:aws:iam::123456789012:role/attache-crl-sync";
@@ -68,16 +68,9 @@ async fn workload(
         .unwrap();
     let token = common::pod_token(&w.server, ns, Some((name, &uid))).await;
     let key = PrivateKey::generate(KeyType::EcdsaP256).unwrap();
-    let reply: Value = common::https_trusting(&broker.serving_ca_pem)
-        .post(format!("https://{}/v1/certificates", broker.addr))
-        .bearer_auth(token)
-        .json(&json!({"csr": key.certificate_signing_request().unwrap()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let http = common::https_trusting(&broker.serving_ca_pem);
+    let csr = key.certificate_signing_request().unwrap();
+    let (_, reply) = common::request_certificate(&http, broker.addr, &token, &csr).await;
     let cert_pem = reply["certificate"]
         .as_str()
         .unwrap_or_else(|| panic!("{reply}"));
@@ -126,21 +119,8 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     let emu = w.emulator();
     // The CRL push role: trusted by the controller's own identity only,
     // allowed the four CRL calls.
-    emu.add_profile(Profile {
-        arn: PROFILE.into(),
-        role_arns: vec![ROLE.into(), CRL_ROLE.into()],
-        duration_seconds: None,
-        accept_role_session_name: false,
-        enabled: true,
-    });
-    emu.add_role(Role {
-        arn: CRL_ROLE.into(),
-        conditions: vec![Condition {
-            operator: Operator::StringEquals,
-            key: "aws:PrincipalTag/x509SAN/URI".into(),
-            values: vec![CONTROLLER_SPIFFE.into()],
-        }],
-    });
+    allow_profile(emu, PROFILE, &[ROLE, CRL_ROLE]);
+    trust_role(emu, CRL_ROLE, Operator::StringEquals, &[CONTROLLER_SPIFFE]);
     emu.add_permission(Permission {
         role_arn: CRL_ROLE.into(),
         actions: attache_broker::aws_policy::CRL_SYNC_ACTIONS
@@ -158,10 +138,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
         w.ca.private_key_pem().as_bytes(),
     )
     .unwrap();
-    let broker_client = w
-        .server
-        .client_with_token(&common::broker_token(&w.server).await)
-        .await;
+    let broker_client = common::broker_client(&w.server).await;
     let broker = attache_broker::run::start(
         common::broker_args(&[
             "--webhook-config",

@@ -57,13 +57,15 @@ pub async fn deployed() -> &'static ApiServer {
 /// `kubectl apply --server-side -k deploy/kubernetes` on `server`.
 pub fn apply_deploy(server: &ApiServer) {
     let dir = root().join("deploy/kubernetes");
+    apply_kustomization(server, &dir, &["--field-manager=e2e"]);
+}
+
+/// `kubectl apply --server-side <flags> -k <dir>` on `server`.
+pub fn apply_kustomization(server: &ApiServer, dir: &Path, flags: &[&str]) {
     tokio::task::block_in_place(|| {
-        run_ok(
-            server
-                .kubectl()
-                .args(["apply", "--server-side", "--field-manager=e2e", "-k"])
-                .arg(&dir),
-        )
+        let mut apply = server.kubectl();
+        apply.args(["apply", "--server-side"]).args(flags);
+        run_ok(apply.arg("-k").arg(dir))
     });
 }
 
@@ -75,6 +77,18 @@ pub async fn broker_token(server: &ApiServer) -> String {
 /// A token for the ECR controller's own ServiceAccount, as a pod of its Deployment gets.
 pub async fn controller_token(server: &ApiServer) -> String {
     sa_token(server, CONTROLLER_SA).await
+}
+
+/// A client as the broker's own ServiceAccount.
+pub async fn broker_client(server: &ApiServer) -> kube::Client {
+    server.client_with_token(&broker_token(server).await).await
+}
+
+/// A client as the ECR controller's own ServiceAccount.
+pub async fn controller_client(server: &ApiServer) -> kube::Client {
+    server
+        .client_with_token(&controller_token(server).await)
+        .await
 }
 
 async fn sa_token(server: &ApiServer, sa: &str) -> String {
@@ -151,13 +165,18 @@ impl SharedBroker {
 
     /// The broker's Prometheus metrics text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.admin_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_at(self.admin_addr).await
     }
+}
+
+/// The Prometheus metrics text served on admin listener `admin_addr`.
+pub async fn metrics_at(admin_addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Starts the shared broker as its own ServiceAccount and
@@ -391,18 +410,51 @@ pub async fn app_token(server: &ApiServer, ns: &str) -> String {
 /// A token of ServiceAccount `app` for the broker, bound to `pod` (name, uid)
 /// as the kubelet projects it.
 pub async fn pod_token(server: &ApiServer, ns: &str, pod: Option<(&str, &str)>) -> String {
+    workload_token(server, ns, "app", pod).await
+}
+
+/// A token of ServiceAccount `sa` for the broker (an hour), bound to `pod`
+/// (name, uid) as the kubelet projects it, if given.
+pub async fn workload_token(
+    server: &ApiServer,
+    ns: &str,
+    sa: &str,
+    pod: Option<(&str, &str)>,
+) -> String {
+    let spec = TokenSpec {
+        audiences: &["attache-broker"],
+        seconds: 3600,
+        pod,
+    };
     server
-        .token(
-            ns,
-            "app",
-            TokenSpec {
-                audiences: &["attache-broker"],
-                seconds: 3600,
-                pod,
-            },
-        )
+        .token(ns, sa, spec)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("token for {ns}/{sa}: {e:#}"))
+}
+
+/// Sends `request`; its reply's JSON body.
+pub async fn json_reply(request: reqwest::RequestBuilder) -> Value {
+    let reply = request.send().await.unwrap();
+    reply.json().await.unwrap()
+}
+
+/// POSTs `csr` with `token` to the certificate API at `addr`: the reply's
+/// status and JSON body (null if it has none).
+pub async fn request_certificate(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    csr: &str,
+) -> (u16, Value) {
+    let reply = http
+        .post(format!("https://{addr}/v1/certificates"))
+        .bearer_auth(token)
+        .json(&json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
 }
 
 /// An HTTPS client trusting only `ca_pem` (the broker's serving CA).

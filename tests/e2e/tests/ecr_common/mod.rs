@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use attache_broker::ecr::secret::secret_name;
 use attache_broker::ecr::{EcrArgs, EcrContext, EcrHandle};
 use attache_broker::metrics::Metrics;
 use attache_e2e::{ApiServer, ApiServerOptions, FaultProxy};
-use attache_emulator::{Condition, Emulator, EmulatorConfig, Operator, Profile, Role};
+use attache_emulator::{Condition, Emulator, EmulatorConfig, Operation, Operator, Profile, Role};
 use attache_pki::{CaOptions, CertificateAuthority};
 use attache_rt::clock::{Clock, ManualClock};
 use clap::Parser;
@@ -28,6 +29,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::common::{ANCHOR, BROKER_NS, CONTROLLER_USER};
 
@@ -73,6 +75,14 @@ impl World {
         Self::start(regions, false).await
     }
 
+    /// A us-east-1 world with [`World::app_namespace`]`(prefix, pull_secrets)`:
+    /// (world, namespace, registry host).
+    pub async fn with_app(prefix: &str, pull_secrets: &[&str]) -> (World, String, String) {
+        let w = World::new(&["us-east-1"]).await;
+        let (ns, host) = w.app_namespace(prefix, pull_secrets).await;
+        (w, ns, host)
+    }
+
     /// Like [`World::new`], with the controllers' requests going through a [`FaultProxy`].
     pub async fn proxied(regions: &[&str]) -> World {
         Self::start(regions, true).await
@@ -109,31 +119,11 @@ impl World {
             .await
             .expect("emulator");
             emu.add_trust_anchor(ANCHOR, ca.certificate_pem(), true);
-            emu.add_profile(Profile {
-                arn: PROFILE.into(),
-                role_arns: vec![ROLE.into(), ROLE_B.into(), ROLE_C.into()],
-                duration_seconds: None,
-                accept_role_session_name: false,
-                enabled: true,
-            });
+            allow_profile(&emu, PROFILE, &[ROLE, ROLE_B, ROLE_C]);
             for role in [ROLE, ROLE_B] {
-                emu.add_role(Role {
-                    arn: role.into(),
-                    conditions: vec![Condition {
-                        operator: Operator::StringLike,
-                        key: "aws:PrincipalTag/x509SAN/URI".into(),
-                        values: vec![ANY_SA.into()],
-                    }],
-                });
+                trust_role(&emu, role, Operator::StringLike, &[ANY_SA]);
             }
-            emu.add_role(Role {
-                arn: ROLE_C.into(),
-                conditions: vec![Condition {
-                    operator: Operator::StringEquals,
-                    key: "aws:PrincipalTag/x509SAN/URI".into(),
-                    values: vec!["spiffe://nobody".into()],
-                }],
-            });
+            trust_role(&emu, ROLE_C, Operator::StringEquals, &["spiffe://nobody"]);
             emulators.insert(region.to_string(), emu);
         }
         World {
@@ -150,14 +140,7 @@ impl World {
     /// ROLE_C's trust policy (in every emulator) admits exactly these SPIFFE IDs.
     pub fn trust_only(&self, spiffe_ids: &[String]) {
         for emu in self.emulators.values() {
-            emu.add_role(Role {
-                arn: ROLE_C.into(),
-                conditions: vec![Condition {
-                    operator: Operator::StringEquals,
-                    key: "aws:PrincipalTag/x509SAN/URI".into(),
-                    values: spiffe_ids.to_vec(),
-                }],
-            });
+            trust_role(emu, ROLE_C, Operator::StringEquals, spiffe_ids);
         }
     }
 
@@ -194,21 +177,35 @@ impl World {
         pull_secrets: &[&str],
     ) -> Value {
         let sa = service_account_object(name, annotations, pull_secrets);
-        let created = Api::<ServiceAccount>::namespaced(self.admin.clone(), ns)
-            .create(&PostParams::default(), &sa)
-            .await
-            .unwrap_or_else(|e| panic!("creating ServiceAccount {ns}/{name}: {e}"));
-        serde_json::to_value(created).unwrap()
+        self.create(ns, &sa).await
     }
 
     /// Creates a Secret from its JSON (as cluster-admin); returns it as stored.
     pub async fn create_secret(&self, ns: &str, obj: Value) -> Value {
         let secret: Secret = serde_json::from_value(obj).unwrap();
-        let created = Api::<Secret>::namespaced(self.admin.clone(), ns)
-            .create(&PostParams::default(), &secret)
+        self.create(ns, &secret).await
+    }
+
+    /// Creates `obj` in `ns` (as cluster-admin); returns it as stored.
+    async fn create<K: Namespaced>(&self, ns: &str, obj: &K) -> Value {
+        let created = Api::<K>::namespaced(self.admin.clone(), ns)
+            .create(&PostParams::default(), obj)
             .await
-            .unwrap_or_else(|e| panic!("creating a Secret in {ns}: {e}"));
+            .unwrap_or_else(|e| {
+                let name = obj.meta().name.as_deref().unwrap_or_default();
+                panic!("creating {} {ns}/{name}: {e}", K::kind(&()))
+            });
         serde_json::to_value(created).unwrap()
+    }
+
+    /// Namespace `<prefix>-<n>` with ServiceAccount `app` asking for
+    /// us-east-1's registry and listing `pull_secrets`: (namespace, registry host).
+    pub async fn app_namespace(&self, prefix: &str, pull_secrets: &[&str]) -> (String, String) {
+        let host = registry("us-east-1");
+        let ns = self.namespace(prefix, &[]).await;
+        self.service_account(&ns, "app", &[(ANN, &host)], pull_secrets)
+            .await;
+        (ns, host)
     }
 
     /// Flags for a controller against this world's emulators.
@@ -219,16 +216,7 @@ impl World {
             .map(|(r, e)| format!("{r}={}", e.url()))
             .collect();
         let endpoints = endpoints.join(",");
-        let mut argv = vec![
-            "t",
-            "--ecr-role-arn",
-            ROLE,
-            "--ecr-endpoint",
-            &endpoints,
-            "--rolesanywhere-endpoint",
-            &endpoints,
-            "--ecr-identity",
-            identity,
+        let settings = [
             // The session client stamps and the emulator checks Roles Anywhere
             // credentials on the wall clock while the controller judges them on
             // the manual clock: 12 h sessions stay valid across the time travel.
@@ -239,26 +227,12 @@ impl World {
             "--ecr-session-rate",
             "8",
         ];
-        argv.extend_from_slice(extra);
-        Flags::parse_from(argv).ecr
+        ecr_args(ROLE, &endpoints, identity, &[&settings[..], extra].concat())
     }
 
     pub fn context(&self, metrics: &Metrics) -> EcrContext {
-        EcrContext {
-            client: self.client.clone(),
-            ca: self.ca.clone(),
-            namespace: BROKER_NS.into(),
-            trust_domain: "cluster.local".into(),
-            session: attache_broker::flags::SessionDefaults {
-                region: "us-east-1".into(),
-                profile_arn: Some(PROFILE.into()),
-                trust_anchor_arn: Some(ANCHOR.into()),
-                ..Default::default()
-            },
-            namespace_restrictions: true,
-            metrics: metrics.clone(),
-            clock: Arc::new(self.clock.clone()) as Arc<dyn Clock>,
-        }
+        let clock = Arc::new(self.clock.clone());
+        ecr_context(self.client.clone(), self.ca.clone(), metrics, clock)
     }
 
     /// Starts a controller and waits until it leads.
@@ -274,20 +248,45 @@ impl World {
         h
     }
 
+    /// [`World::app_namespace`] for each of `prefixes`, without pull secrets
+    /// of their own; returns the namespaces.
+    pub async fn app_namespaces(&self, prefixes: &[&str]) -> Vec<String> {
+        let mut namespaces = Vec::new();
+        for prefix in prefixes {
+            namespaces.push(self.app_namespace(prefix, &[]).await.0);
+        }
+        namespaces
+    }
+
+    /// Starts controller `a` (counting into `metrics`) and waits until
+    /// ServiceAccount `app` of `ns` lists its pull Secret, which holds a
+    /// password for `host`; returns the controller and the Secret's name.
+    pub async fn serve_app(&self, ns: &str, host: &str, metrics: &Metrics) -> (EcrHandle, String) {
+        let controller = self.controller("a", metrics).await;
+        let name = secret_name("app");
+        eventually(30, "app's pull secret written and listed", async || {
+            self.password(ns, &name, host).await.is_some()
+                && self.pull_secrets(ns, "app").await.contains(&name)
+        })
+        .await;
+        (controller, name)
+    }
+
     pub async fn secret(&self, ns: &str, name: &str) -> Option<Value> {
-        let s = Api::<Secret>::namespaced(self.admin.clone(), ns)
-            .get_opt(name)
-            .await
-            .unwrap_or_else(|e| panic!("reading Secret {ns}/{name}: {e}"))?;
-        Some(serde_json::to_value(s).unwrap())
+        self.get::<Secret>(ns, name).await
     }
 
     pub async fn sa(&self, ns: &str, name: &str) -> Option<Value> {
-        let s = Api::<ServiceAccount>::namespaced(self.admin.clone(), ns)
+        self.get::<ServiceAccount>(ns, name).await
+    }
+
+    /// Object `ns/name` of kind `K` as JSON (as cluster-admin), if it exists.
+    async fn get<K: Namespaced>(&self, ns: &str, name: &str) -> Option<Value> {
+        let obj = Api::<K>::namespaced(self.admin.clone(), ns)
             .get_opt(name)
             .await
-            .unwrap_or_else(|e| panic!("reading ServiceAccount {ns}/{name}: {e}"))?;
-        Some(serde_json::to_value(s).unwrap())
+            .unwrap_or_else(|e| panic!("reading {} {ns}/{name}: {e}", K::kind(&())))?;
+        Some(serde_json::to_value(obj).unwrap())
     }
 
     /// The pull secret names an SA lists.
@@ -328,6 +327,62 @@ impl World {
             })
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
+    }
+
+    /// Waits (30 s at most) for an Event `reason` about ServiceAccount `sa`
+    /// whose note contains each of `fragments`.
+    pub async fn await_event(&self, ns: &str, sa: &str, reason: &str, fragments: &[&str]) {
+        let what = format!("{reason} Event about {ns}/{sa} naming {fragments:?}");
+        eventually(30, &what, async || {
+            self.events_for(ns, sa)
+                .await
+                .iter()
+                .any(|(r, n)| r == reason && fragments.iter().all(|f| n.contains(f)))
+        })
+        .await;
+    }
+
+    /// GetAuthorizationToken calls the (first) emulator answered.
+    pub fn token_calls(&self) -> u64 {
+        self.emulator()
+            .request_count(Operation::GetAuthorizationToken)
+    }
+
+    /// The role ECR (the first emulator) issued `password` for, while it is valid.
+    pub fn issued_for(&self, password: &str) -> Option<String> {
+        self.emulator().ecr_password_valid(password)
+    }
+
+    /// What a pull Secret's `attache.dev/ecr-expires-at` leaves on the world's clock.
+    pub fn time_left(&self, secret: &Value) -> time::Duration {
+        let at = secret["metadata"]["annotations"]["attache.dev/ecr-expires-at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no expiry annotation: {secret}"));
+        OffsetDateTime::parse(at, &Rfc3339).unwrap() - self.clock.now()
+    }
+
+    /// When (on the world's clock) the controller obtained the token
+    /// `password`, from its state Secret; None until it is stored there.
+    pub async fn obtained_at(&self, password: &str) -> Option<OffsetDateTime> {
+        use attache_broker::ecr::state::{STATE_KEY, STATE_SECRET, decode};
+        use base64::Engine as _;
+        let state = self.secret(BROKER_NS, STATE_SECRET).await?;
+        let raw = state["data"][STATE_KEY].as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
+        decode(&bytes)
+            .into_iter()
+            .find(|(_, t)| t.password.as_str() == password)
+            .map(|(_, t)| t.obtained_at)
+    }
+
+    /// Whether each (namespace, ServiceAccount) lists exactly one pull secret.
+    pub async fn each_lists_one(&self, sas: &[(&str, &str)]) -> bool {
+        for (ns, sa) in sas {
+            if self.pull_secrets(ns, sa).await.len() != 1 {
+                return false;
+            }
+        }
+        true
     }
 
     /// The Lease the controllers campaign for.
@@ -375,6 +430,93 @@ impl World {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Adds profile `profile` (enabled, no duration or session name of its own)
+/// allowing `roles`.
+pub fn allow_profile(emu: &Emulator, profile: &str, roles: &[&str]) {
+    emu.add_profile(Profile {
+        arn: profile.into(),
+        role_arns: roles.iter().map(|r| r.to_string()).collect(),
+        duration_seconds: None,
+        accept_role_session_name: false,
+        enabled: true,
+    });
+}
+
+/// Adds (or replaces) `role`, trusting certificates whose SAN URI matches
+/// one of `sans` by `operator`.
+pub fn trust_role(emu: &Emulator, role: &str, operator: Operator, sans: &[impl AsRef<str>]) {
+    emu.add_role(Role {
+        arn: role.into(),
+        conditions: vec![Condition {
+            operator,
+            key: "aws:PrincipalTag/x509SAN/URI".into(),
+            values: sans.iter().map(|s| s.as_ref().to_string()).collect(),
+        }],
+    });
+}
+
+/// Controller flags: `identity` pulling with `role`, ECR and Roles Anywhere
+/// at `endpoints` (`URL` or `region=URL,...`), then `extra`.
+pub fn ecr_args(role: &str, endpoints: &str, identity: &str, extra: &[&str]) -> EcrArgs {
+    let mut argv = vec![
+        "t",
+        "--ecr-role-arn",
+        role,
+        "--ecr-endpoint",
+        endpoints,
+        "--rolesanywhere-endpoint",
+        endpoints,
+        "--ecr-identity",
+        identity,
+    ];
+    argv.extend_from_slice(extra);
+    Flags::parse_from(argv).ecr
+}
+
+/// The controller's context: as `client`, minting from `ca`, with PROFILE
+/// and ANCHOR (us-east-1) as its defaults and namespace restrictions on.
+pub fn ecr_context(
+    client: kube::Client,
+    ca: Arc<CertificateAuthority>,
+    metrics: &Metrics,
+    clock: Arc<dyn Clock>,
+) -> EcrContext {
+    EcrContext {
+        client,
+        ca,
+        namespace: BROKER_NS.into(),
+        trust_domain: "cluster.local".into(),
+        session: attache_broker::flags::SessionDefaults {
+            region: "us-east-1".into(),
+            profile_arn: Some(PROFILE.into()),
+            trust_anchor_arn: Some(ANCHOR.into()),
+            ..Default::default()
+        },
+        namespace_restrictions: true,
+        metrics: metrics.clone(),
+        clock,
+    }
+}
+
+/// A namespaced Kubernetes object kind the world reads and creates as JSON.
+trait Namespaced:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
 }
 
 /// A ServiceAccount object with these annotations and `imagePullSecrets`.

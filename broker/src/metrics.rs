@@ -38,6 +38,8 @@ pub struct Metrics {
     pub ecr_refresh_failures: Family<Reason, Counter>,
     /// Seconds until the soonest-expiring ECR token managed expires.
     pub ecr_token_expiry_seconds: Gauge,
+    /// ServiceAccounts queued or being reconciled by the ECR controller.
+    pub ecr_queue_depth: Gauge,
     /// Certificates revoked, by reason (`pod_deleted`, `requested`).
     pub certificates_revoked: Family<Reason, Counter>,
     /// CRL pushes to Roles Anywhere, by result (`imported`, `updated`, `failed`).
@@ -59,6 +61,7 @@ impl Default for Metrics {
             ecr_secrets_written: Counter::default(),
             ecr_refresh_failures: Family::default(),
             ecr_token_expiry_seconds: Gauge::default(),
+            ecr_queue_depth: Gauge::default(),
             certificates_revoked: Family::default(),
             crl_pushes: Family::default(),
         };
@@ -106,6 +109,11 @@ impl Default for Metrics {
             "ecr_token_expiry_seconds",
             "Seconds until the soonest-expiring ECR token attache manages expires",
             m.ecr_token_expiry_seconds.clone(),
+        );
+        r.register(
+            "ecr_queue_depth",
+            "ServiceAccounts queued or being reconciled by the ECR controller",
+            m.ecr_queue_depth.clone(),
         );
         r.register(
             "certificates_revoked",

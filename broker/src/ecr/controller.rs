@@ -128,6 +128,7 @@ impl Controller {
         sources: TokenSources,
     ) -> Self {
         Controller {
+            queue: Queue::with_depth(metrics.ecr_queue_depth.clone()),
             client,
             config,
             clock,
@@ -137,7 +138,6 @@ impl Controller {
             sessions: sources.sessions,
             store: sources.store,
             world: Mutex::default(),
-            queue: Queue::default(),
             deps: Mutex::default(),
             warned: Mutex::default(),
             foreign: Mutex::default(),

@@ -215,11 +215,31 @@ struct QueueState {
 pub struct Queue {
     state: Mutex<QueueState>,
     notify: tokio::sync::Notify,
+    /// Reports [`Queue::len`] after every change.
+    depth: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl QueueState {
+    fn len(&self) -> usize {
+        self.ready.len() + self.active.len()
+    }
 }
 
 impl Queue {
+    /// An empty queue that keeps `depth` at its length.
+    pub fn with_depth(depth: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Queue {
+            depth,
+            ..Queue::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn report(&self, s: &QueueState) {
+        self.depth.set(i64::try_from(s.len()).unwrap_or(i64::MAX));
     }
 
     /// Queues `key` (no-op if already queued).
@@ -229,6 +249,7 @@ impl Queue {
             s.dirty.insert(key);
         } else if s.queued.insert(key.clone()) {
             s.ready.push_back(key);
+            self.report(&s);
             drop(s);
             self.notify.notify_one();
         }
@@ -260,22 +281,25 @@ impl Queue {
         }
     }
 
-    /// Marks `key` done; queues it again if it changed meanwhile.
+    /// Marks `key` done; queues it again if it changed meanwhile (in one
+    /// step, so the length never passes through zero on the way).
     pub fn done(&self, key: &Key) {
-        let again = {
-            let mut s = self.lock();
-            s.active.remove(key);
-            s.dirty.remove(key)
-        };
+        let mut s = self.lock();
+        s.active.remove(key);
+        let again = s.dirty.remove(key) && s.queued.insert(key.clone());
         if again {
-            self.push(key.clone());
+            s.ready.push_back(key.clone());
+        }
+        self.report(&s);
+        drop(s);
+        if again {
+            self.notify.notify_one();
         }
     }
 
     /// Keys queued or being worked on.
     pub fn len(&self) -> usize {
-        let s = self.lock();
-        s.ready.len() + s.active.len()
+        self.lock().len()
     }
 
     /// Whether nothing is queued or active.
@@ -334,19 +358,23 @@ mod tests {
 
     #[tokio::test]
     async fn queue_deduplicates_and_requeues_keys_changed_while_active() {
-        let q = Queue::default();
+        let depth = prometheus_client::metrics::gauge::Gauge::default();
+        let q = Queue::with_depth(depth.clone());
         let k = Key::new("ns", "a");
         q.push(k.clone());
         q.push(k.clone());
-        assert_eq!(q.len(), 1);
+        assert_eq!((q.len(), depth.get()), (1, 1));
         let got = q.pop().await;
         assert_eq!(got, k);
+        assert_eq!(depth.get(), 1, "an active key counts");
         q.push(k.clone()); // while active: deferred
         assert_eq!(q.lock().ready.len(), 0);
         q.done(&k);
+        assert_eq!(depth.get(), 1, "requeued at once, never zero between");
         assert_eq!(q.pop().await, k);
         q.done(&k);
         assert!(q.is_empty());
+        assert_eq!(depth.get(), 0);
     }
 
     #[test]

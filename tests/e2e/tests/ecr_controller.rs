@@ -228,12 +228,12 @@ async fn a_foreign_secret_with_the_same_name_is_never_touched() {
             json!({"type": "Opaque", "metadata": {"name": name}, "data": {"x": "eQ=="}}),
         )
         .await;
-    let _c = w.controller("a", &Metrics::default()).await;
+    let metrics = Metrics::default();
+    let _c = w.controller("a", &metrics).await;
     w.await_event(&ns, "app", "SecretNotOwned", &[&name, "managed-by"])
         .await;
-    // Time for a wrong write after the Event to show: nothing the test can
-    // see says the controller is done with `app` (its queue is not exposed).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reconcile that sent the Event has finished, and nothing else is queued.
+    settled(&metrics).await;
     let now = w.secret(&ns, &name).await.unwrap();
     assert_eq!(
         now["metadata"]["resourceVersion"],
@@ -454,8 +454,8 @@ async fn leader_hand_over_loses_no_refresh_and_doubles_no_write() {
         true
     })
     .await;
-    // Time for a doubled write to show (B's work queue is not observable).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B's reconciles after its refresh have finished: a doubled write would show.
+    settled(&mb).await;
     assert_eq!(writes(&w), before + names.len());
     assert_eq!(w.token_calls(), 2);
 
@@ -696,9 +696,8 @@ async fn each_service_account_needs_the_ecr_roles_trust_for_its_own_identity() {
         &["attache.dev/profile-arn"],
     )
     .await;
-    // Time for a wrong write after the Events to show (no signal says the
-    // controller is done with `other` and `rogue`).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reconciles that sent the Events have finished: a wrong write would show.
+    settled(&metrics).await;
     assert!(w.secret(&ns, &secret_name("other")).await.is_none());
     assert_eq!(
         w.pull_secrets(&ns, "other").await,

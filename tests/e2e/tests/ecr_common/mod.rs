@@ -562,6 +562,16 @@ pub fn broker_call_counts(server: &ApiServer) -> BTreeMap<(String, String), usiz
     counts
 }
 
+/// Waits until the ECR controller counting into `metrics` has nothing queued
+/// or in progress (`attache_ecr_queue_depth` 0). Called after a sign that a
+/// reconcile started (an Event, a write), it means that reconcile finished.
+pub async fn settled(metrics: &Metrics) {
+    eventually(30, "the ECR controller's queue drained", async || {
+        metrics.ecr_queue_depth.get() == 0
+    })
+    .await;
+}
+
 /// Polls `cond` every 50 ms for up to `secs` seconds (a liveness bound for a
 /// failing run, not a timing assertion).
 pub async fn eventually(secs: u64, what: &str, mut cond: impl AsyncFnMut() -> bool) {

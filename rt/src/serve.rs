@@ -13,7 +13,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How long a client may take to send a request's headers, from their first
@@ -212,8 +211,17 @@ async fn serve_connection<IO, S: HttpService>(
         .serve_connection(TokioIo::new(io), service);
     let conn = watcher.watch(conn);
     let mut conn = std::pin::pin!(conn);
+    // One timer per connection, re-armed at most once a second (not per
+    // request): requests change the phase without waking this task, and the
+    // next check reads it.
+    let check = tokio::time::sleep(Duration::ZERO);
+    let mut check = std::pin::pin!(check);
     loop {
-        let deadline = activity.deadline();
+        let now = Instant::now();
+        let next = activity
+            .deadline()
+            .map_or(now + CHECK_EVERY, |at| at.min(now + CHECK_EVERY));
+        check.as_mut().reset(next);
         // The connection first: when the deadline and the client's bytes are
         // both ready (a CPU-starved process notices both late), the bytes are
         // read before the deadline is judged, so a starved server does not
@@ -221,8 +229,7 @@ async fn serve_connection<IO, S: HttpService>(
         tokio::select! {
             biased;
             _ = &mut conn => return,
-            () = activity.changed() => {}
-            () = sleep_until(deadline) => {
+            () = &mut check => {
                 if let Some(why) = activity.expired() {
                     tracing::debug!(why, "connection closed");
                     return;
@@ -232,12 +239,9 @@ async fn serve_connection<IO, S: HttpService>(
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+/// How often a connection's phase is looked at, at most: a phase that
+/// started between two looks gets its full time from when it started.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a connection is between requests.
 #[derive(Debug, Clone, Copy)]
@@ -254,36 +258,30 @@ enum Phase {
 /// A connection's [`Phase`], shared by its reader ([`Watched`]), its service
 /// ([`Tracked`]) and the task that closes it when a deadline passes.
 #[derive(Clone)]
-struct Activity(Arc<(Mutex<Phase>, Notify)>);
+struct Activity(Arc<Mutex<Phase>>);
 
 impl Activity {
     /// A new connection owes its first request's headers at once: clients
     /// open a connection to send a request.
     fn new() -> Self {
-        Activity(Arc::new((
-            Mutex::new(Phase::Headers(Instant::now())),
-            Notify::new(),
-        )))
+        Activity(Arc::new(Mutex::new(Phase::Headers(Instant::now()))))
     }
 
     fn update(&self, change: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut phase = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *phase = change(*phase);
-        self.0.1.notify_one();
     }
 
     fn phase(&self) -> Phase {
-        *self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes arrived: on an idle connection they start a request's headers.
-    /// Every read passes here, so only that change wakes the connection's task.
     fn bytes_read(&self) {
-        let mut phase = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*phase, Phase::Idle(_)) {
-            *phase = Phase::Headers(Instant::now());
-            self.0.1.notify_one();
-        }
+        self.update(|p| match p {
+            Phase::Idle(_) => Phase::Headers(Instant::now()),
+            other => other,
+        });
     }
 
     /// A request's headers are in and it is being answered until the guard drops.
@@ -313,10 +311,6 @@ impl Activity {
             }
             _ => None,
         }
-    }
-
-    async fn changed(&self) {
-        self.0.1.notified().await;
     }
 }
 

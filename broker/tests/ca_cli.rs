@@ -43,6 +43,16 @@ fn openssl_csr(dir: &Path, name: &str) {
     assert!(o.status.success(), "{}", text(&o));
 }
 
+/// `attache-broker ca issue` of `csr` with the CA in directory `ca` for
+/// ServiceAccount `(namespace, name)`, then `extra` flags.
+fn ca_issue(ca: &str, csr: &Path, (ns, sa): (&str, &str), extra: &[&str]) -> Output {
+    let csr = csr.to_str().unwrap();
+    let mut args = vec!["ca", "issue", "--dir", ca, "--csr", csr];
+    args.extend(["--namespace", ns, "--service-account", sa]);
+    args.extend_from_slice(extra);
+    broker(&args)
+}
+
 /// A failure is one line on stderr, a non-zero exit, and never a panic.
 fn assert_clean_failure(o: &Output, expect: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -76,22 +86,18 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
     assert_eq!(std::fs::read(ca_dir.join("ca.pem")).unwrap(), before);
 
     openssl_csr(d, "leaf");
-    let o = broker(&[
-        "ca",
-        "issue",
-        "--dir",
+    let out = d.join("leaf.pem");
+    let o = ca_issue(
         ca,
-        "--csr",
-        d.join("leaf.csr").to_str().unwrap(),
-        "--namespace",
-        "team-a",
-        "--service-account",
-        "uploader",
-        "--trust-domain",
-        "prod.example.com",
-        "--out",
-        d.join("leaf.pem").to_str().unwrap(),
-    ]);
+        &d.join("leaf.csr"),
+        ("team-a", "uploader"),
+        &[
+            "--trust-domain",
+            "prod.example.com",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let o = openssl(d, &["verify", "-CAfile", "ca/ca.pem", "leaf.pem"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -113,18 +119,7 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
     );
 
     // Without --out the PEM goes to stdout.
-    let o = broker(&[
-        "ca",
-        "issue",
-        "--dir",
-        ca,
-        "--csr",
-        d.join("leaf.csr").to_str().unwrap(),
-        "--namespace",
-        "a",
-        "--service-account",
-        "b",
-    ]);
+    let o = ca_issue(ca, &d.join("leaf.csr"), ("a", "b"), &[]);
     assert!(
         o.status.success()
             && String::from_utf8_lossy(&o.stdout).starts_with("-----BEGIN CERTIFICATE-----")
@@ -177,20 +172,7 @@ fn bad_inputs_fail_with_one_clear_line() {
     let ca = d.join("ca");
     let ca = ca.to_str().unwrap();
     assert!(broker(&["ca", "init", "--dir", ca]).status.success());
-    let issue = |csr: &str, ns: &str| {
-        broker(&[
-            "ca",
-            "issue",
-            "--dir",
-            ca,
-            "--csr",
-            d.join(csr).to_str().unwrap(),
-            "--namespace",
-            ns,
-            "--service-account",
-            "sa",
-        ])
-    };
+    let issue = |csr: &str, ns: &str| ca_issue(ca, &d.join(csr), (ns, "sa"), &[]);
 
     let o = openssl(
         d,

@@ -216,14 +216,8 @@ impl Controller {
                 }
             },
         };
-        follow(
-            api,
-            watcher::Config::default(),
-            "ServiceAccount",
-            handlers,
-            &ready,
-        )
-        .await;
+        let every = watcher::Config::default();
+        follow(api, every, "ServiceAccount", handlers, &ready).await;
     }
 
     async fn watch_namespaces(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {
@@ -250,14 +244,8 @@ impl Controller {
                 lock(&self.world).namespaces.retain(|n, _| seen.contains(n));
             },
         };
-        follow(
-            api,
-            watcher::Config::default(),
-            "Namespace",
-            handlers,
-            &ready,
-        )
-        .await;
+        let every = watcher::Config::default();
+        follow(api, every, "Namespace", handlers, &ready).await;
     }
 
     async fn watch_secrets(self: Arc<Self>, ready: Arc<tokio::sync::watch::Sender<u32>>) {

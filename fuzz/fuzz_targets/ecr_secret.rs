@@ -16,16 +16,16 @@ use attache_aws::arn::{validate_role_arn, validate_rolesanywhere_arn};
 use attache_broker::ecr::registry::{parse_registries, regions};
 use attache_broker::ecr::secret::{DATA_KEY, build, desired, foreign_reason, secret_name};
 use attache_broker::ecr::state::{decode, encode};
-use attache_broker::ecr::tokens::Token;
+use attache_broker::ecr::tokens::{Pair, Token};
 use attache_broker::ecr::world::SecretInfo;
 use k8s_openapi::api::core::v1::Secret;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-type Entry = ((String, String, String), String, i64, i64);
+type Entry = (Pair, String, i64, i64);
 
-fn plain(tokens: &[((String, String, String), Token)]) -> Vec<Entry> {
+fn plain(tokens: &[(Pair, Token)]) -> Vec<Entry> {
     tokens
         .iter()
         .map(|(pair, t)| {
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     match selector {
         0 => {
             let loaded = decode(rest);
-            for ((role, _region, profile), t) in &loaded {
+            for (Pair { role, profile, .. }, t) in &loaded {
                 assert!(validate_role_arn(role).is_ok());
                 assert!(validate_rolesanywhere_arn(profile, "profile").is_ok());
                 assert!(!t.password.is_empty());

@@ -65,66 +65,8 @@ impl Default for Metrics {
             certificates_revoked: Family::default(),
             crl_pushes: Family::default(),
         };
-        r.register(
-            "certificates_issued",
-            "Workload certificates issued",
-            m.certificates_issued.clone(),
-        );
-        r.register(
-            "certificates_refused",
-            "Certificate requests refused, by reason",
-            m.certificates_refused.clone(),
-        );
-        r.register(
-            "admissions",
-            "Admission reviews by decision",
-            m.admissions.clone(),
-        );
-        r.register(
-            "admission_duration_seconds",
-            "Seconds the webhook took to answer an admission review",
-            m.admission_duration.clone(),
-        );
-        r.register(
-            "token_review_cache_hits",
-            "TokenReview results served from cache",
-            m.token_cache_hits.clone(),
-        );
-        r.register(
-            "token_reviews",
-            "TokenReviews sent to the API server",
-            m.token_reviews.clone(),
-        );
-        r.register(
-            "ecr_secrets_written",
-            "ECR pull secrets created or updated",
-            m.ecr_secrets_written.clone(),
-        );
-        r.register(
-            "ecr_refresh_failures",
-            "ECR token refresh failures by reason",
-            m.ecr_refresh_failures.clone(),
-        );
-        r.register(
-            "ecr_token_expiry_seconds",
-            "Seconds until the soonest-expiring ECR token attache manages expires",
-            m.ecr_token_expiry_seconds.clone(),
-        );
-        r.register(
-            "ecr_queue_depth",
-            "ServiceAccounts queued or being reconciled by the ECR controller",
-            m.ecr_queue_depth.clone(),
-        );
-        r.register(
-            "certificates_revoked",
-            "Workload certificates revoked, by reason",
-            m.certificates_revoked.clone(),
-        );
-        r.register(
-            "crl_pushes",
-            "CRL pushes to IAM Roles Anywhere, by result",
-            m.crl_pushes.clone(),
-        );
+        m.register_broker(&mut r);
+        m.register_ecr(&mut r);
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -133,6 +75,74 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The webhook's, the certificate API's and revocation's metrics.
+    fn register_broker(&self, r: &mut Registry) {
+        r.register(
+            "certificates_issued",
+            "Workload certificates issued",
+            self.certificates_issued.clone(),
+        );
+        r.register(
+            "certificates_refused",
+            "Certificate requests refused, by reason",
+            self.certificates_refused.clone(),
+        );
+        r.register(
+            "admissions",
+            "Admission reviews by decision",
+            self.admissions.clone(),
+        );
+        r.register(
+            "admission_duration_seconds",
+            "Seconds the webhook took to answer an admission review",
+            self.admission_duration.clone(),
+        );
+        r.register(
+            "token_review_cache_hits",
+            "TokenReview results served from cache",
+            self.token_cache_hits.clone(),
+        );
+        r.register(
+            "token_reviews",
+            "TokenReviews sent to the API server",
+            self.token_reviews.clone(),
+        );
+        r.register(
+            "certificates_revoked",
+            "Workload certificates revoked, by reason",
+            self.certificates_revoked.clone(),
+        );
+        r.register(
+            "crl_pushes",
+            "CRL pushes to IAM Roles Anywhere, by result",
+            self.crl_pushes.clone(),
+        );
+    }
+
+    /// The ECR controller's metrics.
+    fn register_ecr(&self, r: &mut Registry) {
+        r.register(
+            "ecr_secrets_written",
+            "ECR pull secrets created or updated",
+            self.ecr_secrets_written.clone(),
+        );
+        r.register(
+            "ecr_refresh_failures",
+            "ECR token refresh failures by reason",
+            self.ecr_refresh_failures.clone(),
+        );
+        r.register(
+            "ecr_token_expiry_seconds",
+            "Seconds until the soonest-expiring ECR token attache manages expires",
+            self.ecr_token_expiry_seconds.clone(),
+        );
+        r.register(
+            "ecr_queue_depth",
+            "ServiceAccounts queued or being reconciled by the ECR controller",
+            self.ecr_queue_depth.clone(),
+        );
+    }
+
     /// Counts one event with a reason label.
     pub fn count(family: &Family<Reason, Counter>, reason: &str) {
         family
@@ -147,5 +157,45 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_under_the_attache_prefix() {
+        let m = Metrics::default();
+        // A family shows only once it has a label set.
+        for family in [
+            &m.certificates_refused,
+            &m.admissions,
+            &m.ecr_refresh_failures,
+            &m.certificates_revoked,
+            &m.crl_pushes,
+        ] {
+            Metrics::count(family, "test");
+        }
+        let text = m.encode();
+        for name in [
+            "certificates_issued",
+            "certificates_refused",
+            "admissions",
+            "admission_duration_seconds",
+            "token_review_cache_hits",
+            "token_reviews",
+            "ecr_secrets_written",
+            "ecr_refresh_failures",
+            "ecr_token_expiry_seconds",
+            "ecr_queue_depth",
+            "certificates_revoked",
+            "crl_pushes",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE attache_{name} ")),
+                "attache_{name} missing:\n{text}"
+            );
+        }
     }
 }

@@ -367,6 +367,20 @@ impl Controller {
         self.delayed_changed.notify_one();
     }
 
+    /// Waits until `next` on the controller's clock (no limit if `None`) or
+    /// until `changed` fires, whichever is first.
+    async fn wait_until(&self, next: Option<OffsetDateTime>, changed: impl Future<Output = ()>) {
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = self.clock.sleep_until(at) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+
     async fn retry_delayed(self: Arc<Self>) {
         loop {
             let changed = self.delayed_changed.notified();
@@ -378,15 +392,7 @@ impl Controller {
                 (due, d.keys().next().map(|(at, _seq)| *at))
             };
             self.queue.push_all(due);
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = self.clock.sleep_until(at) => {}
-                        _ = changed => {}
-                    }
-                }
-                None => changed.await,
-            }
+            self.wait_until(next, changed).await;
         }
     }
 
@@ -429,15 +435,7 @@ impl Controller {
                     this.tokens.changed.notify_one();
                 });
             }
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = self.clock.sleep_until(at) => {}
-                        _ = changed => {}
-                    }
-                }
-                None => changed.await,
-            }
+            self.wait_until(next, changed).await;
         }
     }
 

@@ -48,8 +48,9 @@ pub struct Caller {
     pub pod_uid: Option<String>,
 }
 
-/// Authentication and authorization results by SHA-256 of the token: the
-/// caller, the role it may use, and until when the entry may be reused.
+/// TokenReview results by SHA-256 of the token: the caller and until when the
+/// entry may be reused (authorization is never cached: it is read again for
+/// every request).
 pub type TokenCache = Arc<Mutex<HashMap<[u8; 32], Reviewed>>>;
 
 /// A caller TokenReview authenticated, reused until `until`.

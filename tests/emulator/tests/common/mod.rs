@@ -502,7 +502,9 @@ pub async fn session(emu: &Emulator, ca: &TestCa, duration: i64) -> Creds {
 }
 
 /// Signs with the `aws-sigv4` crate exactly as the AWS SDKs do (default
-/// settings: double URI encoding, path normalisation, session token signed).
+/// settings: double URI encoding, path normalisation, session token signed),
+/// through attache's one signing function (`attache_aws::sigv4`), which the
+/// emulator's verifier does not share.
 pub fn sdk_sign(
     creds: &Creds,
     service: &str,
@@ -511,52 +513,29 @@ pub fn sdk_sign(
     req: &mut Req,
     at: SystemTime,
 ) {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    use aws_sigv4::sign::v4;
-    let identity = aws_credential_types::Credentials::new(
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        Some(creds.session_token.clone()),
-        None,
-        "test",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(at)
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
-    let full = format!("{url}{}", req.path);
-    let signable = SignableRequest::new(
+    let signing = attache_aws::sigv4::SigningCredentials {
+        access_key_id: creds.access_key_id.clone(),
+        secret_access_key: creds.secret_access_key.clone().into(),
+        session_token: Some(creds.session_token.clone().into()),
+    };
+    let headers: Vec<(&str, &str)> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let url = format!("{url}{}", req.path);
+    let signed = attache_aws::sigv4::sigv4_headers(
         &req.method,
-        &full,
-        req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        SignableBody::Bytes(&req.body),
+        &url,
+        &headers,
+        &req.body,
+        region,
+        service,
+        &signing,
+        at,
     )
     .unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let mut builder = http::Request::builder()
-        .method(req.method.as_str())
-        .uri(&full);
-    for (k, v) in &req.headers {
-        builder = builder.header(k, v);
-    }
-    let mut http_req = builder.body(()).unwrap();
-    instructions.apply_to_request_http1x(&mut http_req);
-    req.headers = http_req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
-        .collect();
-    req.path = http_req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    req.headers = signed;
 }
 
 /// `req` signed by `creds` for `service` in `REGION` now, as the SDKs sign.

@@ -256,11 +256,7 @@ fn attache_exported() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
         })
         .inc();
     let broker = Broker::default();
-    for family in [
-        &broker.certificates_refused,
-        &broker.admissions,
-        &broker.ecr_refresh_failures,
-    ] {
+    for family in broker.reason_families() {
         Broker::count(family, "example");
     }
     let text = sidecar.encode() + &broker.encode();

@@ -28,7 +28,12 @@ pub const LISTEN: &str = "ATTACHE_LISTEN";
 /// Every attache binary: `json` or `text` (`--log-format`).
 pub const LOG_FORMAT: &str = "ATTACHE_LOG_FORMAT";
 
+/// Sidecar: also serve the IMDSv2 paths (`--imds`).
+pub const IMDS: &str = "ATTACHE_IMDS";
+
 /// App: the container credentials endpoint URL every AWS SDK reads.
 pub const AWS_CONTAINER_CREDENTIALS_FULL_URI: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 /// App: the file holding the endpoint's `Authorization` token.
 pub const AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+/// App: where an SDK's IMDS client connects (set for `attache.dev/imds`).
+pub const AWS_EC2_METADATA_SERVICE_ENDPOINT: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";

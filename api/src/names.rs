@@ -16,6 +16,10 @@ pub const ANN_SESSION_NAME: &str = "attache.dev/session-name";
 pub const ANN_ECR_REGISTRIES: &str = "attache.dev/ecr-registries";
 /// ServiceAccount annotation: role used for ECR tokens.
 pub const ANN_ECR_ROLE_ARN: &str = "attache.dev/ecr-role-arn";
+/// Pod / ServiceAccount annotation: `"true"` also serves the IMDSv2 paths
+/// in the pod and points its app containers' IMDS clients at the sidecar,
+/// for clients that do not read the container credentials endpoint.
+pub const ANN_IMDS: &str = "attache.dev/imds";
 /// Pod annotation: `"false"` opts the pod out of injection.
 pub const ANN_INJECT: &str = "attache.dev/inject";
 /// Pod annotation the webhook sets on pods it injected.

@@ -187,6 +187,9 @@ pub struct Plan {
     pub duration_seconds: u32,
     /// Role session name setting: `serial`, `pod` or a fixed name.
     pub session_name: String,
+    /// Also serve the IMDSv2 paths and point the app containers' IMDS
+    /// clients at them (`attache.dev/imds`).
+    pub imds: bool,
     /// Warnings for `kubectl`.
     pub warnings: Vec<String>,
 }
@@ -231,6 +234,7 @@ pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Pla
     let region = attache_aws::arn::arn_region(&anchor)
         .unwrap_or(&cfg.region)
         .to_string();
+    let imds = imds_setting(pod, ctx)?;
     let warnings = warnings(pod, cfg, role, &profile);
     Ok(Plan {
         role_arn: role.to_string(),
@@ -239,8 +243,30 @@ pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Pla
         region,
         duration_seconds,
         session_name: sa(ANN_SESSION_NAME).unwrap_or_else(|| cfg.session_name.clone()),
+        imds,
         warnings,
     })
+}
+
+/// `attache.dev/imds` on the pod, else on its ServiceAccount: `true` or
+/// `false` (the default).
+fn imds_setting(pod: &Value, ctx: &Context<'_>) -> Result<bool, Decision> {
+    let on_pod = str_at(pod, &format!("/metadata/annotations/{}", escape(ANN_IMDS)));
+    let (value, whose) = match (on_pod, ctx.sa_annotations.get(ANN_IMDS)) {
+        (Some(v), _) => (v, "the pod".to_string()),
+        (None, Some(v)) => (
+            v.as_str(),
+            format!("ServiceAccount {}/{}", ctx.namespace, ctx.service_account),
+        ),
+        (None, None) => return Ok(false),
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Decision::Deny(format!(
+            "{whose} has {ANN_IMDS}={value:?}: expected \"true\" or \"false\""
+        ))),
+    }
 }
 
 /// The refusals that depend on the pod and its role.
@@ -432,6 +458,14 @@ fn app_container_ops(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Vec<PatchO
         ("AWS_DEFAULT_REGION", plan.region.clone()),
         ("AWS_STS_REGIONAL_ENDPOINTS", "regional".to_string()),
     ];
+    // The IMDS client appends `/latest/...` to the endpoint.
+    let imds_env = plan.imds.then(|| {
+        (
+            env::AWS_EC2_METADATA_SERVICE_ENDPOINT,
+            format!("http://127.0.0.1:{SIDECAR_PORT}"),
+        )
+    });
+    let app_env: Vec<_> = app_env.into_iter().chain(imds_env).collect();
     let mut ops = Vec::new();
     for kind in app_kinds(cfg) {
         for (i, c) in containers(pod, kind).enumerate() {
@@ -508,6 +542,9 @@ fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
         (env::LISTEN, format!("127.0.0.1:{SIDECAR_PORT}")),
         (env::LOG_FORMAT, "json".to_string()),
     ];
+    let imds = plan
+        .imds
+        .then(|| json!({"name": env::IMDS, "value": "true"}));
     let mut c = json!({
         "name": SIDECAR_NAME,
         "image": cfg.image,
@@ -517,6 +554,7 @@ fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
             .iter()
             .map(|(n, v)| json!({"name": n, "value": v}))
             .chain(session_name_env(&plan.session_name))
+            .chain(imds)
             .collect::<Vec<_>>(),
         "resources": {
             "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
@@ -827,6 +865,49 @@ pub(crate) mod tests {
         assert_eq!(
             (sc["runAsUser"].as_i64(), sc["runAsGroup"].as_i64()),
             (Some(19911), Some(19911))
+        );
+    }
+
+    #[test]
+    fn imds_is_per_pod_opt_in_from_the_pod_or_its_service_account() {
+        let injected = |pod: &Value, sa_ann: &BTreeMap<String, String>| {
+            let Decision::Patch { ops, .. } = run(pod, &allowed(), sa_ann, &cfg()) else {
+                panic!("not injected")
+            };
+            apply(pod, &ops)
+        };
+        let imds_of = |out: &Value| {
+            let sidecar = &out["spec"]["initContainers"][0];
+            let app = &out["spec"]["containers"][0];
+            (
+                env_of(sidecar, "ATTACHE_IMDS"),
+                env_of(app, "AWS_EC2_METADATA_SERVICE_ENDPOINT"),
+            )
+        };
+        // Off by default: no IMDS paths, no IMDS endpoint for the app.
+        assert_eq!(imds_of(&injected(&pod(), &sa())), (None, None));
+        let on = (
+            Some("true".to_string()),
+            Some("http://127.0.0.1:9911".to_string()),
+        );
+        // On the pod.
+        let mut annotated = pod();
+        annotated["metadata"]["annotations"] = json!({ANN_IMDS: "True"});
+        assert_eq!(imds_of(&injected(&annotated, &sa())), on);
+        // On the ServiceAccount; the pod's own annotation wins.
+        let mut sa_on = sa();
+        sa_on.insert(ANN_IMDS.into(), "true".into());
+        assert_eq!(imds_of(&injected(&pod(), &sa_on)), on);
+        annotated["metadata"]["annotations"] = json!({ANN_IMDS: "false"});
+        assert_eq!(imds_of(&injected(&annotated, &sa_on)), (None, None));
+        // Anything else is refused, naming the value and whose it is.
+        annotated["metadata"]["annotations"] = json!({ANN_IMDS: "yes"});
+        let Decision::Deny(msg) = run(&annotated, &allowed(), &sa(), &cfg()) else {
+            panic!("not denied")
+        };
+        assert!(
+            msg.contains("the pod has attache.dev/imds=\"yes\"") && msg.contains("\"true\""),
+            "{msg}"
         );
     }
 

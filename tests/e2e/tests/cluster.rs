@@ -324,6 +324,13 @@ fn sidecar_cli(
             "ATTACHE_TOKEN_FILE" => v = dir.join("token").display().to_string(),
             "ATTACHE_LISTEN" => v = listen.to_string(),
             "ATTACHE_LOG_FORMAT" => v = "text".into(),
+            // A switch: clap reads `ATTACHE_IMDS=true` from the environment,
+            // but takes no value after `--imds`.
+            "ATTACHE_IMDS" => {
+                assert_eq!(v, "true");
+                args.push("--imds".into());
+                continue;
+            }
             _ => {}
         }
         let flag = k
@@ -358,6 +365,70 @@ fn sdk(mut cmd: Command, listen: &str, token_file: &Path, sts: &str) -> Command 
 }
 
 const BOTO_STS: &str = "import json, os, botocore.session\nc = botocore.session.get_session().create_client('sts', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['STS_ENDPOINT'])\nprint(json.dumps(c.get_caller_identity()))";
+
+/// `attache.dev/imds: "true"` on a pod: its stored spec points the app's
+/// IMDS client at the sidecar, and a client that reads only IMDS (botocore
+/// with no container-credentials variables, as an SDK older than the
+/// container provider) gets the role through the sidecar run from that spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_annotated_for_imds_serves_clients_that_speak_only_imds() {
+    let server = deployed().await;
+    let broker = broker().await;
+    let (admin, ns) = team(server).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let mut legacy = pod("legacy", "app");
+    legacy.metadata.annotations = Some([("attache.dev/imds".into(), "true".into())].into());
+    let created = pods.create(&PostParams::default(), &legacy).await.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let stored = serde_json::to_value(&created).unwrap();
+    let sidecar = &stored["spec"]["initContainers"][0];
+    let app = env_of(&stored["spec"]["containers"][0]);
+    assert_eq!(env_of(sidecar)["ATTACHE_IMDS"], "true");
+    assert_eq!(
+        app["AWS_EC2_METADATA_SERVICE_ENDPOINT"],
+        "http://127.0.0.1:9911"
+    );
+    // Newer SDKs still find the container endpoint first.
+    assert!(
+        app.contains_key("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        "{app:?}"
+    );
+
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/app");
+    emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
+    let dir = tempfile::tempdir().unwrap();
+    let token = pod_token(server, &ns, Some(("legacy", &uid))).await;
+    std::fs::write(dir.path().join("sa-token"), &token).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cli = sidecar_cli(sidecar, dir.path(), &listen, &broker.url(), &emu.url());
+    let running = attache_sidecar::app::InProcess::spawn(cli);
+    assert!(
+        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
+        "the sidecar became ready"
+    );
+    let mut boto = Command::new(attache_testkit::require_python());
+    boto.args(["-c", BOTO_STS]);
+    let mut boto = sdk(boto, &listen, &dir.path().join("token"), &emu.url());
+    // Only IMDS, at the stored spec's endpoint moved to this test's port.
+    boto.env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            app["AWS_EC2_METADATA_SERVICE_ENDPOINT"].replace("127.0.0.1:9911", &listen),
+        );
+    let out = tokio::task::block_in_place(|| run_ok(&mut boto));
+    let reply: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("botocore through IMDS: {e}: {out}"));
+    assert!(
+        reply["Arn"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("arn:aws:sts::123456789012:assumed-role/app-reader/")),
+        "{reply}"
+    );
+    running.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {

@@ -343,6 +343,26 @@ fn sidecar_cli(
     attache_sidecar::cli::Cli::try_parse_from(&args).unwrap()
 }
 
+/// Runs a stored pod's sidecar in process as the kubelet would: `token` in
+/// its projected volume under `dir`, listening on a free port (returned).
+async fn run_sidecar(
+    sidecar: &Value,
+    dir: &Path,
+    token: &str,
+    broker: &SharedBroker,
+    emu: &Emulator,
+) -> (String, attache_sidecar::app::InProcess) {
+    std::fs::write(dir.join("sa-token"), token).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cli = sidecar_cli(sidecar, dir, &listen, &broker.url(), &emu.url());
+    let running = attache_sidecar::app::InProcess::spawn(cli);
+    assert!(
+        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
+        "the sidecar became ready"
+    );
+    (listen, running)
+}
+
 /// A client process with only the container-credentials environment an
 /// injected app container has, pointed at the emulator's STS.
 fn sdk(mut cmd: Command, listen: &str, token_file: &Path, sts: &str) -> Command {
@@ -399,14 +419,7 @@ async fn a_pod_annotated_for_imds_serves_clients_that_speak_only_imds() {
     emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
     let dir = tempfile::tempdir().unwrap();
     let token = pod_token(server, &ns, Some(("legacy", &uid))).await;
-    std::fs::write(dir.path().join("sa-token"), &token).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let cli = sidecar_cli(sidecar, dir.path(), &listen, &broker.url(), &emu.url());
-    let running = attache_sidecar::app::InProcess::spawn(cli);
-    assert!(
-        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
-        "the sidecar became ready"
-    );
+    let (listen, running) = run_sidecar(sidecar, dir.path(), &token, broker, &emu).await;
     let mut boto = Command::new(attache_testkit::require_python());
     boto.args(["-c", BOTO_STS]);
     let mut boto = sdk(boto, &listen, &dir.path().join("token"), &emu.url());
@@ -459,14 +472,7 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
     // What the kubelet writes into the projected volume: a token bound to the pod.
     let token = pod_token(server, &ns, Some(("web", &uid))).await;
     let unused = pod_token(server, &ns, Some(("web", &uid))).await;
-    std::fs::write(dir.path().join("sa-token"), &token).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let cli = sidecar_cli(sidecar, dir.path(), &listen, &broker.url(), &emu.url());
-    let running = attache_sidecar::app::InProcess::spawn(cli);
-    assert!(
-        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
-        "the sidecar became ready"
-    );
+    let (listen, running) = run_sidecar(sidecar, dir.path(), &token, broker, &emu).await;
     let session = &emu.sessions()[0];
     assert_eq!(session.san_uri.as_deref(), Some(spiffe.as_str()));
     assert_eq!(session.role_arn, ROLE);

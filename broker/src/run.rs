@@ -103,7 +103,7 @@ pub struct RunArgs {
     /// HTTPS listen address of the certificate API (POST /v1/certificates), reached by sidecars.
     #[arg(long, env = "ATTACHE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// HTTPS listen address of the admission webhook (POST /mutate), reached by the API server only.
+    /// HTTPS listen address of the admission webhook (POST /mutate), for the API server (restrict it to the control plane with a NetworkPolicy).
     #[arg(long, env = "ATTACHE_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
     pub webhook_listen: SocketAddr,
     /// Whole-request time limit on both HTTPS ports (headers, body and answer); slower requests get 408.
@@ -112,6 +112,13 @@ pub struct RunArgs {
     /// Open connections one client address may hold on the certificate API port.
     #[arg(long, env = "ATTACHE_MAX_CONNECTIONS_PER_PEER", default_value_t = 16)]
     pub max_connections_per_peer: usize,
+    /// Open connections one client address may hold on the webhook port (0: no cap). Each API server instance is one address and holds a connection per admission in flight (HTTP/1.1), so keep this above your API servers' concurrent pod writes; it stops one pod that can reach the port from holding every request slot (restrict the port with a NetworkPolicy too: docs/security.md).
+    #[arg(
+        long,
+        env = "ATTACHE_MAX_WEBHOOK_CONNECTIONS_PER_PEER",
+        default_value_t = 256
+    )]
+    pub max_webhook_connections_per_peer: usize,
     /// Certificates one identity (namespace, ServiceAccount, pod) may get per minute; more get 429.
     #[arg(long, env = "ATTACHE_MAX_CERTIFICATES_PER_MINUTE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_certificates_per_minute: u32,
@@ -262,8 +269,22 @@ pub async fn patch_webhook_ca_bundle(
     anyhow::bail!("MutatingWebhookConfiguration {name} kept changing; caBundle not set")
 }
 
+/// A workload certificate must not outlive the token it was issued for: a
+/// stolen token would otherwise buy a key that works longer than the token.
+fn check_lifetimes(args: &RunArgs) -> Result<()> {
+    let token = Duration::from_secs(args.sa_token_seconds.max(0).unsigned_abs());
+    anyhow::ensure!(
+        args.leaf_lifetime <= token,
+        "--leaf-lifetime {}s is longer than --sa-token-seconds {}: a certificate must not outlive the token it was issued for",
+        args.leaf_lifetime.as_secs(),
+        args.sa_token_seconds
+    );
+    Ok(())
+}
+
 /// Starts the broker with `client` and returns once both listeners are bound.
 pub async fn start(args: RunArgs, client: kube::Client) -> Result<Running> {
+    check_lifetimes(&args)?;
     let metrics = Metrics::default();
     let ca = Arc::new(load_ca(&args, &client).await?);
     let ca_pem = ca.trust_anchor_pem();
@@ -546,13 +567,18 @@ async fn serve_all(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let (webhook_stop_tx, webhook_stop_rx) = oneshot::channel::<()>();
-    let serve_webhook = tokio::spawn(attache_rt::serve::serve(
+    let webhook_limits = attache_rt::serve::ConnectionLimits {
+        per_peer: (args.max_webhook_connections_per_peer > 0)
+            .then_some(args.max_webhook_connections_per_peer),
+    };
+    let serve_webhook = tokio::spawn(attache_rt::serve::serve_limited(
         webhook_listener,
         routers.webhook,
         Some(tls.clone()),
         async move {
             let _ = webhook_stop_rx.await;
         },
+        webhook_limits,
     ));
     let per_peer = attache_rt::serve::ConnectionLimits {
         per_peer: Some(args.max_connections_per_peer.max(1)),
@@ -587,4 +613,60 @@ async fn serve_all(
         stop: stop_tx,
         tasks: vec![serve_main, serve_admin],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    /// Both HTTPS ports' limits: a request whose body never ends holds its
+    /// slot only until the whole-request timeout, then gets 408.
+    #[test]
+    fn a_leaf_may_not_outlive_its_token() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let args = |extra: &[&str]| {
+            let base = ["broker", "--trust-anchor-arn", TA, "--profile-arn", PROFILE];
+            Cli::try_parse_from(base.iter().chain(extra)).unwrap().run
+        };
+        check_lifetimes(&args(&[])).unwrap();
+        check_lifetimes(&args(&[
+            "--leaf-lifetime",
+            "30m",
+            "--sa-token-seconds",
+            "1800",
+        ]))
+        .unwrap();
+        let err = check_lifetimes(&args(&["--leaf-lifetime", "2h"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--leaf-lifetime 7200s is longer than --sa-token-seconds 3600: a certificate must not outlive the token it was issued for"
+        );
+    }
+
+    const TA: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/ta";
+    const PROFILE: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_body_never_ends_gets_408() {
+        let timeout = Duration::from_secs(10);
+        let router = limited(
+            Router::new().route("/mutate", post(|body: String| async move { body })),
+            timeout,
+        );
+        let never = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+        let request = http::Request::post("/mutate")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from_stream(never))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let reply = router.oneshot(request).await.unwrap();
+        assert_eq!(reply.status(), http::StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), timeout);
+    }
 }

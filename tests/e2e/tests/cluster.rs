@@ -788,13 +788,18 @@ async fn two_replicas_starting_together_share_one_ca() {
 /// Opens a TLS connection and sends a request head whose body never comes;
 /// `None` when the broker closed the connection before the handshake ended.
 async fn slow_body(
+    source: [u8; 4],
     addr: std::net::SocketAddr,
     ca_pem: &str,
     path: &str,
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt as _;
     let config = tls_client_config(ca_pem);
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .ok()?;
+    let tcp = socket.connect(addr).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
@@ -852,18 +857,34 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
 
     // 1,100 slow-body connections from one pod's address to the certificate
     // API port: at most --max-connections-per-peer (16) are even accepted.
-    let held: Vec<_> = futures::stream::iter(0..1100)
-        .map(|_| slow_body(running.addr, &ca_pem, "/v1/certificates"))
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let accepted = held.iter().filter(|c| c.is_some()).count();
+    let flood = |source: [u8; 4], addr, path: &'static str| {
+        let ca_pem = ca_pem.clone();
+        async move {
+            let held: Vec<_> = futures::stream::iter(0..1100)
+                .map(|_| slow_body(source, addr, &ca_pem, path))
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            held.into_iter().flatten().collect::<Vec<_>>()
+        }
+    };
+    let held = flood([127, 0, 0, 5], running.addr, "/v1/certificates").await;
     assert!(
-        accepted <= 16,
-        "{accepted} slow connections accepted from one peer"
+        held.len() <= 16,
+        "{} slow connections accepted from one peer",
+        held.len()
+    );
+    // And 1,100 to the webhook port, from another pod that can reach it: at
+    // most --max-webhook-connections-per-peer (256) of the 1,024 request
+    // slots are held.
+    let held_webhook = flood([127, 0, 0, 6], running.webhook_addr, "/mutate").await;
+    assert!(
+        (1..=256).contains(&held_webhook.len()),
+        "{} slow connections to the webhook accepted from one peer",
+        held_webhook.len()
     );
 
-    // Meanwhile admission, on its own port and pool, answers at once ...
+    // Meanwhile admission, from the API server's address, answers at once ...
     let review = pod_review(&ns, "app");
     let mutate = common::https_trusting(&ca_pem)
         .post(format!("https://{}/mutate", running.webhook_addr))
@@ -883,6 +904,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     let (status, body) = request_certificate(&other_pod, running.addr, &token, &fresh_csr()).await;
     assert_eq!(status, 200, "{body}");
     drop(held);
+    drop(held_webhook);
 
     // 1,000 garbage tokens cost no TokenReview; 1,000 requests with one
     // forged but well-formed token cost one.

@@ -113,6 +113,9 @@ async fn crl_of(broker: &attache_broker::run::Running) -> Option<String> {
     (reply.status() == 200).then_some(reply.text().await.ok()?)
 }
 
+/// The ECR controller's CRL push interval in this test.
+const CRL_SYNC: Duration = Duration::from_secs(5);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_pods_certificate_stops_working_at_aws() {
     let w = World::new(&["us-east-1"]).await;
@@ -157,7 +160,12 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     let metrics = Metrics::default();
     let args = w.args(
         "a",
-        &["--crl-sync-role-arn", CRL_ROLE, "--crl-sync-interval", "1s"],
+        &[
+            "--crl-sync-role-arn",
+            CRL_ROLE,
+            "--crl-sync-interval",
+            &format!("{}s", CRL_SYNC.as_secs()),
+        ],
     );
     let controller = attache_broker::ecr::start(&args, w.context(&metrics))
         .await
@@ -181,7 +189,9 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     })
     .await;
 
-    // The pod goes: its certificate is revoked, the CRL re-signed and pushed.
+    // The pod goes: its certificate is revoked (deletions are batched over
+    // a second), the CRL re-signed, and pushed within one CRL sync interval.
+    let deleted = std::time::Instant::now();
     Api::<Pod>::namespaced(w.admin.clone(), &ns)
         .delete("web", &DeleteParams::default())
         .await
@@ -192,6 +202,15 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
         || async { create_session(&w, &web).await.err() },
     )
     .await;
+    let took = deleted.elapsed();
+    println!("the deleted pod's certificate was refused at AWS {took:?} after the deletion");
+    // The batch, one sync interval, and 3 s for the API server, the watch
+    // and the polling of this test on a busy machine.
+    let bound = Duration::from_secs(1) + CRL_SYNC + Duration::from_secs(3);
+    assert!(
+        took <= bound,
+        "refused {took:?} after the deletion; expected within {bound:?}"
+    );
     assert!(
         refusal.contains("AccessDenied") && refusal.contains(&web.serial),
         "{refusal}"

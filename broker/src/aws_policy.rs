@@ -53,6 +53,25 @@ pub struct AwsPolicyArgs {
     /// Trust domain the broker runs with (its --trust-domain).
     #[arg(long, env = "ATTACHE_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// The role session name setting the role's ServiceAccounts use (their attache.dev/session-name,
+    /// else the broker's --session-name): `serial`, `pod` or a fixed name. Anything but `serial` needs
+    /// a profile that accepts custom session names; the command says so on stderr.
+    #[arg(long, default_value = "serial")]
+    pub session_name: String,
+}
+
+/// What the Roles Anywhere profile needs besides the role's trust policy,
+/// for `aws-policy` to print on stderr (the policy goes alone to stdout).
+pub fn profile_notes(args: &AwsPolicyArgs) -> Vec<String> {
+    let setting = args.session_name.trim();
+    if setting.is_empty() || setting.eq_ignore_ascii_case("serial") {
+        return Vec::new();
+    }
+    vec![format!(
+        "note: with session name {setting:?} the Roles Anywhere profile must accept custom role session names \
+         (otherwise CreateSession is refused): aws rolesanywhere update-profile --profile-id <id> \
+         --accept-role-session-name, or AcceptRoleSessionName=true in deploy/aws/attache.yaml"
+    )]
 }
 
 /// Why no policy was printed.
@@ -298,6 +317,29 @@ mod tests {
             trust_domain: td.into(),
             crl_sync: false,
             spiffe_id: vec![],
+            session_name: "serial".into(),
+        }
+    }
+
+    #[test]
+    fn custom_session_names_come_with_the_profile_setting_they_need() {
+        let notes = |setting: &str| {
+            profile_notes(&AwsPolicyArgs {
+                session_name: setting.into(),
+                ..args("ns", "app", ANCHOR, "cluster.local")
+            })
+        };
+        assert!(notes("serial").is_empty());
+        assert!(notes("Serial").is_empty());
+        for setting in ["pod", "nightly-batch"] {
+            let notes = notes(setting);
+            assert_eq!(notes.len(), 1);
+            assert!(
+                notes[0].contains("--accept-role-session-name")
+                    && notes[0].contains("AcceptRoleSessionName=true")
+                    && notes[0].contains(&format!("{setting:?}")),
+                "{notes:?}"
+            );
         }
     }
 

@@ -63,9 +63,13 @@ fn main() -> std::process::ExitCode {
                 })
             }),
         Command::Ca(cmd) => ca_cli::run(cmd, &mut std::io::stdout().lock()),
-        Command::AwsPolicy(a) => {
-            attache_broker::aws_policy::run(&a, &mut std::io::stdout().lock()).map_err(Into::into)
-        }
+        Command::AwsPolicy(a) => attache_broker::aws_policy::run(&a, &mut std::io::stdout().lock())
+            .map(|()| {
+                for note in attache_broker::aws_policy::profile_notes(&a) {
+                    eprintln!("{note}");
+                }
+            })
+            .map_err(Into::into),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

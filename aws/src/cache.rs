@@ -379,31 +379,32 @@ mod tests {
     #[test]
     fn refresh_happens_at_half_life_or_fifteen_minutes_before_expiry() {
         let p = RefreshPolicy::default();
-        let t0 = datetime!(2026-01-01 00:00 UTC);
-        // 1 h session: half-life (30 min) comes before 45 min.
-        assert_eq!(
-            p.refresh_at(t0, t0 + time::Duration::hours(1)),
-            t0 + time::Duration::minutes(30)
-        );
-        // 12 h session: half-life is 6 h.
-        assert_eq!(
-            p.refresh_at(t0, t0 + time::Duration::hours(12)),
-            t0 + time::Duration::hours(6)
-        );
-        // With a late fraction, the 15-minute margin wins.
         let late = RefreshPolicy {
             fraction: 0.95,
             ..p.clone()
         };
-        assert_eq!(
-            late.refresh_at(t0, t0 + time::Duration::hours(1)),
-            t0 + time::Duration::minutes(45)
-        );
-        // 15 min session: margin would be "now"; floor at a quarter of the lifetime.
-        assert_eq!(
-            late.refresh_at(t0, t0 + time::Duration::minutes(15)),
-            t0 + time::Duration::seconds(225)
-        );
+        let t0 = datetime!(2026-01-01 00:00 UTC);
+        for (policy, lifetime, refresh_after) in [
+            // 1 h session: half-life (30 min) comes before 45 min.
+            (&p, time::Duration::hours(1), time::Duration::minutes(30)),
+            // 12 h session: half-life is 6 h.
+            (&p, time::Duration::hours(12), time::Duration::hours(6)),
+            // With a late fraction, the 15-minute margin wins.
+            (&late, time::Duration::hours(1), time::Duration::minutes(45)),
+            // 15 min session: margin would be "now"; floor at a quarter of the lifetime.
+            (
+                &late,
+                time::Duration::minutes(15),
+                time::Duration::seconds(225),
+            ),
+        ] {
+            assert_eq!(
+                policy.refresh_at(t0, t0 + lifetime),
+                t0 + refresh_after,
+                "fraction {}, {lifetime} session",
+                policy.fraction
+            );
+        }
     }
 
     /// Found writing the refresh-schedule property (tests/properties.rs): a

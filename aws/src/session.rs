@@ -352,12 +352,10 @@ mod tests {
                 "sessionToken": "IQoJtoken/+=", "expiration": expiration}}]})
             .to_string()
         };
-        let ok = credentials_from_reply(
-            reply("ASIAX", "abc/+=", "2026-01-01T01:00:00Z").as_bytes(),
-            now,
-            &c,
-        )
-        .unwrap();
+        let believe = |key: &str, secret: &str, expiration: &str| {
+            credentials_from_reply(reply(key, secret, expiration).as_bytes(), now, &c)
+        };
+        let ok = believe("ASIAX", "abc/+=", "2026-01-01T01:00:00Z").unwrap();
         assert_eq!(ok.expiration, now + time::Duration::hours(1));
         assert_eq!(ok.role_arn, c.role_arn);
         for (key, secret) in [
@@ -366,22 +364,13 @@ mod tests {
             ("", "s"),
             ("ASIAX", "s\u{e9}"),
         ] {
-            let err = credentials_from_reply(
-                reply(key, secret, "2026-01-01T01:00:00Z").as_bytes(),
-                now,
-                &c,
-            )
-            .unwrap_err()
-            .to_string();
+            let err = believe(key, secret, "2026-01-01T01:00:00Z")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("characters AWS never sends"), "{err}");
             assert!(!err.contains("evil"), "the value is not shown: {err}");
         }
-        let far = credentials_from_reply(
-            reply("ASIAX", "s", "9999-12-31T23:59:59Z").as_bytes(),
-            now,
-            &c,
-        )
-        .unwrap();
+        let far = believe("ASIAX", "s", "9999-12-31T23:59:59Z").unwrap();
         assert_eq!(far.expiration, now + time::Duration::minutes(65));
     }
 

@@ -48,6 +48,16 @@ pub(crate) fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([MANAGED_BY.entry()])
 }
 
+/// The metadata of object `name` in `namespace`, labelled as attache's.
+fn managed_meta(namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels()),
+        ..Default::default()
+    }
+}
+
 /// Loads the CA from Secret `name`, or creates it if absent. When two replicas
 /// race, the create of one fails with `AlreadyExists` and it reads the
 /// winner's CA, so every replica ends up with the same CA.
@@ -67,12 +77,7 @@ pub async fn load_or_create(
     let ca = CertificateAuthority::create(options, OffsetDateTime::now_utc())?;
     let key_pem = ca.private_key_pem();
     let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels()),
-            ..Default::default()
-        },
+        metadata: managed_meta(namespace, name),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
             (
@@ -158,12 +163,7 @@ pub async fn publish_bundle(
         }
         None => {
             let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(CA_BUNDLE_CONFIGMAP.to_string()),
-                    namespace: Some(namespace.to_string()),
-                    labels: Some(labels()),
-                    ..Default::default()
-                },
+                metadata: managed_meta(namespace, CA_BUNDLE_CONFIGMAP),
                 data: Some(data),
                 ..Default::default()
             };

@@ -194,6 +194,10 @@ fn unauthenticated(why: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", why.into())
 }
 
+fn forbidden(why: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::FORBIDDEN, "forbidden", why.into())
+}
+
 impl CertApi {
     /// Authenticates a bearer token with TokenReview (audience `attache-broker`).
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Refusal> {
@@ -233,11 +237,7 @@ impl CertApi {
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let Some(rest) = username.strip_prefix("system:serviceaccount:") else {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("{username:?} is not a ServiceAccount"),
-            ));
+            return Err(forbidden(format!("{username:?} is not a ServiceAccount")));
         };
         let Some((namespace, service_account)) = rest.split_once(':') else {
             return Err(unauthenticated(format!(
@@ -268,18 +268,13 @@ impl CertApi {
             .await
             .map_err(|e| kube_unavailable("reading the pod", e))?
             .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    format!("pod {}/{name} no longer exists", caller.namespace),
-                )
+                unauthenticated(format!("pod {}/{name} no longer exists", caller.namespace))
             })?;
         if caller.pod_uid.is_some() && pod.metadata.uid != caller.pod_uid {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                format!("pod {}/{name} was replaced", caller.namespace),
-            ));
+            return Err(unauthenticated(format!(
+                "pod {}/{name} was replaced",
+                caller.namespace
+            )));
         }
         Ok(Some(pod))
     }
@@ -292,32 +287,24 @@ impl CertApi {
             .await
             .map_err(|e| kube_unavailable("reading the ServiceAccount", e))?
             .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!(
-                        "ServiceAccount {}/{} does not exist",
-                        caller.namespace, caller.service_account
-                    ),
-                )
+                forbidden(format!(
+                    "ServiceAccount {}/{} does not exist",
+                    caller.namespace, caller.service_account
+                ))
             })?;
         let sa_ann = sa.metadata.annotations.unwrap_or_default();
         self.overrides
             .check(&caller.namespace, &caller.service_account, &sa_ann)
-            .map_err(|e| Refusal::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))?;
+            .map_err(|e| forbidden(e.to_string()))?;
         let pod_value = match self.bound_pod(caller).await? {
             Some(pod) => serde_json::to_value(&pod).unwrap_or_default(),
             None => Value::Null,
         };
         let role = pod_role(&pod_value, &sa_ann).map(str::to_string).ok_or_else(|| {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "ServiceAccount {}/{} has no {ANN_ROLE_ARN} annotation: kubectl annotate serviceaccount -n {} {} {ANN_ROLE_ARN}=arn:aws:iam::<account>:role/<name>",
-                    caller.namespace, caller.service_account, caller.namespace, caller.service_account
-                ),
-            )
+            forbidden(format!(
+                "ServiceAccount {}/{} has no {ANN_ROLE_ARN} annotation: kubectl annotate serviceaccount -n {} {} {ANN_ROLE_ARN}=arn:aws:iam::<account>:role/<name>",
+                caller.namespace, caller.service_account, caller.namespace, caller.service_account
+            ))
         })?;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let ns_ann: BTreeMap<String, String> = namespaces
@@ -327,14 +314,10 @@ impl CertApi {
             .and_then(|n| n.metadata.annotations)
             .unwrap_or_default();
         check_role(&caller.namespace, &ns_ann, &role, self.restrictions).map_err(|e| {
-            Refusal::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "ServiceAccount {}/{}: {e}",
-                    caller.namespace, caller.service_account
-                ),
-            )
+            forbidden(format!(
+                "ServiceAccount {}/{}: {e}",
+                caller.namespace, caller.service_account
+            ))
         })?;
         Ok(role)
     }

@@ -136,6 +136,32 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("the manifests have no {kind} {name}"))
 }
 
+/// The first document of `kind`; `missing` is the panic message without one.
+fn first_of<'a>(docs: &'a [Value], kind: &str, missing: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).expect(missing)
+}
+
+/// `doc`'s annotation `key`; `missing` is the panic message without it.
+fn annotation<'a>(doc: &'a Value, key: &str, missing: &str) -> &'a str {
+    doc["metadata"]["annotations"][key].as_str().expect(missing)
+}
+
+/// The elements of a JSON array (none when `list` is not one).
+fn items(list: &Value) -> impl Iterator<Item = &Value> {
+    list.as_array().into_iter().flatten()
+}
+
+/// `container` sets ATTACHE_NAMESPACE from the downward API.
+fn assert_namespace_from_downward_api(container: &Value) {
+    let ns_env = items(&container["env"])
+        .find(|e| e["name"] == "ATTACHE_NAMESPACE")
+        .expect("ATTACHE_NAMESPACE is set");
+    assert_eq!(
+        ns_env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
+        "the namespace comes from the downward API"
+    );
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -174,7 +200,7 @@ fn grants(docs: &[Value], namespace: &str, service_account: &str) -> Vec<Grant> 
         .iter()
         .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
     {
-        let bound = b["subjects"].as_array().into_iter().flatten().any(|s| {
+        let bound = items(&b["subjects"]).any(|s| {
             s["kind"] == "ServiceAccount"
                 && s["name"] == service_account
                 && s["namespace"] == namespace
@@ -213,7 +239,7 @@ fn grants(docs: &[Value], namespace: &str, service_account: &str) -> Vec<Grant> 
                         ) == reach)
             })
             .unwrap_or_else(|| panic!("{binding} refers to a missing {role_kind} {role_name}"));
-        for (i, rule) in role["rules"].as_array().into_iter().flatten().enumerate() {
+        for (i, rule) in items(&role["rules"]).enumerate() {
             let origin = format!("{role_kind} {role_name} rule {i} (via {binding})");
             assert!(
                 rule.get("nonResourceURLs").is_none(),
@@ -420,7 +446,7 @@ fn rbac_grants_every_listed_call_and_nothing_more() {
         .iter()
         .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
     {
-        for s in b["subjects"].as_array().into_iter().flatten() {
+        for s in items(&b["subjects"]) {
             if s["namespace"] == d.namespace.as_str() {
                 assert!(
                     s["name"] == BROKER_SA || s["name"] == CONTROLLER_SA,
@@ -536,25 +562,16 @@ fn manifests_match_the_brokers_defaults() {
     // Service: 443 -> the HTTPS listener; the default broker URL is this Service.
     let svc = find(&docs, "Service", &d.service_name);
     assert_eq!(svc["metadata"]["namespace"], d.namespace.as_str());
-    let https = svc["spec"]["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let https = items(&svc["spec"]["ports"])
         .find(|p| p["port"] == 443)
         .expect("the Service exposes 443");
     let deployment = find(&docs, "Deployment", "attache-broker");
     let pod = &deployment["spec"]["template"]["spec"];
-    let broker = pod["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let broker = items(&pod["containers"])
         .find(|c| c["name"] == "broker")
         .expect("a broker container");
     let port_of = |name: &Value| {
-        broker["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        items(&broker["ports"])
             .find(|p| &p["name"] == name || &p["containerPort"] == name)
             .and_then(|p| p["containerPort"].as_u64())
     };
@@ -569,15 +586,7 @@ fn manifests_match_the_brokers_defaults() {
     );
     assert_eq!(broker["command"], serde_json::json!(["/attache-broker"]));
     assert_eq!(broker["args"], serde_json::json!(["run"]));
-    let env = broker["env"].as_array().cloned().unwrap_or_default();
-    let ns_env = env
-        .iter()
-        .find(|e| e["name"] == "ATTACHE_NAMESPACE")
-        .expect("ATTACHE_NAMESPACE is set");
-    assert_eq!(
-        ns_env["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace",
-        "the namespace comes from the downward API"
-    );
+    assert_namespace_from_downward_api(broker);
     let sc = &broker["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["runAsNonRoot"], true);
@@ -596,10 +605,7 @@ fn manifests_match_the_brokers_defaults() {
     // The webhook port of the Service, which targets the broker's --webhook-listen port.
     assert_eq!(svc_ref["port"], 9443);
     let svc = find(&docs, "Service", &d.service_name);
-    let webhook_port = svc["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let webhook_port = items(&svc["spec"]["ports"])
         .find(|p| p["port"] == 9443)
         .expect("a Service port 9443");
     assert_eq!(webhook_port["targetPort"], "webhook");
@@ -614,10 +620,7 @@ fn manifests_match_the_brokers_defaults() {
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["reinvocationPolicy"], "IfNeeded");
     assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
-    let excluded = w["namespaceSelector"]["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let excluded = items(&w["namespaceSelector"]["matchExpressions"])
         .find(|e| e["key"] == "kubernetes.io/metadata.name" && e["operator"] == "NotIn")
         .map(|e| strings(&e["values"]))
         .unwrap_or_default();
@@ -635,22 +638,18 @@ fn manifests_match_the_brokers_defaults() {
 #[test]
 fn examples_render_and_opt_in_with_the_documented_annotations() {
     let s3 = render("deploy/kubernetes/examples/s3-list");
-    let sa = s3
-        .iter()
-        .find(|d| d["kind"] == "ServiceAccount")
-        .expect("the S3 example has a ServiceAccount");
-    let role = sa["metadata"]["annotations"][attache_api::names::ANN_ROLE_ARN]
-        .as_str()
-        .expect("annotated with attache.dev/role-arn");
-    let ns = s3
-        .iter()
-        .find(|d| d["kind"] == "Namespace")
-        .expect("a Namespace");
-    let allowed: Vec<String> = serde_json::from_str(
-        ns["metadata"]["annotations"][attache_api::names::ANN_ALLOWED_ROLES]
-            .as_str()
-            .expect("namespace lists its allowed roles"),
-    )
+    let sa = first_of(&s3, "ServiceAccount", "the S3 example has a ServiceAccount");
+    let role = annotation(
+        sa,
+        attache_api::names::ANN_ROLE_ARN,
+        "annotated with attache.dev/role-arn",
+    );
+    let ns = first_of(&s3, "Namespace", "a Namespace");
+    let allowed: Vec<String> = serde_json::from_str(annotation(
+        ns,
+        attache_api::names::ANN_ALLOWED_ROLES,
+        "namespace lists its allowed roles",
+    ))
     .expect("allowed-roles is a JSON list");
     assert!(
         allowed.iter().any(|r| r == role),
@@ -658,17 +657,17 @@ fn examples_render_and_opt_in_with_the_documented_annotations() {
     );
 
     let ecr = render("deploy/kubernetes/examples/ecr-pull");
-    let sa = ecr
-        .iter()
-        .find(|d| d["kind"] == "ServiceAccount")
-        .expect("the ECR example has a ServiceAccount");
-    let registries = sa["metadata"]["annotations"][attache_api::names::ANN_ECR_REGISTRIES]
-        .as_str()
-        .expect("annotated with attache.dev/ecr-registries");
-    let deployment = ecr
-        .iter()
-        .find(|d| d["kind"] == "Deployment")
-        .expect("a Deployment");
+    let sa = first_of(
+        &ecr,
+        "ServiceAccount",
+        "the ECR example has a ServiceAccount",
+    );
+    let registries = annotation(
+        sa,
+        attache_api::names::ANN_ECR_REGISTRIES,
+        "annotated with attache.dev/ecr-registries",
+    );
+    let deployment = first_of(&ecr, "Deployment", "a Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
     let image = pod["containers"][0]["image"].as_str().unwrap_or_default();
@@ -725,10 +724,7 @@ fn the_ecr_controller_runs_as_its_own_deployment_and_identity() {
     let container = &pod["containers"][0];
     assert_eq!(container["command"], serde_json::json!(["/attache-broker"]));
     assert_eq!(container["args"], serde_json::json!(["ecr-controller"]));
-    let port = container["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let port = items(&container["ports"])
         .find(|p| p["name"] == container["readinessProbe"]["httpGet"]["port"])
         .and_then(|p| p["containerPort"].as_u64());
     assert_eq!(
@@ -736,15 +732,7 @@ fn the_ecr_controller_runs_as_its_own_deployment_and_identity() {
         Some(u64::from(c.admin_listen.port())),
         "probes use the admin port"
     );
-    let env = container["env"].as_array().cloned().unwrap_or_default();
-    let ns_env = env
-        .iter()
-        .find(|e| e["name"] == "ATTACHE_NAMESPACE")
-        .expect("ATTACHE_NAMESPACE is set");
-    assert_eq!(
-        ns_env["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.namespace"
-    );
+    assert_namespace_from_downward_api(container);
     let sc = &container["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);

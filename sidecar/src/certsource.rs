@@ -197,12 +197,7 @@ impl FileSource {
         }
         match self.load(clock.now()) {
             Ok(signer) => {
-                self.metrics.certificate_renewals.inc();
-                tracing::info!(
-                    serial = %signer.certificate().serial,
-                    not_after = %signer.certificate().not_after,
-                    "loaded certificate from files"
-                );
+                renewed(&self.metrics, &signer, "loaded certificate from files");
                 *loaded = Some((stamp, signer.clone()));
                 Ok(signer)
             }
@@ -216,6 +211,16 @@ impl FileSource {
             },
         }
     }
+}
+
+/// Counts a new certificate and logs `message` with its serial and expiry.
+fn renewed(metrics: &crate::metrics::Metrics, signer: &X509Signer, message: &str) {
+    metrics.certificate_renewals.inc();
+    tracing::info!(
+        serial = %signer.certificate().serial,
+        not_after = %signer.certificate().not_after,
+        "{message}"
+    );
 }
 
 fn check_valid(info: &CertificateInfo, now: time::OffsetDateTime) -> Result<(), CertSourceError> {
@@ -286,11 +291,10 @@ impl BrokerSource {
         }
         match self.request(now).await {
             Ok(signer) => {
-                self.metrics.certificate_renewals.inc();
-                tracing::info!(
-                    serial = %signer.certificate().serial,
-                    not_after = %signer.certificate().not_after,
-                    "obtained workload certificate from the broker"
+                renewed(
+                    &self.metrics,
+                    &signer,
+                    "obtained workload certificate from the broker",
                 );
                 *current = Some(signer.clone());
                 Ok(signer)

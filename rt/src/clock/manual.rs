@@ -46,15 +46,7 @@ impl Clock for ManualClock {
         &self,
         deadline: OffsetDateTime,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            loop {
-                let notified = self.moved.notified();
-                if self.now() >= deadline {
-                    return;
-                }
-                notified.await;
-            }
-        })
+        wait_until(self, &self.moved, deadline, |_| None)
     }
 }
 
@@ -148,24 +140,42 @@ impl Clock for ScaledClock {
         &self,
         deadline: OffsetDateTime,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            loop {
-                let changed = self.0.changed.notified();
-                let left = deadline - self.now();
-                if !left.is_positive() {
-                    return;
-                }
-                let real = Duration::try_from(left)
+        wait_until(self, &self.0.changed, deadline, |left| {
+            Some(
+                Duration::try_from(left)
                     .unwrap_or(Duration::MAX)
                     .div_f64(self.factor())
-                    .min(Duration::from_secs(24 * 3600));
-                tokio::select! {
-                    () = tokio::time::sleep(real) => {}
-                    () = changed => {}
-                }
-            }
+                    .min(Duration::from_secs(24 * 3600)),
+            )
         })
     }
+}
+
+/// Resolves once `clock` shows `deadline`, checking again whenever `changed`
+/// is notified and after the real time `real_wait` gives for the simulated
+/// time left (`None`: only when notified).
+fn wait_until<'a>(
+    clock: &'a impl Clock,
+    changed: &'a Notify,
+    deadline: OffsetDateTime,
+    real_wait: impl Fn(time::Duration) -> Option<Duration> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        loop {
+            let notified = changed.notified();
+            let left = deadline - clock.now();
+            if !left.is_positive() {
+                return;
+            }
+            match real_wait(left) {
+                Some(real) => tokio::select! {
+                    () = tokio::time::sleep(real) => {}
+                    () = notified => {}
+                },
+                None => notified.await,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

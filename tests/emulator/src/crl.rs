@@ -546,30 +546,22 @@ mod tests {
     fn paths_and_methods_name_the_operation() {
         let id = "0123abcd-0000-0000-0000-000000000000";
         let op = |m: &str, p: &str| operation(m, p).map(|r| r.map_err(|e| e.status));
-        assert_eq!(op("POST", "/crls"), Some(Ok(Operation::ImportCrl)));
-        assert_eq!(op("GET", "/crls"), Some(Ok(Operation::ListCrls)));
-        assert_eq!(
-            op("GET", &format!("/crl/{id}")),
-            Some(Ok(Operation::GetCrl))
-        );
-        assert_eq!(
-            op("PATCH", &format!("/crl/{id}")),
-            Some(Ok(Operation::UpdateCrl))
-        );
-        assert_eq!(
-            op("DELETE", &format!("/crl/{id}")),
-            Some(Ok(Operation::DeleteCrl))
-        );
-        assert_eq!(
-            op("POST", &format!("/crl/{id}/enable")),
-            Some(Ok(Operation::EnableCrl))
-        );
-        assert_eq!(
-            op("POST", &format!("/crl/{id}/disable")),
-            Some(Ok(Operation::DisableCrl))
-        );
+        let crl = format!("/crl/{id}");
+        let enable = format!("/crl/{id}/enable");
+        let disable = format!("/crl/{id}/disable");
+        for (method, path, expected) in [
+            ("POST", "/crls", Operation::ImportCrl),
+            ("GET", "/crls", Operation::ListCrls),
+            ("GET", &crl, Operation::GetCrl),
+            ("PATCH", &crl, Operation::UpdateCrl),
+            ("DELETE", &crl, Operation::DeleteCrl),
+            ("POST", &enable, Operation::EnableCrl),
+            ("POST", &disable, Operation::DisableCrl),
+        ] {
+            assert_eq!(op(method, path), Some(Ok(expected)), "{method} {path}");
+        }
         assert_eq!(op("PUT", "/crls"), Some(Err(405)));
-        assert_eq!(op("GET", &format!("/crl/{id}/enable")), Some(Err(405)));
+        assert_eq!(op("GET", &enable), Some(Err(405)));
         assert_eq!(op("POST", &format!("/crl/{id}/other")), None);
         assert_eq!(op("GET", "/crl/"), None);
         assert_eq!(op("POST", "/sessions"), None);

@@ -1,6 +1,8 @@
 //! IAM Roles Anywhere `CreateSession`: every check AWS makes on an
 //! `AWS4-X509-*` signed request, then fresh temporary credentials.
 
+use std::collections::HashMap;
+
 use attache_pki::signing::{ALGORITHM_ECDSA, ALGORITHM_RSA, SERVICE_ROLESANYWHERE};
 use attache_pki::sigv4::{self, Authorization};
 use attache_pki::{CertificateInfo, KeyType, verify_chain};
@@ -273,13 +275,7 @@ fn check_anchor(
     now: time::OffsetDateTime,
 ) -> Result<(), ApiError> {
     let anchor_arn = &target.trust_anchor_arn;
-    let anchor = registry
-        .anchors
-        .get(anchor_arn)
-        .ok_or_else(|| denied(format!("Trust anchor {anchor_arn} does not exist")))?;
-    if !anchor.enabled {
-        return Err(denied(format!("Trust anchor {anchor_arn} is disabled")));
-    }
+    let anchor = enabled("Trust anchor", &registry.anchors, anchor_arn, |a| a.enabled)?;
     if let Some(why) = &anchor.load_error {
         return Err(denied(format!(
             "Trust anchor {anchor_arn} has no usable CA bundle: {why}"
@@ -318,6 +314,23 @@ fn check_anchor(
     Ok(())
 }
 
+/// The `kind` ("Trust anchor", "Profile") of `resources` that `arn` names;
+/// refused when it does not exist or is disabled.
+fn enabled<'a, T>(
+    kind: &str,
+    resources: &'a HashMap<String, T>,
+    arn: &str,
+    is_enabled: impl Fn(&T) -> bool,
+) -> Result<&'a T, ApiError> {
+    let found = resources
+        .get(arn)
+        .ok_or_else(|| denied(format!("{kind} {arn} does not exist")))?;
+    if !is_enabled(found) {
+        return Err(denied(format!("{kind} {arn} is disabled")));
+    }
+    Ok(found)
+}
+
 /// What a granted session gets.
 struct Grant {
     role_arn: String,
@@ -337,13 +350,7 @@ fn authorize(
 ) -> Result<Grant, ApiError> {
     let profile_arn = &target.profile_arn;
     let role_arn = &target.role_arn;
-    let profile = registry
-        .profiles
-        .get(profile_arn)
-        .ok_or_else(|| denied(format!("Profile {profile_arn} does not exist")))?;
-    if !profile.enabled {
-        return Err(denied(format!("Profile {profile_arn} is disabled")));
-    }
+    let profile = enabled("Profile", &registry.profiles, profile_arn, |p| p.enabled)?;
     if !profile.role_arns.contains(role_arn) {
         return Err(denied(format!(
             "Role {role_arn} is not in profile {profile_arn}"

@@ -230,27 +230,22 @@ fn route(req: &RawRequest) -> Result<(Service, Operation), (Service, ApiError)> 
     let host = req.header("host").unwrap_or_default().to_ascii_lowercase();
     let ra_host = host.starts_with("rolesanywhere.");
     if req.path == "/sessions" || ra_host {
-        if req.path != "/sessions" {
-            return Err((
-                Service::RolesAnywhere,
-                ApiError::new(
-                    404,
-                    "ResourceNotFoundException",
-                    format!("no emulated Roles Anywhere operation at {}", req.path),
-                ),
-            ));
-        }
-        if req.method != "POST" {
-            return Err((
-                Service::RolesAnywhere,
-                ApiError::new(
-                    405,
-                    "MethodNotAllowed",
-                    format!("{} /sessions: CreateSession is POST", req.method),
-                ),
-            ));
-        }
-        return Ok((Service::RolesAnywhere, Operation::CreateSession));
+        let refused = if req.path != "/sessions" {
+            ApiError::new(
+                404,
+                "ResourceNotFoundException",
+                format!("no emulated Roles Anywhere operation at {}", req.path),
+            )
+        } else if req.method != "POST" {
+            ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("{} /sessions: CreateSession is POST", req.method),
+            )
+        } else {
+            return Ok((Service::RolesAnywhere, Operation::CreateSession));
+        };
+        return Err((Service::RolesAnywhere, refused));
     }
     if let Some(target) = req.header("x-amz-target") {
         if target.starts_with(ecr::TARGET_PREFIX) {

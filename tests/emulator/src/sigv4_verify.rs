@@ -180,33 +180,28 @@ fn check_scope<'r>(
     let signed_at = sigv4::parse_amz_date(amz_date)
         .map_err(|e| err(codes.incomplete, format!("X-Amz-Date: {e}")))?;
     check_skew(signed_at, now).map_err(|m| err(codes.mismatch, m))?;
-    if auth.date != amz_date[..8] {
-        return Err(err(
-            codes.mismatch,
-            format!(
-                "Date in Credential scope ({}) does not match YYYYMMDD from X-Amz-Date ({})",
-                auth.date,
-                &amz_date[..8]
-            ),
-        ));
-    }
-    if auth.region != shared.region {
-        return Err(err(
-            codes.mismatch,
-            format!(
-                "Credential should be scoped to a valid region, not '{}' (this endpoint serves '{}')",
-                auth.region, shared.region
-            ),
-        ));
-    }
-    if auth.service != codes.service {
-        return Err(err(
-            codes.mismatch,
-            format!(
-                "Credential should be scoped to correct service: '{}' (got '{}')",
-                codes.service, auth.service
-            ),
-        ));
+    // The credential scope: date, region, service.
+    let scope_mismatch = if auth.date != amz_date[..8] {
+        Some(format!(
+            "Date in Credential scope ({}) does not match YYYYMMDD from X-Amz-Date ({})",
+            auth.date,
+            &amz_date[..8]
+        ))
+    } else if auth.region != shared.region {
+        Some(format!(
+            "Credential should be scoped to a valid region, not '{}' (this endpoint serves '{}')",
+            auth.region, shared.region
+        ))
+    } else if auth.service != codes.service {
+        Some(format!(
+            "Credential should be scoped to correct service: '{}' (got '{}')",
+            codes.service, auth.service
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = scope_mismatch {
+        return Err(err(codes.mismatch, message));
     }
     for required in ["host", "x-amz-date"] {
         if !auth.signed_headers.iter().any(|h| h == required) {

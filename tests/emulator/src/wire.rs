@@ -107,38 +107,20 @@ impl Service {
     /// The error an injected 5xx produces.
     pub fn internal(self, status: u16) -> ApiError {
         let unavailable = status == 503;
-        match (self, unavailable) {
-            (Service::Sts, true) => ApiError::new(
-                status,
-                "ServiceUnavailable",
-                "Service is unavailable (injected fault)",
-            ),
-            (Service::Sts, false) => ApiError::new(
-                status,
-                "InternalFailure",
-                "An internal error occurred (injected fault)",
-            ),
-            (Service::Ecr, true) => ApiError::new(
-                status,
-                "ServiceUnavailableException",
-                "Service is unavailable (injected fault)",
-            ),
-            (Service::Ecr, false) => ApiError::new(
-                status,
-                "ServerException",
-                "An internal error occurred (injected fault)",
-            ),
-            (_, true) => ApiError::new(
-                status,
-                "ServiceUnavailableException",
-                "Service is unavailable (injected fault)",
-            ),
-            (_, false) => ApiError::new(
-                status,
-                "InternalServerException",
-                "An internal error occurred (injected fault)",
-            ),
-        }
+        let code = match (self, unavailable) {
+            (Service::Sts, true) => "ServiceUnavailable",
+            (Service::Sts, false) => "InternalFailure",
+            (Service::Ecr, true) => "ServiceUnavailableException",
+            (Service::Ecr, false) => "ServerException",
+            (_, true) => "ServiceUnavailableException",
+            (_, false) => "InternalServerException",
+        };
+        let message = if unavailable {
+            "Service is unavailable (injected fault)"
+        } else {
+            "An internal error occurred (injected fault)"
+        };
+        ApiError::new(status, code, message)
     }
 
     /// Renders an error the way this service sends it.

@@ -14,27 +14,14 @@ async fn binary_serves_its_config_file_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("test root");
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    let config = format!(
-        r#"
-region = "{REGION}"
-account = "{ACCOUNT}"
-
-[[trust_anchors]]
-arn = "{TA_ARN}"
-ca_bundle_file = "ca.pem"
-
-[[profiles]]
-arn = "{PROFILE_ARN}"
-role_arns = ["{ROLE_ARN}"]
-
-[[roles]]
-arn = "{ROLE_ARN}"
-[[roles.conditions]]
-operator = "StringEquals"
-key = "aws:PrincipalTag/x509SAN/URI"
-values = ["{SPIFFE_URI}"]
-"#
-    );
+    let config = include_str!("../one-role.toml")
+        .replace("{region}", REGION)
+        .replace("{account}", ACCOUNT)
+        .replace("{trust_anchor_arn}", TA_ARN)
+        .replace("{ca_bundle_file}", "ca.pem")
+        .replace("{profile_arn}", PROFILE_ARN)
+        .replace("{role_arn}", ROLE_ARN)
+        .replace("{spiffe_id}", SPIFFE_URI);
     let config_path = dir.path().join("emulator.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_attache-emulator"))

@@ -349,28 +349,20 @@ fn check_credential_process(out: &str) -> Result<()> {
     Ok(())
 }
 
+/// The emulator's config for the round trip: `tests/emulator/one-role.toml`
+/// filled in with the image check's anchor, profile, role and SPIFFE ID.
 fn emulator_config() -> String {
-    format!(
-        r#"# Written by cargo xtask image.
-region = "{REGION}"
-account = "123456789012"
-
-[[trust_anchors]]
-arn = "{ANCHOR}"
-ca_bundle_file = "ca/ca.pem"
-
-[[profiles]]
-arn = "{PROFILE}"
-role_arns = ["{ROLE}"]
-
-[[roles]]
-arn = "{ROLE}"
-[[roles.conditions]]
-operator = "StringEquals"
-key = "aws:PrincipalTag/x509SAN/URI"
-values = ["spiffe://cluster.local/ns/{NAMESPACE}/sa/{SERVICE_ACCOUNT}"]
-"#
-    )
+    let spiffe_id = format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/{SERVICE_ACCOUNT}");
+    let mut config = String::from("# Written by cargo xtask image.\n");
+    config += &include_str!("../../../tests/emulator/one-role.toml")
+        .replace("{region}", REGION)
+        .replace("{account}", "123456789012")
+        .replace("{trust_anchor_arn}", ANCHOR)
+        .replace("{ca_bundle_file}", "ca/ca.pem")
+        .replace("{profile_arn}", PROFILE)
+        .replace("{role_arn}", ROLE)
+        .replace("{spiffe_id}", &spiffe_id);
+    config
 }
 
 /// The emulator on host loopback over HTTPS; killed on drop.

@@ -84,6 +84,8 @@ pub struct CertApi {
     pub refusals: Arc<Mutex<HashMap<[u8; 32], Instant>>>,
     /// Bounds TokenReviews in flight.
     pub reviews: Arc<tokio::sync::Semaphore>,
+    /// TokenReviews per client address and minute.
+    pub reviews_per_peer: Arc<PeerLimiter>,
     /// Certificates per identity (namespace, ServiceAccount, pod) and minute.
     pub issuance: Arc<IssuanceLimiter>,
     /// Profile / trust anchor overrides a ServiceAccount may make (as the webhook checks them).
@@ -102,6 +104,16 @@ pub type IssuanceLimiter = governor::DefaultKeyedRateLimiter<IdentityKey>;
 /// A limiter allowing `per_minute` certificates per identity and minute
 /// (bursts up to that many).
 pub fn issuance_limiter(per_minute: u32) -> IssuanceLimiter {
+    let n = std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_minute(n))
+}
+
+/// A keyed rate limiter on TokenReviews per client address.
+pub type PeerLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// A limiter allowing `per_minute` TokenReviews per address and minute
+/// (bursts up to that many).
+pub fn per_peer_limiter(per_minute: u32) -> PeerLimiter {
     let n = std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     governor::RateLimiter::keyed(governor::Quota::per_minute(n))
 }
@@ -332,7 +344,11 @@ impl CertApi {
     /// (not a JWT, wrong audience, expired) are refused without a TokenReview;
     /// tokens TokenReview refused are refused again for
     /// [`REFUSAL_CACHE_TTL`] without asking; TokenReviews in flight are bounded.
-    pub async fn identify(&self, token: &str) -> Result<(Caller, String), Refusal> {
+    pub async fn identify(
+        &self,
+        token: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(Caller, String), Refusal> {
         let key: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -374,12 +390,28 @@ impl CertApi {
         }
         let shape =
             precheck(token, OffsetDateTime::now_utc().unix_timestamp()).map_err(unauthenticated)?;
+        self.check_peer(peer)?;
         let caller = self.review(token, key).await?;
         let role = self.authorize(&caller).await?;
         let left = shape.expires_at - OffsetDateTime::now_utc().unix_timestamp();
         let ttl = TOKEN_CACHE_TTL.min(Duration::from_secs(left.max(0).unsigned_abs()));
         self.cache_review(key, caller.clone(), ttl);
         Ok((caller, role))
+    }
+
+    /// Counts a TokenReview against the client address's quota.
+    fn check_peer(&self, peer: Option<std::net::IpAddr>) -> Result<(), Refusal> {
+        let Some(ip) = peer else { return Ok(()) };
+        if self.reviews_per_peer.len() > TOKEN_CACHE_MAX {
+            self.reviews_per_peer.retain_recent();
+        }
+        self.reviews_per_peer.check_key(&ip).map_err(|_| {
+            Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many new ServiceAccount tokens from this address: retry in a minute".into(),
+            )
+        })
     }
 
     /// One TokenReview, waiting at most [`TOKEN_REVIEW_WAIT`] for a slot; a
@@ -432,9 +464,10 @@ impl CertApi {
         &self,
         headers: &HeaderMap,
         body: &[u8],
+        peer: Option<std::net::IpAddr>,
     ) -> Result<CertificateReply, Refusal> {
         let token = bearer_token(headers)?;
-        let (caller, role) = self.identify(token).await?;
+        let (caller, role) = self.identify(token, peer).await?;
         let key: IdentityKey = (
             caller.namespace.clone(),
             caller.service_account.clone(),
@@ -544,10 +577,12 @@ pub fn csr_from_body(body: &[u8]) -> Result<VerifiedCsr, Refusal> {
 /// The axum handler.
 pub async fn issue(
     State(api): State<CertApi>,
+    peer: Option<axum::Extension<attache_rt::serve::PeerAddr>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    match api.handle(&headers, &body).await {
+    let peer = peer.map(|axum::Extension(p)| p.0.ip());
+    match api.handle(&headers, &body, peer).await {
         Ok(reply) => (
             StatusCode::OK,
             Json(serde_json::to_value(reply).unwrap_or_default()),

@@ -126,6 +126,11 @@ pub struct RunArgs {
     /// requests and re-signs the CRL when due.
     #[arg(long, env = "ATTACHE_REVOCATION_SYNC_INTERVAL", default_value = "30s", value_parser = duration)]
     pub revocation_sync_interval: Duration,
+    /// TokenReviews one client address may cause per minute (tokens that pass the broker's own checks
+    /// but are not in its cache); more get 429, so distinct forged tokens from one pod cannot keep
+    /// TokenReview busy. A pod needs about one per token refresh.
+    #[arg(long, env = "ATTACHE_MAX_TOKEN_REVIEWS_PER_PEER", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_token_reviews_per_peer: u32,
     /// TokenReviews in flight at once; further certificate requests wait (then 503).
     #[arg(
         long,
@@ -467,6 +472,9 @@ fn cert_api(
         reviews: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_token_reviews.max(1),
         )),
+        reviews_per_peer: Arc::new(crate::certapi::per_peer_limiter(
+            args.max_token_reviews_per_peer,
+        )),
         issuance: Arc::new(crate::certapi::issuance_limiter(
             args.max_certificates_per_minute,
         )),
@@ -570,6 +578,7 @@ async fn serve_all(
     let webhook_limits = attache_rt::serve::ConnectionLimits {
         per_peer: (args.max_webhook_connections_per_peer > 0)
             .then_some(args.max_webhook_connections_per_peer),
+        tag_peer: false,
     };
     let serve_webhook = tokio::spawn(attache_rt::serve::serve_limited(
         webhook_listener,
@@ -582,6 +591,8 @@ async fn serve_all(
     ));
     let per_peer = attache_rt::serve::ConnectionLimits {
         per_peer: Some(args.max_connections_per_peer.max(1)),
+        // The certificate API limits TokenReviews per address.
+        tag_peer: true,
     };
     let main = routers.certificates;
     let serve_main = tokio::spawn(async move {

@@ -65,6 +65,38 @@ pub struct ConnectionLimits {
     /// Open connections one peer address may hold; further ones are closed
     /// at once (`None`: no cap, e.g. for the API server calling the webhook).
     pub per_peer: Option<usize>,
+    /// Give every request the peer's address as a [`PeerAddr`] extension
+    /// (for handlers that limit per address).
+    pub tag_peer: bool,
+}
+
+/// The address a request came from (a request extension, with
+/// [`ConnectionLimits::tag_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A service whose requests get their connection's [`PeerAddr`].
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: Option<SocketAddr>,
+}
+
+impl<S: HttpService> tower::Service<hyper::Request<hyper::body::Incoming>> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(PeerAddr(peer));
+        }
+        self.inner.call(request)
+    }
 }
 
 /// Open connections by peer address; a guard gives its slot back on drop.
@@ -157,7 +189,10 @@ pub async fn serve_limited<S: HttpService>(
             None => None,
         };
         let watcher = graceful.watcher();
-        let service = service.clone();
+        let service = WithPeer {
+            inner: service.clone(),
+            peer: limits.tag_peer.then_some(peer),
+        };
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {

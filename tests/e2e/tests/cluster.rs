@@ -910,7 +910,7 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     // forged but well-formed token cost one.
     let reviews_before = running.metrics.token_reviews.get();
     let garbage = http_from([127, 0, 0, 3], &ca_pem);
-    let forged = {
+    let forged = |n: usize| {
         use base64::Engine as _;
         let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
@@ -918,14 +918,14 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
             "{}.{}.{}",
             b64(json!({"alg": "ES256", "kid": "forged"})),
             b64(
-                json!({"aud": ["attache-broker"], "exp": exp, "sub": format!("system:serviceaccount:{ns}:app")})
+                json!({"aud": ["attache-broker"], "exp": exp, "jti": n, "sub": format!("system:serviceaccount:{ns}:app")})
             ),
             "c2lnbmF0dXJl"
         )
     };
     for (i, token) in (0..1000)
         .map(|i| format!("garbage-{i}"))
-        .chain(std::iter::repeat_n(forged, 1000))
+        .chain(std::iter::repeat_n(forged(0), 1000))
         .enumerate()
     {
         let (status, _) = request_certificate(&garbage, running.addr, &token, "x").await;
@@ -933,6 +933,34 @@ async fn slow_clients_and_garbage_tokens_cannot_starve_admission_or_token_review
     }
     let reviews = running.metrics.token_reviews.get() - reviews_before;
     assert_eq!(reviews, 1, "TokenReviews for 2,000 bad requests");
+
+    // 1,000 distinct well-formed forgeries from one address: each would need
+    // its own TokenReview, but the address gets --max-token-reviews-per-peer
+    // (30) a minute; the rest get 429 without one.
+    let reviews_before = running.metrics.token_reviews.get();
+    let forger = http_from([127, 0, 0, 7], &ca_pem);
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for n in 1..=1000 {
+        let (status, _) = request_certificate(&forger, running.addr, &forged(n), "x").await;
+        *statuses.entry(status).or_default() += 1;
+    }
+    let reviews = running.metrics.token_reviews.get() - reviews_before;
+    assert!(
+        reviews <= 31,
+        "{reviews} TokenReviews for 1,000 distinct forged tokens from one address"
+    );
+    assert_eq!(
+        statuses.get(&429).copied().unwrap_or(0) + statuses.get(&401).copied().unwrap_or(0),
+        1000,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 969,
+        "{statuses:?}"
+    );
+    // Another pod (address) still gets its certificate.
+    let (status, body) = request_certificate(&other_pod, running.addr, &token, &fresh_csr()).await;
+    assert_eq!(status, 200, "{body}");
     running.shutdown().await;
     let _ = admin;
 }

@@ -15,10 +15,15 @@
 //!   The CRL is served at `GET /v1/crl`; the ECR controller pushes it to
 //!   Roles Anywhere.
 //!
-//! Limit: the serial-to-pod records are per replica and in memory. After a
-//! replica restarts, certificates it issued before cannot be revoked by pod
-//! or ServiceAccount (by serial still works); they expire within
-//! `--leaf-lifetime`.
+//! - Each replica also merges its records into the ledger at every sync
+//!   (its `issued` list, pruned at expiry), and matches deletions and
+//!   requests against every replica's records there: a certificate issued
+//!   by a replica that has since restarted or gone is still revoked by pod,
+//!   by ServiceAccount and when its pod is deleted. A crash loses at most
+//!   the records of the last sync interval; past [`MAX_ISSUED_BYTES`] of
+//!   records (about 1,700 unexpired certificates) the oldest are not stored
+//!   (a warning says so) to keep the ConfigMap under its size limit; the
+//!   replica that issued them still holds them in memory.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +57,11 @@ pub const UNKNOWN_EXPIRY_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 const POD_DELETED: &str = "pod deleted";
 /// Deleted pods are revoked in batches gathered over this long.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// Most bytes of issued-certificate records the ledger keeps (JSON; about
+/// 230 bytes a record, so about 1,700 unexpired certificates), leaving room
+/// in the ConfigMap's 1 MiB for the CRL (up to 300 KB of DER, as PEM) and
+/// the revoked entries.
+pub const MAX_ISSUED_BYTES: usize = 400_000;
 
 /// What the ConfigMap records: revoked serials and pending requests.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,6 +83,9 @@ pub struct Ledger {
     /// against the certificates it issued.
     #[serde(default)]
     pub requests: Vec<Request>,
+    /// Unexpired certificates the replicas issued, merged at each sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issued: Vec<Issued>,
 }
 
 /// One revoked certificate.
@@ -126,16 +139,59 @@ impl Request {
     }
 }
 
-/// A certificate this replica issued.
-#[derive(Clone, Debug)]
-struct Issued {
-    serial: String,
-    namespace: String,
-    service_account: String,
-    pod_name: Option<String>,
-    pod_uid: Option<String>,
-    issued_at: OffsetDateTime,
-    not_after: OffsetDateTime,
+/// A certificate a replica issued.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Issued {
+    /// Serial, decimal.
+    pub serial: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The ServiceAccount.
+    pub service_account: String,
+    /// The pod its token was bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// That pod's uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// When it was issued.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// When it expires.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// Merges `mine` into the ledger's records (one per serial), drops expired
+/// ones and, past `max_bytes` of JSON, the oldest; returns how many were
+/// dropped for room.
+pub fn merge_issued(
+    ledger: &mut Ledger,
+    mine: &[Issued],
+    now: OffsetDateTime,
+    max_bytes: usize,
+) -> usize {
+    let known: HashSet<String> = ledger.issued.iter().map(|i| i.serial.clone()).collect();
+    ledger
+        .issued
+        .extend(mine.iter().filter(|i| !known.contains(&i.serial)).cloned());
+    ledger.issued.retain(|i| i.not_after > now);
+    // Oldest first; the newest are kept while they fit.
+    ledger.issued.sort_by_key(|i| i.issued_at);
+    let mut bytes = 0;
+    let fit = ledger
+        .issued
+        .iter()
+        .rev()
+        .take_while(|i| {
+            bytes += serde_json::to_string(i).map_or(usize::MAX / 2, |j| j.len() + 1);
+            bytes <= max_bytes
+        })
+        .count();
+    let dropped = ledger.issued.len() - fit;
+    ledger.issued.drain(..dropped);
+    dropped
 }
 
 impl Issued {
@@ -240,7 +296,8 @@ impl LedgerStore {
             let crl_pem = signed.map(|c| c.pem).or(stored_crl.map(str::to_string));
             let mut new_data = BTreeMap::from([(
                 LEDGER_KEY.to_string(),
-                serde_json::to_string_pretty(&ledger).map_err(RevocationError::Ledger)?,
+                // Compact: the issued records are most of it.
+                serde_json::to_string(&ledger).map_err(RevocationError::Ledger)?,
             )]);
             if let Some(pem) = &crl_pem {
                 new_data.insert(CRL_KEY.to_string(), pem.clone());
@@ -325,6 +382,8 @@ pub struct Revocations {
     ca: Arc<CertificateAuthority>,
     max_lifetime: Duration,
     issued: Arc<Mutex<Vec<Issued>>>,
+    /// Every replica's records, as the ledger held them at the last write.
+    known: Arc<Mutex<Vec<Issued>>>,
     crl: Arc<RwLock<Option<String>>>,
     metrics: crate::metrics::Metrics,
     sync_interval: Duration,
@@ -345,6 +404,7 @@ impl Revocations {
             ca,
             max_lifetime,
             issued: Arc::default(),
+            known: Arc::default(),
             crl: Arc::default(),
             metrics,
             sync_interval: SYNC_INTERVAL,
@@ -377,11 +437,16 @@ impl Revocations {
         self.crl.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// This replica's records, or with `all` every replica's it knows of
+    /// (one per serial), unexpired and kept by `keep`.
     fn unexpired(&self, now: OffsetDateTime, keep: impl Fn(&Issued) -> bool) -> Vec<Issued> {
         let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
         issued
             .iter()
-            .filter(|i| i.not_after > now && keep(i))
+            .chain(known.iter())
+            .filter(|i| i.not_after > now && keep(i) && seen.insert(i.serial.clone()))
             .cloned()
             .collect()
     }
@@ -390,15 +455,26 @@ impl Revocations {
     /// the ledger, re-signing the CRL when anything changed or is due.
     async fn write(&self, entries: Vec<Entry>) -> Result<(), RevocationError> {
         let now = OffsetDateTime::now_utc();
-        let mine = self.unexpired(now, |_| true);
+        let mine: Vec<Issued> = {
+            let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+            issued
+                .iter()
+                .filter(|i| i.not_after > now)
+                .cloned()
+                .collect()
+        };
         let mut added_here: Vec<(String, String)> = Vec::new();
+        let mut known = Vec::new();
+        let mut dropped = 0;
         let crl = self
             .store
             .update(|ledger, stored| {
+                dropped = merge_issued(ledger, &mine, now, MAX_ISSUED_BYTES);
+                known.clone_from(&ledger.issued);
                 // Serials listed already, then each new one once.
                 let mut seen: HashSet<String> =
                     ledger.revoked.iter().map(|e| e.serial.clone()).collect();
-                let requested = mine.iter().filter_map(|i| {
+                let requested = ledger.issued.iter().filter_map(|i| {
                     let r = ledger.requests.iter().find(|r| r.matches(i))?;
                     Some(i.entry(&r.reason, now))
                 });
@@ -419,6 +495,14 @@ impl Revocations {
             .await?;
         if let Some(pem) = crl {
             *self.crl.write().unwrap_or_else(|e| e.into_inner()) = Some(pem);
+        }
+        *self.known.lock().unwrap_or_else(|e| e.into_inner()) = known;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                max_bytes = MAX_ISSUED_BYTES,
+                "more unexpired certificates than the ledger keeps records of: the oldest can no longer be revoked by pod or ServiceAccount (by serial still works)"
+            );
         }
         for (serial, reason) in &added_here {
             let label = if reason == POD_DELETED {
@@ -487,7 +571,14 @@ impl Revocations {
             })
         };
         let batcher = tokio::spawn(self.clone().revoke_batches(deleted_rx));
-        let watcher = tokio::spawn(self.watch_pods(client, deleted_tx));
+        let watcher = tokio::spawn(async move {
+            // Every replica's records first, so the first relist judges the
+            // certificates a predecessor issued too.
+            if let Err(e) = self.sync().await {
+                tracing::warn!(error = %e, "revocation sync failed; watching pods anyway");
+            }
+            self.watch_pods(client, deleted_tx).await;
+        });
         vec![syncer, batcher, watcher]
     }
 
@@ -687,6 +778,36 @@ mod tests {
     }
 
     #[test]
+    fn issued_records_merge_once_per_serial_drop_at_expiry_and_stay_bounded() {
+        let now = OffsetDateTime::now_utc();
+        let record = |serial: usize, issued_at: OffsetDateTime| Issued {
+            serial: serial.to_string(),
+            ..issued("web-1", "web", issued_at)
+        };
+        let mut ledger = Ledger {
+            issued: vec![record(1, now), record(2, now - time::Duration::HOUR * 2)],
+            ..Ledger::default()
+        };
+        // Another replica's record 1 is kept once; 2 has expired.
+        let merged = merge_issued(&mut ledger, &[record(1, now), record(3, now)], now, 1 << 20);
+        assert_eq!(merged, 0);
+        let serials: Vec<_> = ledger.issued.iter().map(|i| i.serial.as_str()).collect();
+        assert_eq!(serials, ["1", "3"]);
+        // Past the byte bound the oldest go first.
+        let one = serde_json::to_string(&record(10, now)).unwrap().len() + 1;
+        let newer: Vec<Issued> = (10..15)
+            .map(|n| record(n, now + time::Duration::seconds(n as i64)))
+            .collect();
+        assert_eq!(merge_issued(&mut ledger, &newer, now, 5 * one), 2);
+        let serials: Vec<_> = ledger.issued.iter().map(|i| i.serial.as_str()).collect();
+        assert_eq!(serials, ["10", "11", "12", "13", "14"]);
+        // The bound holds for the real limit.
+        let many: Vec<Issued> = (100..5100).map(|n| record(n, now)).collect();
+        merge_issued(&mut ledger, &many, now, MAX_ISSUED_BYTES);
+        assert!(serde_json::to_string(&ledger.issued).unwrap().len() <= MAX_ISSUED_BYTES);
+    }
+
+    #[test]
     fn the_ledger_reads_back_what_it_wrote_and_refuses_garbage_clearly() {
         let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
         let ledger = Ledger {
@@ -700,10 +821,13 @@ mod tests {
                 reason: "pod deleted".into(),
             }],
             requests: vec![],
+            issued: vec![issued("web-1", "web", now)],
         };
         let json = serde_json::to_string(&ledger).unwrap();
         assert!(
-            json.contains("\"notAfter\"") && json.contains("\"revokedAt\""),
+            json.contains("\"notAfter\"")
+                && json.contains("\"revokedAt\"")
+                && json.contains("\"podUid\":\"uid-web-1\""),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<Ledger>(&json).unwrap(), ledger);

@@ -16,7 +16,7 @@ use attache_emulator::{Operator, Permission};
 use attache_pki::{KeyType, PrivateKey, X509Signer};
 use common::{BROKER_NS, BROKER_USER, CONTROLLER_USER, assert_broker_calls_allowed_and_listed};
 use ecr_common::{ROLE, World, allow_profile, trust_role};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -113,6 +113,44 @@ async fn crl_of(broker: &attache_broker::run::Running) -> Option<String> {
     (reply.status() == 200).then_some(reply.text().await.ok()?)
 }
 
+/// Starts the broker as its own ServiceAccount with the world's CA (which
+/// the emulator's trust anchor holds), syncing revocations every second.
+async fn start_broker(w: &World, ca_dir: &std::path::Path) -> attache_broker::run::Running {
+    let broker_client = common::broker_client(&w.server).await;
+    attache_broker::run::start(
+        common::broker_args(&[
+            "--webhook-config",
+            "",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--revocation-sync-interval",
+            "1s",
+        ]),
+        broker_client,
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits (up to a minute) until Roles Anywhere refuses the workload's
+/// certificate; returns AWS's error.
+async fn refused(w: &World, workload: &Workload, what: &str) -> String {
+    common::eventually(Duration::from_secs(60), what, || async {
+        create_session(w, workload).await.err()
+    })
+    .await
+}
+
+/// The revocation ledger in the broker's ConfigMap.
+async fn ledger(w: &World) -> attache_broker::revocation::Ledger {
+    let cm: ConfigMap = Api::namespaced(w.admin.clone(), BROKER_NS)
+        .get(attache_broker::revocation::CRL_CONFIGMAP)
+        .await
+        .unwrap();
+    let json = &cm.data.unwrap_or_default()[attache_broker::revocation::LEDGER_KEY];
+    serde_json::from_str(json).unwrap()
+}
+
 /// The ECR controller's CRL push interval in this test.
 const CRL_SYNC: Duration = Duration::from_secs(5);
 
@@ -141,20 +179,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
         w.ca.private_key_pem().as_bytes(),
     )
     .unwrap();
-    let broker_client = common::broker_client(&w.server).await;
-    let broker = attache_broker::run::start(
-        common::broker_args(&[
-            "--webhook-config",
-            "",
-            "--ca-dir",
-            ca_dir.path().to_str().unwrap(),
-            "--revocation-sync-interval",
-            "1s",
-        ]),
-        broker_client,
-    )
-    .await
-    .unwrap();
+    let broker = start_broker(&w, ca_dir.path()).await;
 
     // The controller pushes the CRL as itself.
     let metrics = Metrics::default();
@@ -196,12 +221,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
         .delete("web", &DeleteParams::default())
         .await
         .unwrap();
-    let refusal = common::eventually(
-        Duration::from_secs(60),
-        "web's certificate refused",
-        || async { create_session(&w, &web).await.err() },
-    )
-    .await;
+    let refusal = refused(&w, &web, "web's certificate refused").await;
     let took = deleted.elapsed();
     println!("the deleted pod's certificate was refused at AWS {took:?} after the deletion");
     // The batch, one sync interval, and 3 s for the API server, the watch
@@ -237,6 +257,45 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.contains("verify OK"), "{said}");
     assert_eq!(emu.crls().len(), 1, "one CRL, updated in place");
+    let revoked = broker.metrics.encode();
+    assert!(
+        revoked.contains("attache_certificates_revoked_total{reason=\"pod_deleted\"} 1"),
+        "{revoked}"
+    );
+
+    // The broker restarts (a new replica in its place): the records the old
+    // one kept in the ledger let the new one revoke what the old one issued.
+    let job = workload(&w, &ns, "job", &broker).await;
+    create_session(&w, &job)
+        .await
+        .expect("a fresh certificate works");
+    common::eventually(
+        Duration::from_secs(30),
+        "job's certificate recorded in the ledger",
+        || async {
+            ledger(&w)
+                .await
+                .issued
+                .iter()
+                .any(|i| i.serial == job.serial)
+                .then_some(())
+        },
+    )
+    .await;
+    broker.shutdown().await;
+    let broker = start_broker(&w, ca_dir.path()).await;
+    Api::<Pod>::namespaced(w.admin.clone(), &ns)
+        .delete("job", &DeleteParams::default())
+        .await
+        .unwrap();
+    refused(&w, &job, "job's certificate refused after the restart").await;
+    let mut listed =
+        w.ca.verify_crl(crl_of(&broker).await.unwrap().as_bytes())
+            .unwrap();
+    listed.sort();
+    let mut expected = vec![web.serial.clone(), job.serial.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
 
     // An operator revokes the ServiceAccount: api's certificate goes too.
     attache_broker::ca_cli::revoke(
@@ -255,12 +314,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     )
     .await
     .unwrap();
-    common::eventually(
-        Duration::from_secs(60),
-        "api's certificate refused",
-        || async { create_session(&w, &api).await.err() },
-    )
-    .await;
+    refused(&w, &api, "api's certificate refused").await;
     let pushed = metrics.encode();
     assert!(
         pushed.contains("attache_crl_pushes_total{reason=\"imported\"} 1"),

@@ -232,15 +232,7 @@ pub async fn revoke(
         }
     };
     let keep = time::Duration::try_from(UNKNOWN_EXPIRY_KEEP).unwrap_or(time::Duration::WEEK);
-    let entries: Vec<Entry> = named_serials(&a.serial, &a.cert)?
-        .into_iter()
-        .map(|(serial, not_after)| Entry {
-            serial,
-            revoked_at: now,
-            not_after: not_after.unwrap_or(now + keep),
-            reason: a.reason.clone(),
-        })
-        .collect();
+    let named = named_serials(&a.serial, &a.cert)?;
     let mut requests = Vec::new();
     if let Some(p) = &a.pod {
         let (namespace, pod) = split("pod", p)?;
@@ -263,9 +255,28 @@ pub async fn revoke(
         });
     }
     let store = LedgerStore::new(client, &a.namespace);
+    let mut added = 0;
     store
         .update(|ledger, _| {
-            ledger.revoked.extend(entries.iter().cloned());
+            // Each serial once; an expiry not given is the recorded
+            // certificate's, else kept for UNKNOWN_EXPIRY_KEEP.
+            let entries: Vec<Entry> = named
+                .iter()
+                .filter(|(serial, _)| !ledger.revoked.iter().any(|e| e.serial == *serial))
+                .map(|(serial, not_after)| Entry {
+                    serial: serial.clone(),
+                    revoked_at: now,
+                    not_after: not_after
+                        .or_else(|| {
+                            let issued = ledger.issued.iter().find(|i| i.serial == *serial);
+                            issued.map(|i| i.not_after)
+                        })
+                        .unwrap_or(now + keep),
+                    reason: a.reason.clone(),
+                })
+                .collect();
+            added = entries.len();
+            ledger.revoked.extend(entries);
             ledger.requests.extend(requests.iter().cloned());
             // Due now: the broker re-signs at its next sync.
             ledger.next_update = None;
@@ -274,8 +285,9 @@ pub async fn revoke(
         .await?;
     writeln!(
         out,
-        "recorded {} serial(s) and {} pod/ServiceAccount revocation(s) in ConfigMap {}/{}; the broker re-signs its CRL at its next sync (--revocation-sync-interval, 30s by default)",
-        entries.len(),
+        "recorded {} serial(s) ({} listed already) and {} pod/ServiceAccount revocation(s) in ConfigMap {}/{}; the broker re-signs its CRL at its next sync (--revocation-sync-interval, 30s by default)",
+        added,
+        named.len() - added,
         requests.len(),
         a.namespace,
         crate::revocation::CRL_CONFIGMAP,

@@ -141,6 +141,18 @@ async fn refused(w: &World, workload: &Workload, what: &str) -> String {
     .await
 }
 
+/// `attache-broker ca revoke --namespace <broker's> --reason "key leaked"
+/// ARGS` as the cluster admin; returns what it printed.
+async fn ca_revoke(w: &World, args: &[&str]) -> String {
+    let base = ["revoke", "--namespace", BROKER_NS, "--reason", "key leaked"];
+    let parsed = <Revoke as clap::Parser>::parse_from(base.iter().chain(args));
+    let mut out = Vec::new();
+    attache_broker::ca_cli::revoke(parsed.args, w.admin.clone(), &mut out)
+        .await
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 /// The revocation ledger in the broker's ConfigMap.
 async fn ledger(w: &World) -> attache_broker::revocation::Ledger {
     let cm: ConfigMap = Api::namespaced(w.admin.clone(), BROKER_NS)
@@ -297,23 +309,49 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     expected.sort();
     assert_eq!(listed, expected);
 
-    // An operator revokes the ServiceAccount: api's certificate goes too.
-    attache_broker::ca_cli::revoke(
-        <Revoke as clap::Parser>::parse_from([
-            "revoke",
-            "--namespace",
-            BROKER_NS,
-            "--service-account",
-            &format!("{ns}/app"),
-            "--reason",
-            "key leaked",
-        ])
-        .args,
-        w.admin.clone(),
-        &mut std::io::sink(),
+    // An operator revokes by serial (twice: it is listed once, with the
+    // certificate's expiry from the records) and by pod.
+    let batch = workload(&w, &ns, "batch", &broker).await;
+    let cron = workload(&w, &ns, "cron", &broker).await;
+    for fresh in [&batch, &cron] {
+        create_session(&w, fresh)
+            .await
+            .expect("a fresh certificate works");
+    }
+    common::eventually(
+        Duration::from_secs(30),
+        "batch's certificate recorded in the ledger",
+        || async {
+            let l = ledger(&w).await;
+            l.issued.into_iter().find(|i| i.serial == batch.serial)
+        },
     )
-    .await
-    .unwrap();
+    .await;
+    let said = ca_revoke(&w, &["--serial", &batch.serial]).await;
+    assert!(
+        said.starts_with("recorded 1 serial(s) (0 listed already)"),
+        "{said}"
+    );
+    let said = ca_revoke(&w, &["--serial", &batch.serial]).await;
+    assert!(
+        said.starts_with("recorded 0 serial(s) (1 listed already)"),
+        "{said}"
+    );
+    ca_revoke(&w, &["--pod", &format!("{ns}/cron")]).await;
+    refused(&w, &batch, "batch's certificate refused").await;
+    refused(&w, &cron, "cron's certificate refused").await;
+    let l = ledger(&w).await;
+    let listed: Vec<_> = l
+        .revoked
+        .iter()
+        .filter(|e| e.serial == batch.serial)
+        .collect();
+    let record = l.issued.iter().find(|i| i.serial == batch.serial).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].not_after, record.not_after);
+
+    // An operator revokes the ServiceAccount: api's certificate goes too.
+    ca_revoke(&w, &["--service-account", &format!("{ns}/app")]).await;
     refused(&w, &api, "api's certificate refused").await;
     let pushed = metrics.encode();
     assert!(
@@ -329,8 +367,10 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
         revoked.contains("attache_certificates_revoked_total{reason=\"pod_deleted\"} 1"),
         "{revoked}"
     );
+    // cron (by pod) and api (by ServiceAccount) were matched by the broker;
+    // batch's serial was listed by the command itself.
     assert!(
-        revoked.contains("attache_certificates_revoked_total{reason=\"requested\"} 1"),
+        revoked.contains("attache_certificates_revoked_total{reason=\"requested\"} 2"),
         "{revoked}"
     );
 

@@ -1,7 +1,8 @@
 //! The SPIFFE Workload API certificate source against a real SPIRE server and
 //! agent (built by `cargo xtask tools` from the pinned module): a registered
 //! workload's X.509-SVID signs CreateSession with the SPIRE bundle as trust
-//! anchor, a long-lived source follows the agent's rotations, and a missing
+//! anchor (through `credential-process`, `serve` and `update`), a long-lived
+//! source follows the agent's rotations, and a missing
 //! socket or SVID fails with a clear error instead of hanging.
 
 mod common;
@@ -348,7 +349,60 @@ async fn a_spire_svid_gets_credentials_and_rotations_are_followed() {
     assert_eq!(session.certificate_serial, rotated);
     assert_eq!(session.san_uri.as_deref(), Some(WORKLOAD));
 
-    // (c) The socket is up but offers no SVID with the asked-for ID: a clear
+    // (c) `serve` and `update` take the same source: the endpoint serves the
+    // credentials of a session signed with the SVID, and `update --once`
+    // writes them to a shared credentials file.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = ["--spiffe-endpoint-socket", &spire.endpoint()];
+    let listen = format!("127.0.0.1:{}", free_port());
+    let token_file = dir.path().join("token");
+    let mut serve = sidecar_args("serve", TESTS.flags(&emulator.url()));
+    serve.extend(socket.map(String::from));
+    serve.extend(["--listen".into(), listen.clone()]);
+    serve.extend(["--token-file".into(), token_file.display().to_string()]);
+    let running = attache_sidecar::app::InProcess::spawn(parse_cli(&serve));
+    assert!(
+        attache_sidecar::app::wait_ready(&listen, Duration::from_secs(30)).await,
+        "serve with the SPIFFE source became ready"
+    );
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let served: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{listen}/v1/credentials"))
+        .header("Authorization", token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = emulator.sessions().last().unwrap().clone();
+    assert_eq!(session.san_uri.as_deref(), Some(WORKLOAD));
+    assert_eq!(
+        served["AccessKeyId"].as_str(),
+        Some(session.access_key_id.as_str()),
+        "{served}"
+    );
+    running.stop().await;
+    let credentials = dir.path().join("credentials");
+    let mut update = sidecar_args("update", TESTS.flags(&emulator.url()));
+    update.extend(socket.map(String::from));
+    update.extend(["--once".into(), "--credentials-file".into()]);
+    update.push(credentials.display().to_string());
+    let out = sidecar(&update, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&credentials).unwrap();
+    let session = emulator.sessions().last().unwrap().clone();
+    assert_eq!(session.san_uri.as_deref(), Some(WORKLOAD));
+    assert!(
+        written.contains(&format!("aws_access_key_id = {}", session.access_key_id)),
+        "{written}"
+    );
+
+    // (d) The socket is up but offers no SVID with the asked-for ID: a clear
     // error once the bounded wait ends.
     let started = Instant::now();
     let out = sidecar(

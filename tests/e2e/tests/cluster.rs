@@ -324,6 +324,8 @@ fn sidecar_cli(
             "ATTACHE_TOKEN_FILE" => v = dir.join("token").display().to_string(),
             "ATTACHE_LISTEN" => v = listen.to_string(),
             "ATTACHE_LOG_FORMAT" => v = "text".into(),
+            // Only for the kubelet to expand into ATTACHE_ROLE_SESSION_NAME.
+            "ATTACHE_POD_NAME" => continue,
             // A switch: clap reads `ATTACHE_IMDS=true` from the environment,
             // but takes no value after `--imds`.
             "ATTACHE_IMDS" => {
@@ -385,6 +387,77 @@ fn sdk(mut cmd: Command, listen: &str, token_file: &Path, sts: &str) -> Command 
 }
 
 const BOTO_STS: &str = "import json, os, botocore.session\nc = botocore.session.get_session().create_client('sts', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['STS_ENDPOINT'])\nprint(json.dumps(c.get_caller_identity()))";
+
+/// What the kubelet makes of a container's env for pod `name`: the downward
+/// API's `metadata.name`, then `$(VAR)` references to earlier variables.
+fn kubelet_env(container: &Value, name: &str) -> Value {
+    let mut out = container.clone();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for e in out["env"].as_array_mut().unwrap() {
+        let var = e["name"].as_str().unwrap().to_string();
+        let value = if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+            name.to_string()
+        } else {
+            let mut v = e["value"].as_str().unwrap_or("").to_string();
+            for (k, val) in &seen {
+                v = v.replace(&format!("$({k})"), val);
+            }
+            v
+        };
+        *e = json!({"name": var, "value": value});
+        seen.push((var, value));
+    }
+    out
+}
+
+/// `attache.dev/session-name: pod` on a ServiceAccount: the API server stores
+/// the pod with its name from the downward API, and the sidecar run from that
+/// spec (its env expanded as the kubelet would) names its sessions after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_named_after_the_pod_when_the_service_account_asks() {
+    let server = deployed().await;
+    let broker = broker().await;
+    let (admin, ns) = team(server).await;
+    let annotations = json!({"attache.dev/role-arn": ROLE, "attache.dev/session-name": "pod"});
+    service_account(&admin, &ns, "named", annotations).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let created = pods
+        .create(&PostParams::default(), &pod("batch-7", "named"))
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    let stored = serde_json::to_value(&created).unwrap();
+    let sidecar = &stored["spec"]["initContainers"][0];
+    let env = sidecar["env"].as_array().unwrap();
+    let named = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
+    assert_eq!(
+        named("ATTACHE_POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        named("ATTACHE_ROLE_SESSION_NAME").unwrap()["value"],
+        "$(ATTACHE_POD_NAME)"
+    );
+
+    let emu = Emulator::start(EmulatorConfig::default()).await.unwrap();
+    let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/named");
+    emu.trust_workload(ANCHOR, PROFILE, ROLE, &broker.ca_pem, &spiffe);
+    emu.add_profile(attache_emulator::Profile {
+        arn: PROFILE.into(),
+        role_arns: vec![ROLE.into()],
+        duration_seconds: None,
+        accept_role_session_name: true,
+        enabled: true,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = workload_token(server, &ns, "named", Some(("batch-7", &uid))).await;
+    let expanded = kubelet_env(sidecar, "batch-7");
+    let (_listen, running) = run_sidecar(&expanded, dir.path(), &token, broker, &emu).await;
+    let session = emu.sessions()[0].clone();
+    assert_eq!(session.san_uri.as_deref(), Some(spiffe.as_str()));
+    assert_eq!(session.role_session_name, "batch-7");
+    running.stop().await;
+}
 
 /// `attache.dev/imds: "true"` on a pod: its stored spec points the app's
 /// IMDS client at the sidecar, and a client that reads only IMDS (botocore

@@ -1,5 +1,7 @@
-//! The broker's HTTPS serving certificate: issued from the cluster CA for the
-//! Service's DNS names and swapped in place before it expires (no restart).
+//! The broker's HTTPS serving certificate: issued from the serving CA (Secret
+//! `attache-serving-ca`, never the workload CA that Roles Anywhere trusts, so
+//! a leaked serving key is no AWS credential) for the Service's DNS names and
+//! swapped in place before it expires (no restart).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

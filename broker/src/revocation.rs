@@ -437,8 +437,8 @@ impl Revocations {
         self.crl.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// This replica's records, or with `all` every replica's it knows of
-    /// (one per serial), unexpired and kept by `keep`.
+    /// This replica's records and every replica's the ledger held at the
+    /// last write (one per serial), unexpired and kept by `keep`.
     fn unexpired(&self, now: OffsetDateTime, keep: impl Fn(&Issued) -> bool) -> Vec<Issued> {
         let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
@@ -501,7 +501,7 @@ impl Revocations {
             tracing::warn!(
                 dropped,
                 max_bytes = MAX_ISSUED_BYTES,
-                "more unexpired certificates than the ledger keeps records of: the oldest can no longer be revoked by pod or ServiceAccount (by serial still works)"
+                "more unexpired certificates than the ledger keeps records of: the oldest are not stored, so once the replica that issued them restarts they can be revoked by serial only"
             );
         }
         for (serial, reason) in &added_here {

@@ -260,9 +260,11 @@ pub async fn revoke(
         .update(|ledger, _| {
             // Each serial once; an expiry not given is the recorded
             // certificate's, else kept for UNKNOWN_EXPIRY_KEEP.
+            let mut listed: std::collections::HashSet<String> =
+                ledger.revoked.iter().map(|e| e.serial.clone()).collect();
             let entries: Vec<Entry> = named
                 .iter()
-                .filter(|(serial, _)| !ledger.revoked.iter().any(|e| e.serial == *serial))
+                .filter(|(serial, _)| listed.insert(serial.clone()))
                 .map(|(serial, not_after)| Entry {
                     serial: serial.clone(),
                     revoked_at: now,

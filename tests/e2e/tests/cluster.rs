@@ -388,6 +388,17 @@ fn sdk(mut cmd: Command, listen: &str, token_file: &Path, sts: &str) -> Command 
 
 const BOTO_STS: &str = "import json, os, botocore.session\nc = botocore.session.get_session().create_client('sts', region_name=os.environ['AWS_REGION'], endpoint_url=os.environ['STS_ENDPOINT'])\nprint(json.dumps(c.get_caller_identity()))";
 
+/// Creates `pod` in `ns` through the real API server (and so the webhook);
+/// returns its uid and the pod as stored.
+async fn create_pod(admin: &kube::Client, ns: &str, pod: &Pod) -> (String, Value) {
+    let created = Api::<Pod>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
+    (uid, serde_json::to_value(&created).unwrap())
+}
+
 /// What the kubelet makes of a container's env for pod `name`: the downward
 /// API's `metadata.name`, then `$(VAR)` references to earlier variables.
 fn kubelet_env(container: &Value, name: &str) -> Value {
@@ -420,13 +431,7 @@ async fn sessions_are_named_after_the_pod_when_the_service_account_asks() {
     let (admin, ns) = team(server).await;
     let annotations = json!({"attache.dev/role-arn": ROLE, "attache.dev/session-name": "pod"});
     service_account(&admin, &ns, "named", annotations).await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    let created = pods
-        .create(&PostParams::default(), &pod("batch-7", "named"))
-        .await
-        .unwrap();
-    let uid = created.metadata.uid.clone().unwrap();
-    let stored = serde_json::to_value(&created).unwrap();
+    let (uid, stored) = create_pod(&admin, &ns, &pod("batch-7", "named")).await;
     let sidecar = &stored["spec"]["initContainers"][0];
     let env = sidecar["env"].as_array().unwrap();
     let named = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
@@ -468,12 +473,9 @@ async fn a_pod_annotated_for_imds_serves_clients_that_speak_only_imds() {
     let server = deployed().await;
     let broker = broker().await;
     let (admin, ns) = team(server).await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     let mut legacy = pod("legacy", "app");
     legacy.metadata.annotations = Some([("attache.dev/imds".into(), "true".into())].into());
-    let created = pods.create(&PostParams::default(), &legacy).await.unwrap();
-    let uid = created.metadata.uid.clone().unwrap();
-    let stored = serde_json::to_value(&created).unwrap();
+    let (uid, stored) = create_pod(&admin, &ns, &legacy).await;
     let sidecar = &stored["spec"]["initContainers"][0];
     let app = env_of(&stored["spec"]["containers"][0]);
     assert_eq!(env_of(sidecar)["ATTACHE_IMDS"], "true");

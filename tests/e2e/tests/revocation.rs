@@ -153,6 +153,20 @@ async fn ca_revoke(w: &World, args: &[&str]) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// Waits (up to 30 s) until the ledger records the workload's certificate.
+async fn recorded(w: &World, workload: &Workload) {
+    let what = format!("serial {} recorded in the ledger", workload.serial);
+    common::eventually(Duration::from_secs(30), &what, || async {
+        let ledger = ledger(w).await;
+        ledger
+            .issued
+            .iter()
+            .any(|i| i.serial == workload.serial)
+            .then_some(())
+    })
+    .await;
+}
+
 /// The revocation ledger in the broker's ConfigMap.
 async fn ledger(w: &World) -> attache_broker::revocation::Ledger {
     let cm: ConfigMap = Api::namespaced(w.admin.clone(), BROKER_NS)
@@ -281,19 +295,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
     create_session(&w, &job)
         .await
         .expect("a fresh certificate works");
-    common::eventually(
-        Duration::from_secs(30),
-        "job's certificate recorded in the ledger",
-        || async {
-            ledger(&w)
-                .await
-                .issued
-                .iter()
-                .any(|i| i.serial == job.serial)
-                .then_some(())
-        },
-    )
-    .await;
+    recorded(&w, &job).await;
     broker.shutdown().await;
     let broker = start_broker(&w, ca_dir.path()).await;
     Api::<Pod>::namespaced(w.admin.clone(), &ns)
@@ -318,15 +320,7 @@ async fn a_deleted_pods_certificate_stops_working_at_aws() {
             .await
             .expect("a fresh certificate works");
     }
-    common::eventually(
-        Duration::from_secs(30),
-        "batch's certificate recorded in the ledger",
-        || async {
-            let l = ledger(&w).await;
-            l.issued.into_iter().find(|i| i.serial == batch.serial)
-        },
-    )
-    .await;
+    recorded(&w, &batch).await;
     let said = ca_revoke(&w, &["--serial", &batch.serial]).await;
     assert!(
         said.starts_with("recorded 1 serial(s) (0 listed already)"),

@@ -63,10 +63,10 @@ pub struct AwsPolicyArgs {
 /// What the Roles Anywhere profile needs besides the role's trust policy,
 /// for `aws-policy` to print on stderr (the policy goes alone to stdout).
 pub fn profile_notes(args: &AwsPolicyArgs) -> Vec<String> {
-    let setting = args.session_name.trim();
-    if setting.is_empty() || setting.eq_ignore_ascii_case("serial") {
+    if crate::inject::names_sessions_by_serial(&args.session_name) {
         return Vec::new();
     }
+    let setting = args.session_name.trim();
     vec![format!(
         "note: with session name {setting:?} the Roles Anywhere profile must accept custom role session names \
          (otherwise CreateSession is refused): aws rolesanywhere update-profile --profile-id <id> \

@@ -101,19 +101,14 @@ pub type IdentityKey = (String, String, Option<String>);
 /// stolen token) cannot mint certificates in a loop.
 pub type IssuanceLimiter = governor::DefaultKeyedRateLimiter<IdentityKey>;
 
-/// A limiter allowing `per_minute` certificates per identity and minute
-/// (bursts up to that many).
-pub fn issuance_limiter(per_minute: u32) -> IssuanceLimiter {
-    let n = std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-    governor::RateLimiter::keyed(governor::Quota::per_minute(n))
-}
-
 /// A keyed rate limiter on TokenReviews per client address.
 pub type PeerLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
-/// A limiter allowing `per_minute` TokenReviews per address and minute
-/// (bursts up to that many).
-pub fn per_peer_limiter(per_minute: u32) -> PeerLimiter {
+/// A keyed limiter allowing `per_minute` events per key and minute (bursts
+/// up to that many): certificates per identity, TokenReviews per address.
+pub fn per_minute_limiter<K: std::hash::Hash + Eq + Clone>(
+    per_minute: u32,
+) -> governor::DefaultKeyedRateLimiter<K> {
     let n = std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     governor::RateLimiter::keyed(governor::Quota::per_minute(n))
 }

@@ -127,13 +127,22 @@ pub fn pod_role<'a>(
     pod: &'a Value,
     sa_annotations: &'a BTreeMap<String, String>,
 ) -> Option<&'a str> {
-    str_at(
-        pod,
-        &format!("/metadata/annotations/{}", escape(ANN_ROLE_ARN)),
-    )
-    .or_else(|| sa_annotations.get(ANN_ROLE_ARN).map(String::as_str))
-    .map(str::trim)
-    .filter(|r| !r.is_empty())
+    pod_annotation(pod, ANN_ROLE_ARN)
+        .or_else(|| sa_annotations.get(ANN_ROLE_ARN).map(String::as_str))
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+}
+
+/// The pod's annotation `key`, if it has one.
+fn pod_annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    str_at(pod, &format!("/metadata/annotations/{}", escape(key)))
+}
+
+/// Whether a session-name setting leaves the name to AWS (the certificate
+/// serial): `serial` or empty.
+pub fn names_sessions_by_serial(setting: &str) -> bool {
+    let setting = setting.trim();
+    setting.is_empty() || setting.eq_ignore_ascii_case("serial")
 }
 
 fn already_injected(pod: &Value) -> bool {
@@ -210,8 +219,7 @@ pub fn decide(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Decision {
 /// The checks, in order, and the settings of a pod that gets the sidecar;
 /// `Err` is the skip or denial.
 pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Plan, Decision> {
-    let pod_ann = |k: &str| str_at(pod, &format!("/metadata/annotations/{}", escape(k)));
-    if pod_ann(ANN_INJECT).is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
+    if pod_annotation(pod, ANN_INJECT).is_some_and(|v| v.trim().eq_ignore_ascii_case("false")) {
         return Err(Decision::Skip("opted out with attache.dev/inject=false"));
     }
     let Some(role) = pod_role(pod, ctx.sa_annotations) else {
@@ -251,7 +259,7 @@ pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Pla
 /// `attache.dev/imds` on the pod, else on its ServiceAccount: `true` or
 /// `false` (the default).
 fn imds_setting(pod: &Value, ctx: &Context<'_>) -> Result<bool, Decision> {
-    let on_pod = str_at(pod, &format!("/metadata/annotations/{}", escape(ANN_IMDS)));
+    let on_pod = pod_annotation(pod, ANN_IMDS);
     let (value, whose) = match (on_pod, ctx.sa_annotations.get(ANN_IMDS)) {
         (Some(v), _) => (v, "the pod".to_string()),
         (None, Some(v)) => (
@@ -445,10 +453,11 @@ pub fn patch(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Patch {
 /// token volume's mount, for every app container (and init container, for a
 /// native sidecar, which starts before them).
 fn app_container_ops(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Vec<PatchOperation> {
+    let endpoint = format!("http://127.0.0.1:{SIDECAR_PORT}");
     let app_env = [
         (
             env::AWS_CONTAINER_CREDENTIALS_FULL_URI,
-            format!("http://127.0.0.1:{SIDECAR_PORT}{CREDENTIALS_PATH}"),
+            format!("{endpoint}{CREDENTIALS_PATH}"),
         ),
         (
             env::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE,
@@ -459,12 +468,9 @@ fn app_container_ops(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Vec<PatchO
         ("AWS_STS_REGIONAL_ENDPOINTS", "regional".to_string()),
     ];
     // The IMDS client appends `/latest/...` to the endpoint.
-    let imds_env = plan.imds.then(|| {
-        (
-            env::AWS_EC2_METADATA_SERVICE_ENDPOINT,
-            format!("http://127.0.0.1:{SIDECAR_PORT}"),
-        )
-    });
+    let imds_env = plan
+        .imds
+        .then(|| (env::AWS_EC2_METADATA_SERVICE_ENDPOINT, endpoint.clone()));
     let app_env: Vec<_> = app_env.into_iter().chain(imds_env).collect();
     let mut ops = Vec::new();
     for kind in app_kinds(cfg) {
@@ -509,10 +515,10 @@ fn app_container_ops(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Vec<PatchO
 /// not known at admission for pods made from `generateName`); else the fixed
 /// name, made valid for AWS.
 fn session_name_env(setting: &str) -> Vec<Value> {
-    let setting = setting.trim();
-    if setting.is_empty() || setting.eq_ignore_ascii_case("serial") {
+    if names_sessions_by_serial(setting) {
         return Vec::new();
     }
+    let setting = setting.trim();
     if setting.eq_ignore_ascii_case("pod") {
         return vec![
             json!({"name": env::POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),

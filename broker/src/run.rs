@@ -472,10 +472,10 @@ fn cert_api(
         reviews: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_token_reviews.max(1),
         )),
-        reviews_per_peer: Arc::new(crate::certapi::per_peer_limiter(
+        reviews_per_peer: Arc::new(crate::certapi::per_minute_limiter(
             args.max_token_reviews_per_peer,
         )),
-        issuance: Arc::new(crate::certapi::issuance_limiter(
+        issuance: Arc::new(crate::certapi::per_minute_limiter(
             args.max_certificates_per_minute,
         )),
     }
@@ -631,8 +631,6 @@ mod tests {
     use super::*;
     use tower::ServiceExt as _;
 
-    /// Both HTTPS ports' limits: a request whose body never ends holds its
-    /// slot only until the whole-request timeout, then gets 408.
     #[test]
     fn a_leaf_may_not_outlive_its_token() {
         use clap::Parser as _;
@@ -663,6 +661,8 @@ mod tests {
     const TA: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/ta";
     const PROFILE: &str = "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p";
 
+    /// Both HTTPS ports' limits: a request whose body never ends holds its
+    /// slot only until the whole-request timeout, then gets 408.
     #[tokio::test(start_paused = true)]
     async fn a_request_whose_body_never_ends_gets_408() {
         let timeout = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! The IAM Roles Anywhere CRL client: `ListCrls`, `ImportCrl`, `UpdateCrl`,
-//! `EnableCrl`, and [`sync_crl`], which keeps one named CRL of a trust anchor
+//! `EnableCrl`, and [`CrlClient::sync_crl`], which keeps one named CRL of a trust anchor
 //! equal to the CA's current one. Signed with SigV4 by temporary
 //! [`Credentials`] (service `rolesanywhere`), sent through [`request`].
 //!
@@ -103,7 +103,7 @@ pub struct CrlPage {
     pub next_token: Option<String>,
 }
 
-/// What [`import_crl`] sends.
+/// What [`CrlClient::import_crl`] sends.
 #[derive(Clone, Copy, Debug)]
 pub struct NewCrl<'a> {
     /// The name (1-255 characters of `[ a-zA-Z0-9-_]`).
@@ -118,7 +118,7 @@ pub struct NewCrl<'a> {
     pub enabled: bool,
 }
 
-/// What [`sync_crl`] did.
+/// What [`CrlClient::sync_crl`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CrlSync {
     /// No CRL had the name: it was imported, enabled.
@@ -164,174 +164,136 @@ struct CrlReply {
     crl: CrlDetail,
 }
 
-/// Lists one page of the account's CRLs in `region` (all trust anchors),
-/// starting at `next_token` (`None`: the first page).
-pub async fn list_crls(
-    client: &reqwest::Client,
-    endpoint: &str,
-    region: &str,
-    credentials: &Credentials,
-    next_token: Option<&str>,
-) -> Result<CrlPage, AwsError> {
-    let api = Api {
-        client,
-        endpoint,
-        region,
-        credentials,
-    };
-    let mut url = api.url("/crls", LIST_CRLS)?;
-    {
-        let mut query = url.query_pairs_mut();
-        if let Some(token) = next_token {
-            query.append_pair("nextToken", token);
-        }
-        query.append_pair("pageSize", &LIST_PAGE_SIZE.to_string());
-    }
-    let bytes = api.call("GET", url, None, LIST_CRLS).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| AwsError::bad_reply(LIST_CRLS, format!("not a CRL list: {e}")))
+/// Where and as whom the CRL calls go: Roles Anywhere at `endpoint` in
+/// `region`, signed with `credentials`.
+#[derive(Clone, Copy)]
+pub struct CrlClient<'a> {
+    /// The HTTP client the calls go through.
+    pub http: &'a reqwest::Client,
+    /// The Roles Anywhere endpoint (`https://rolesanywhere.<region>.amazonaws.com`).
+    pub endpoint: &'a str,
+    /// The region the calls are signed for.
+    pub region: &'a str,
+    /// The temporary credentials that sign them.
+    pub credentials: &'a Credentials,
 }
 
-/// Imports `crl` for its trust anchor. Refuses, before sending, a PEM CRL
-/// over [`MAX_CRL_BYTES`].
-pub async fn import_crl(
-    client: &reqwest::Client,
-    endpoint: &str,
-    region: &str,
-    credentials: &Credentials,
-    crl: &NewCrl<'_>,
-) -> Result<CrlDetail, AwsError> {
-    check_size(crl.crl_pem, IMPORT_CRL)?;
-    validate_rolesanywhere_arn(crl.trust_anchor_arn, "trust-anchor")?;
-    let body = ImportBody {
-        name: crl.name,
-        crl_data: B64.encode(crl.crl_pem),
-        trust_anchor_arn: crl.trust_anchor_arn,
-        enabled: crl.enabled,
-    };
-    let body = to_json(&body, IMPORT_CRL)?;
-    Api {
-        client,
-        endpoint,
-        region,
-        credentials,
-    }
-    .crl("POST", "/crls", Some(body), IMPORT_CRL)
-    .await
-}
-
-/// Replaces the data of CRL `crl_id` with `crl_pem` (the CRL in PEM, as
-/// AWS requires). Refuses, before sending, a PEM CRL over [`MAX_CRL_BYTES`].
-pub async fn update_crl(
-    client: &reqwest::Client,
-    endpoint: &str,
-    region: &str,
-    credentials: &Credentials,
-    crl_id: &str,
-    crl_pem: &[u8],
-) -> Result<CrlDetail, AwsError> {
-    check_size(crl_pem, UPDATE_CRL)?;
-    let body = UpdateBody {
-        crl_data: B64.encode(crl_pem),
-    };
-    let body = to_json(&body, UPDATE_CRL)?;
-    let path = format!("/crl/{crl_id}");
-    Api {
-        client,
-        endpoint,
-        region,
-        credentials,
-    }
-    .crl("PATCH", &path, Some(body), UPDATE_CRL)
-    .await
-}
-
-/// Enables CRL `crl_id`: CreateSession refuses the certificates it lists.
-pub async fn enable_crl(
-    client: &reqwest::Client,
-    endpoint: &str,
-    region: &str,
-    credentials: &Credentials,
-    crl_id: &str,
-) -> Result<CrlDetail, AwsError> {
-    let path = format!("/crl/{crl_id}/enable");
-    Api {
-        client,
-        endpoint,
-        region,
-        credentials,
-    }
-    .crl("POST", &path, None, ENABLE_CRL)
-    .await
-}
-
-/// Makes the CRL named `name` of `trust_anchor_arn` hold `crl_pem` (the CRL
-/// in PEM, as AWS requires), enabled: finds it (ListCrls, every page),
-/// imports it if absent, else updates its data and enables it if it was
-/// disabled. A PEM CRL over [`MAX_CRL_BYTES`] is refused before anything is
-/// sent.
-pub async fn sync_crl(
-    client: &reqwest::Client,
-    endpoint: &str,
-    region: &str,
-    credentials: &Credentials,
-    trust_anchor_arn: &str,
-    name: &str,
-    crl_pem: &[u8],
-) -> Result<CrlSync, AwsError> {
-    check_size(crl_pem, IMPORT_CRL)?;
-    validate_region(region)?;
-    validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")?;
-    let mut token: Option<String> = None;
-    let existing = loop {
-        let page = list_crls(client, endpoint, region, credentials, token.as_deref()).await?;
-        if let Some(found) = page
-            .crls
-            .into_iter()
-            .find(|c| c.name == name && c.trust_anchor_arn == trust_anchor_arn)
+impl CrlClient<'_> {
+    /// Lists one page of the account's CRLs in the region (all trust
+    /// anchors), starting at `next_token` (`None`: the first page).
+    pub async fn list_crls(&self, next_token: Option<&str>) -> Result<CrlPage, AwsError> {
+        let mut url = self.url("/crls", LIST_CRLS)?;
         {
-            break Some(found);
-        }
-        match page.next_token {
-            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
-            Some(_) => {
-                return Err(AwsError::bad_reply(
-                    LIST_CRLS,
-                    "nextToken repeats the token just sent",
-                ));
+            let mut query = url.query_pairs_mut();
+            if let Some(token) = next_token {
+                query.append_pair("nextToken", token);
             }
-            None => break None,
+            query.append_pair("pageSize", &LIST_PAGE_SIZE.to_string());
         }
-    };
-    let Some(existing) = existing else {
-        let new = NewCrl {
-            name,
-            trust_anchor_arn,
-            crl_pem,
-            enabled: true,
-        };
-        let crl = import_crl(client, endpoint, region, credentials, &new).await?;
-        tracing::info!(crl_id = %crl.crl_id, name, trust_anchor_arn, "CRL imported");
-        return Ok(CrlSync::Imported { crl_id: crl.crl_id });
-    };
-    let updated = update_crl(
-        client,
-        endpoint,
-        region,
-        credentials,
-        &existing.crl_id,
-        crl_pem,
-    )
-    .await?;
-    let enabled_now = !updated.enabled;
-    if enabled_now {
-        enable_crl(client, endpoint, region, credentials, &existing.crl_id).await?;
+        let bytes = self.call("GET", url, None, LIST_CRLS).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AwsError::bad_reply(LIST_CRLS, format!("not a CRL list: {e}")))
     }
-    tracing::info!(crl_id = %existing.crl_id, name, trust_anchor_arn, enabled_now, "CRL updated");
-    Ok(CrlSync::Updated {
-        crl_id: existing.crl_id,
-        enabled_now,
-    })
+
+    /// Imports `crl` for its trust anchor. Refuses, before sending, a PEM
+    /// CRL over [`MAX_CRL_BYTES`].
+    pub async fn import_crl(&self, crl: &NewCrl<'_>) -> Result<CrlDetail, AwsError> {
+        check_size(crl.crl_pem, IMPORT_CRL)?;
+        validate_rolesanywhere_arn(crl.trust_anchor_arn, "trust-anchor")?;
+        let body = ImportBody {
+            name: crl.name,
+            crl_data: B64.encode(crl.crl_pem),
+            trust_anchor_arn: crl.trust_anchor_arn,
+            enabled: crl.enabled,
+        };
+        let body = to_json(&body, IMPORT_CRL)?;
+        self.crl("POST", "/crls", Some(body), IMPORT_CRL).await
+    }
+
+    /// Replaces the data of CRL `crl_id` with `crl_pem` (the CRL in PEM, as
+    /// AWS requires). Refuses, before sending, a PEM CRL over
+    /// [`MAX_CRL_BYTES`].
+    pub async fn update_crl(&self, crl_id: &str, crl_pem: &[u8]) -> Result<CrlDetail, AwsError> {
+        check_size(crl_pem, UPDATE_CRL)?;
+        let body = UpdateBody {
+            crl_data: B64.encode(crl_pem),
+        };
+        let body = to_json(&body, UPDATE_CRL)?;
+        self.crl("PATCH", &format!("/crl/{crl_id}"), Some(body), UPDATE_CRL)
+            .await
+    }
+
+    /// Enables CRL `crl_id`: CreateSession refuses the certificates it lists.
+    pub async fn enable_crl(&self, crl_id: &str) -> Result<CrlDetail, AwsError> {
+        self.crl("POST", &format!("/crl/{crl_id}/enable"), None, ENABLE_CRL)
+            .await
+    }
+
+    /// Makes the CRL named `name` of `trust_anchor_arn` hold `crl_pem` (the
+    /// CRL in PEM, as AWS requires), enabled: finds it (ListCrls, every
+    /// page), imports it if absent, else updates its data and enables it if
+    /// it was disabled. A PEM CRL over [`MAX_CRL_BYTES`] is refused before
+    /// anything is sent.
+    pub async fn sync_crl(
+        &self,
+        trust_anchor_arn: &str,
+        name: &str,
+        crl_pem: &[u8],
+    ) -> Result<CrlSync, AwsError> {
+        check_size(crl_pem, IMPORT_CRL)?;
+        validate_region(self.region)?;
+        validate_rolesanywhere_arn(trust_anchor_arn, "trust-anchor")?;
+        let Some(existing) = self.find_crl(trust_anchor_arn, name).await? else {
+            let new = NewCrl {
+                name,
+                trust_anchor_arn,
+                crl_pem,
+                enabled: true,
+            };
+            let crl = self.import_crl(&new).await?;
+            tracing::info!(crl_id = %crl.crl_id, name, trust_anchor_arn, "CRL imported");
+            return Ok(CrlSync::Imported { crl_id: crl.crl_id });
+        };
+        let updated = self.update_crl(&existing.crl_id, crl_pem).await?;
+        let enabled_now = !updated.enabled;
+        if enabled_now {
+            self.enable_crl(&existing.crl_id).await?;
+        }
+        tracing::info!(crl_id = %existing.crl_id, name, trust_anchor_arn, enabled_now, "CRL updated");
+        Ok(CrlSync::Updated {
+            crl_id: existing.crl_id,
+            enabled_now,
+        })
+    }
+
+    /// The CRL named `name` of `trust_anchor_arn`, looked for on every page.
+    async fn find_crl(
+        &self,
+        trust_anchor_arn: &str,
+        name: &str,
+    ) -> Result<Option<CrlDetail>, AwsError> {
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_crls(token.as_deref()).await?;
+            if let Some(found) = page
+                .crls
+                .into_iter()
+                .find(|c| c.name == name && c.trust_anchor_arn == trust_anchor_arn)
+            {
+                return Ok(Some(found));
+            }
+            match page.next_token {
+                Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                Some(_) => {
+                    return Err(AwsError::bad_reply(
+                        LIST_CRLS,
+                        "nextToken repeats the token just sent",
+                    ));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 /// The documented limit applies to the PEM bytes `crlData` carries.
@@ -353,15 +315,7 @@ fn to_json(body: &impl Serialize, operation: Operation) -> Result<Vec<u8>, AwsEr
     })
 }
 
-/// Where and as whom a call goes.
-struct Api<'a> {
-    client: &'a reqwest::Client,
-    endpoint: &'a str,
-    region: &'a str,
-    credentials: &'a Credentials,
-}
-
-impl Api<'_> {
+impl CrlClient<'_> {
     /// The endpoint + `path`, checked to be an http(s) URL.
     fn url(&self, path: &str, operation: Operation) -> Result<reqwest::Url, AwsError> {
         url(self.endpoint, path, operation)
@@ -411,7 +365,7 @@ impl Api<'_> {
         let http_method =
             reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| signing(e.into()))?;
         let endpoint = url.to_string();
-        let mut req = self.client.request(http_method, url).body(body);
+        let mut req = self.http.request(http_method, url).body(body);
         for (k, v) in &signed {
             req = req.header(k, v);
         }

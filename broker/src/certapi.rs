@@ -35,16 +35,21 @@ pub const TOKEN_REVIEW_WAIT: Duration = Duration::from_secs(5);
 /// Tolerated clock difference with the API server when pre-checking `exp`.
 const EXP_LEEWAY_SECS: i64 = 60;
 
-/// The caller's identity as TokenReview reported it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The caller's identity as TokenReview reported it (also the identity
+/// each revocation ledger record keeps, hence serde; an absent pod field
+/// reads as `None`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Caller {
     /// Namespace of the ServiceAccount.
     pub namespace: String,
     /// ServiceAccount name.
     pub service_account: String,
     /// Pod the token is bound to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
     /// That pod's uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
 }
 

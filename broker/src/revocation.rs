@@ -126,16 +126,16 @@ pub struct Request {
 
 impl Request {
     fn matches(&self, issued: &Issued) -> bool {
-        issued.namespace == self.namespace
+        issued.to.namespace == self.namespace
             && issued.issued_at < self.before
             && self
                 .service_account
                 .as_ref()
-                .is_none_or(|sa| *sa == issued.service_account)
+                .is_none_or(|sa| *sa == issued.to.service_account)
             && self
                 .pod
                 .as_ref()
-                .is_none_or(|p| Some(p) == issued.pod_name.as_ref())
+                .is_none_or(|p| Some(p) == issued.to.pod_name.as_ref())
     }
 }
 
@@ -145,16 +145,10 @@ impl Request {
 pub struct Issued {
     /// Serial, decimal.
     pub serial: String,
-    /// The namespace.
-    pub namespace: String,
-    /// The ServiceAccount.
-    pub service_account: String,
-    /// The pod its token was bound to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
-    /// That pod's uid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    /// Who it was issued to: namespace, ServiceAccount, and the pod (name
+    /// and uid) its token was bound to; stored as fields of the record.
+    #[serde(flatten)]
+    pub to: Caller,
     /// When it was issued.
     #[serde(with = "time::serde::rfc3339")]
     pub issued_at: OffsetDateTime,
@@ -423,10 +417,7 @@ impl Revocations {
         issued.retain(|i| i.not_after > now);
         issued.push(Issued {
             serial: leaf.serial.clone(),
-            namespace: caller.namespace.clone(),
-            service_account: caller.service_account.clone(),
-            pod_name: caller.pod_name.clone(),
-            pod_uid: caller.pod_uid.clone(),
+            to: caller.clone(),
             issued_at: now,
             not_after: leaf.not_after,
         });
@@ -522,7 +513,7 @@ impl Revocations {
         let now = OffsetDateTime::now_utc();
         let entries: Vec<Entry> = self
             .unexpired(now, |i| {
-                i.pod_uid.as_ref().is_some_and(|u| uids.contains(u))
+                i.to.pod_uid.as_ref().is_some_and(|u| uids.contains(u))
             })
             .iter()
             .map(|i| i.entry(POD_DELETED, now))
@@ -550,7 +541,7 @@ impl Revocations {
         let now = OffsetDateTime::now_utc();
         self.unexpired(now, |i| i.issued_at < t)
             .into_iter()
-            .filter_map(|i| i.pod_uid)
+            .filter_map(|i| i.to.pod_uid)
             .collect()
     }
 
@@ -660,10 +651,12 @@ mod tests {
     fn issued(pod: &str, sa: &str, issued_at: OffsetDateTime) -> Issued {
         Issued {
             serial: "1".into(),
-            namespace: "team-a".into(),
-            service_account: sa.into(),
-            pod_name: Some(pod.into()),
-            pod_uid: Some(format!("uid-{pod}")),
+            to: Caller {
+                namespace: "team-a".into(),
+                service_account: sa.into(),
+                pod_name: Some(pod.into()),
+                pod_uid: Some(format!("uid-{pod}")),
+            },
             issued_at,
             not_after: issued_at + time::Duration::HOUR,
         }
@@ -691,7 +684,7 @@ mod tests {
         assert!(by_sa.matches(&issued("web-2", "web", earlier)));
         assert!(!by_sa.matches(&issued("web-2", "api", earlier)));
         let mut other_ns = issued("web-1", "web", earlier);
-        other_ns.namespace = "team-b".into();
+        other_ns.to.namespace = "team-b".into();
         assert!(!by_pod.matches(&other_ns) && !by_sa.matches(&other_ns));
     }
 
@@ -831,6 +824,20 @@ mod tests {
             "{json}"
         );
         assert_eq!(serde_json::from_str::<Ledger>(&json).unwrap(), ledger);
+        // A record as every replica writes and reads it.
+        let at = OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
+        let stored = r#"{"serial":"1","namespace":"team-a","serviceAccount":"web","podName":"web-1","podUid":"uid-web-1","issuedAt":"2026-01-01T00:00:00Z","notAfter":"2026-01-01T01:00:00Z"}"#;
+        assert_eq!(
+            serde_json::to_string(&issued("web-1", "web", at)).unwrap(),
+            stored
+        );
+        assert_eq!(
+            serde_json::from_str::<Issued>(stored).unwrap(),
+            issued("web-1", "web", at)
+        );
+        let podless = stored.replace(r#""podName":"web-1","podUid":"uid-web-1","#, "");
+        let read = serde_json::from_str::<Issued>(&podless).unwrap();
+        assert_eq!((read.to.pod_name, read.to.pod_uid), (None, None));
         let err = serde_json::from_str::<Ledger>("{\"revoked\": 3}")
             .map_err(RevocationError::Ledger)
             .unwrap_err()

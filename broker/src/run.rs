@@ -197,43 +197,51 @@ impl Running {
 
 /// The serving CA from its Secret, created once if absent.
 async fn load_serving_ca(args: &RunArgs, client: &kube::Client) -> Result<CertificateAuthority> {
-    let options = CaOptions {
-        key_type: KeyType::EcdsaP256,
-        common_name: format!(
-            "attache serving CA ({})",
-            args.cluster_name.as_deref().unwrap_or(&args.trust_domain)
-        ),
-        ..CaOptions::default()
-    };
-    let secrets = Api::namespaced(client.clone(), &args.namespace);
-    Ok(
-        crate::castore::load_or_create(
-            &secrets,
-            &args.namespace,
-            &args.serving_ca_secret,
-            &options,
-        )
-        .await?,
+    let secret = &args.serving_ca_secret;
+    load_or_create_ca(
+        args,
+        client,
+        secret,
+        "attache serving CA",
+        KeyType::EcdsaP256,
     )
+    .await
 }
 
+/// The workload CA: from `--ca-dir` if given, else from its Secret, created
+/// once if absent.
 async fn load_ca(args: &RunArgs, client: &kube::Client) -> Result<CertificateAuthority> {
     if let Some(dir) = &args.ca_dir {
         return crate::ca_cli::load_ca(dir);
     }
+    load_or_create_ca(
+        args,
+        client,
+        &args.ca_secret,
+        "attache CA",
+        args.ca_key_type,
+    )
+    .await
+}
+
+/// The CA in Secret `secret` of the broker's namespace, created once if
+/// absent as `<title> (<cluster name or trust domain>)`.
+async fn load_or_create_ca(
+    args: &RunArgs,
+    client: &kube::Client,
+    secret: &str,
+    title: &str,
+    key_type: KeyType,
+) -> Result<CertificateAuthority> {
+    let cluster = args.cluster_name.as_deref().unwrap_or(&args.trust_domain);
     let options = CaOptions {
-        key_type: args.ca_key_type,
-        common_name: format!(
-            "attache CA ({})",
-            args.cluster_name.as_deref().unwrap_or(&args.trust_domain)
-        ),
+        key_type,
+        common_name: format!("{title} ({cluster})"),
         ..CaOptions::default()
     };
     let secrets = Api::namespaced(client.clone(), &args.namespace);
-    Ok(
-        crate::castore::load_or_create(&secrets, &args.namespace, &args.ca_secret, &options)
-            .await?,
-    )
+    let ca = crate::castore::load_or_create(&secrets, &args.namespace, secret, &options).await?;
+    Ok(ca)
 }
 
 /// Sets `caBundle` of every webhook in the configuration to the CA PEM.

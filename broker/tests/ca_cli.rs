@@ -65,12 +65,17 @@ fn assert_clean_failure(o: &Output, expect: &str) {
     assert!(err.contains(expect), "expected {expect:?} in {err}");
 }
 
+/// A fresh temporary directory and the path of its `ca/` (not made yet).
+fn workdir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca").to_str().unwrap().to_owned();
+    (dir, ca)
+}
+
 #[test]
 fn init_issue_show_round_trip_with_an_openssl_csr() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca_dir = d.join("ca");
-    let ca = ca_dir.to_str().unwrap();
+    let (dir, ca) = workdir();
+    let (d, ca_dir, ca) = (dir.path(), Path::new(&ca), ca.as_str());
     let o = broker(&["ca", "init", "--dir", ca, "--common-name", "test CA"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("trust anchor"), "{}", text(&o));
@@ -101,17 +106,7 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
     assert!(o.status.success(), "{}", text(&o));
     let o = openssl(d, &["verify", "-CAfile", "ca/ca.pem", "leaf.pem"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = openssl(
-        d,
-        &[
-            "x509",
-            "-in",
-            "leaf.pem",
-            "-noout",
-            "-ext",
-            "subjectAltName",
-        ],
-    );
+    let o = openssl(d, &words("x509 -in leaf.pem -noout -ext subjectAltName"));
     assert!(
         text(&o).contains("URI:spiffe://prod.example.com/ns/team-a/sa/uploader"),
         "{}",
@@ -127,17 +122,7 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
 
     let o = broker(&["ca", "show", "--dir", ca]);
     assert!(o.status.success(), "{}", text(&o));
-    let fp = openssl(
-        d,
-        &[
-            "x509",
-            "-in",
-            "ca/ca.pem",
-            "-noout",
-            "-fingerprint",
-            "-sha256",
-        ],
-    );
+    let fp = openssl(d, &words("x509 -in ca/ca.pem -noout -fingerprint -sha256"));
     let fp = String::from_utf8_lossy(&fp.stdout)
         .trim()
         .split('=')
@@ -167,19 +152,14 @@ fn init_issue_show_round_trip_with_an_openssl_csr() {
 
 #[test]
 fn bad_inputs_fail_with_one_clear_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let ca = d.join("ca");
-    let ca = ca.to_str().unwrap();
+    let (dir, ca) = workdir();
+    let (d, ca) = (dir.path(), ca.as_str());
     assert!(broker(&["ca", "init", "--dir", ca]).status.success());
     let issue = |csr: &str, ns: &str| ca_issue(ca, &d.join(csr), (ns, "sa"), &[]);
 
     let o = openssl(
         d,
-        &[
-            "req", "-new", "-newkey", "rsa:1024", "-nodes", "-keyout", "k.pem", "-subj", "/CN=x",
-            "-out", "weak.csr",
-        ],
+        &words("req -new -newkey rsa:1024 -nodes -keyout k.pem -subj /CN=x -out weak.csr"),
     );
     assert!(o.status.success(), "{}", text(&o));
     assert_clean_failure(&issue("weak.csr", "ns"), "RSA-1024, too weak");
@@ -227,9 +207,8 @@ fn bad_inputs_fail_with_one_clear_line() {
 /// refuses the revoked certificate while accepting another one.
 #[test]
 fn a_crl_signed_by_ca_crl_revokes_in_openssl() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, ca) = workdir();
     let d = dir.path();
-    let ca = format!("{}/ca", d.display());
     let run = |args: String| {
         let o = broker(&words(&args));
         assert!(o.status.success(), "{args}: {}", text(&o));

@@ -90,17 +90,16 @@ impl CrlPusher {
             .endpoint
             .clone()
             .unwrap_or_else(|| attache_aws::session::default_endpoint(&self.target.region));
-        let done = attache_aws::crl::sync_crl(
-            &self.http,
-            &endpoint,
-            &self.target.region,
-            &credentials,
-            &self.target.trust_anchor,
-            &self.name,
-            &pem,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let crls = attache_aws::crl::CrlClient {
+            http: &self.http,
+            endpoint: &endpoint,
+            region: &self.target.region,
+            credentials: &credentials,
+        };
+        let done = crls
+            .sync_crl(&self.target.trust_anchor, &self.name, &pem)
+            .await
+            .map_err(|e| e.to_string())?;
         self.pushed = Some(pem);
         Ok(Some(done))
     }

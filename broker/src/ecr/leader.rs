@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attache_rt::clock::Clock;
+use attache_rt::task::{StopSignal, StoppableTask};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
@@ -43,30 +44,16 @@ fn micro(t: OffsetDateTime) -> Option<MicroTime> {
 /// A running elector: `leading()` tells whether this replica leads now.
 pub struct Elector {
     leading: watch::Receiver<bool>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Elector {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
+    task: StoppableTask<()>,
 }
 
 impl Elector {
     /// Starts campaigning.
     pub fn spawn(client: kube::Client, config: LeaseConfig, clock: Arc<dyn Clock>) -> Elector {
         let (tx, rx) = watch::channel(false);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-        let task = tokio::spawn(campaign(api, config, clock, tx, stop_rx));
-        Elector {
-            leading: rx,
-            stop: Some(stop_tx),
-            task: Some(task),
-        }
+        let task = StoppableTask::spawn(|stop| campaign(api, config, clock, tx, stop));
+        Elector { leading: rx, task }
     }
 
     /// Whether this replica leads.
@@ -76,13 +63,8 @@ impl Elector {
 
     /// Stops campaigning and, if leading, releases the Lease so another
     /// replica takes over at once.
-    pub async fn release(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+    pub async fn release(self) {
+        let _ = self.task.stop().await;
     }
 }
 
@@ -103,7 +85,7 @@ async fn campaign(
     cfg: LeaseConfig,
     clock: Arc<dyn Clock>,
     tx: watch::Sender<bool>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: StopSignal,
 ) {
     let mut observed: Option<Observed> = None;
     let mut last_renew: Option<OffsetDateTime> = None;

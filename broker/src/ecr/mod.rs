@@ -50,6 +50,7 @@ use attache_aws::cache::RefreshPolicy;
 use attache_pki::CertificateAuthority;
 use attache_rt::clock::Clock;
 use attache_rt::parse::duration;
+use attache_rt::task::{StopSignal, StoppableTask};
 use clap::Args;
 use tokio::sync::watch;
 
@@ -189,17 +190,8 @@ pub struct EcrContext {
 /// The running controller.
 pub struct EcrHandle {
     leading: watch::Receiver<bool>,
-    elector: Option<leader::Elector>,
-    supervisor: Option<tokio::task::JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for EcrHandle {
-    fn drop(&mut self) {
-        if let Some(t) = self.supervisor.take() {
-            t.abort();
-        }
-    }
+    elector: leader::Elector,
+    supervisor: StoppableTask<()>,
 }
 
 impl EcrHandle {
@@ -214,16 +206,9 @@ impl EcrHandle {
     }
 
     /// Stops the controller and hands the Lease over at once.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.supervisor.take() {
-            let _ = t.await;
-        }
-        if let Some(e) = self.elector.take() {
-            e.release().await;
-        }
+    pub async fn shutdown(self) {
+        let _ = self.supervisor.stop().await;
+        self.elector.release().await;
     }
 }
 
@@ -260,19 +245,13 @@ pub async fn start(args: &EcrArgs, ctx: EcrContext) -> Result<EcrHandle> {
         },
         ctx.clock.clone(),
     );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let supervisor = tokio::spawn(supervise(
-        args.clone(),
-        ctx,
-        plan,
-        elector.leading(),
-        stop_rx,
-    ));
+    let leading = elector.leading();
+    let supervisor =
+        StoppableTask::spawn(|stop| supervise(args.clone(), ctx, plan, elector.leading(), stop));
     Ok(EcrHandle {
-        leading: elector.leading(),
-        elector: Some(elector),
-        supervisor: Some(supervisor),
-        stop: Some(stop_tx),
+        leading,
+        elector,
+        supervisor,
     })
 }
 
@@ -283,7 +262,7 @@ async fn supervise(
     ctx: EcrContext,
     plan: Plan,
     mut leading: tokio::sync::watch::Receiver<bool>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: StopSignal,
 ) {
     loop {
         tokio::select! {

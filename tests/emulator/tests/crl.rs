@@ -6,7 +6,7 @@
 mod common;
 
 use attache_aws::credentials::Credentials;
-use attache_aws::crl::{self, CrlDetail, CrlSync, NewCrl};
+use attache_aws::crl::{self, CrlClient, CrlDetail, CrlSync, NewCrl};
 use attache_aws::request::AwsError;
 use attache_emulator::{Emulator, Operation, Permission};
 use attache_pki::X509Signer;
@@ -145,8 +145,18 @@ async fn client_import(
         crl_pem,
         enabled: true,
     };
-    let aws = aws_credentials(creds);
-    crl::import_crl(&http(), &emu.url(), REGION, &aws, &new).await
+    let (http, url, aws) = (http(), emu.url(), aws_credentials(creds));
+    client(&http, &url, &aws).import_crl(&new).await
+}
+
+/// attache-aws's CRL client for the emulator at `url`.
+fn client<'a>(http: &'a reqwest::Client, url: &'a str, aws: &'a Credentials) -> CrlClient<'a> {
+    CrlClient {
+        http,
+        endpoint: url,
+        region: REGION,
+        credentials: aws,
+    }
 }
 
 #[tokio::test]
@@ -481,12 +491,10 @@ async fn unsigned_and_foreign_requests_are_refused() {
 #[tokio::test]
 async fn sync_imports_then_updates_and_revocation_takes_effect() {
     let (emu, ca, creds) = setup(&CRL_ACTIONS).await;
-    let (client, aws) = (http(), aws_credentials(&creds));
+    let (http, url, aws) = (http(), emu.url(), aws_credentials(&creds));
     let victim = ca.leaf(&LeafOpts::default());
-    let sync = |pem: Vec<u8>| {
-        let (client, aws, url) = (&client, &aws, emu.url());
-        async move { crl::sync_crl(client, &url, REGION, aws, TA_ARN, "attache", &pem).await }
-    };
+    let crls = client(&http, &url, &aws);
+    let sync = |pem: Vec<u8>| async move { crls.sync_crl(TA_ARN, "attache", &pem).await };
     let first = sync(crl_of(&ca, &[])).await.unwrap();
     let CrlSync::Imported { crl_id } = &first else {
         panic!("expected an import, got {first:?}");
@@ -520,7 +528,8 @@ async fn sync_imports_then_updates_and_revocation_takes_effect() {
 #[tokio::test]
 async fn sync_follows_next_token_and_matches_name_and_anchor() {
     let (emu, ca, creds) = setup(&CRL_ACTIONS).await;
-    let (client, aws) = (http(), aws_credentials(&creds));
+    let (http, url, aws) = (http(), emu.url(), aws_credentials(&creds));
+    let crls = client(&http, &url, &aws);
     let pem = crl_of(&ca, &[]);
     for i in 0..crl::LIST_PAGE_SIZE + 2 {
         let name = format!("crl {i}");
@@ -530,24 +539,18 @@ async fn sync_follows_next_token_and_matches_name_and_anchor() {
             crl_pem: &pem,
             enabled: false,
         };
-        let detail = crl::import_crl(&client, &emu.url(), REGION, &aws, &new)
-            .await
-            .unwrap();
+        let detail = crls.import_crl(&new).await.unwrap();
         assert_eq!(
             (detail.name.as_str(), &detail.crl_data),
             (name.as_str(), &pem)
         );
         assert!(!format!("{detail:?}").contains("BEGIN"));
     }
-    let page = crl::list_crls(&client, &emu.url(), REGION, &aws, None)
-        .await
-        .unwrap();
+    let page = crls.list_crls(None).await.unwrap();
     assert_eq!(page.crls.len(), crl::LIST_PAGE_SIZE as usize);
     assert!(page.next_token.is_some());
     let last = format!("crl {}", crl::LIST_PAGE_SIZE + 1);
-    let done = crl::sync_crl(&client, &emu.url(), REGION, &aws, TA_ARN, &last, &pem)
-        .await
-        .unwrap();
+    let done = crls.sync_crl(TA_ARN, &last, &pem).await.unwrap();
     let want = emu.crls().into_iter().find(|c| c.name == last).unwrap();
     assert_eq!(
         done,
@@ -564,17 +567,11 @@ async fn sync_follows_next_token_and_matches_name_and_anchor() {
 async fn the_client_refuses_an_oversize_crl_before_sending() {
     let (emu, _ca, creds) = setup(&CRL_ACTIONS).await;
     let big = vec![0u8; crl::MAX_CRL_BYTES + 1];
-    let err = crl::sync_crl(
-        &http(),
-        &emu.url(),
-        REGION,
-        &aws_credentials(&creds),
-        TA_ARN,
-        "attache",
-        &big,
-    )
-    .await
-    .unwrap_err();
+    let (http, url, aws) = (http(), emu.url(), aws_credentials(&creds));
+    let err = client(&http, &url, &aws)
+        .sync_crl(TA_ARN, "attache", &big)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, AwsError::CrlTooLarge { len, max: 300_000, .. } if len == 300_001),
         "{err}"

@@ -1,0 +1,81 @@
+//! A spawned task that is asked to stop and awaited, or aborted when its
+//! handle is dropped: the shape of every long-running background loop
+//! (the Lease elector, the ECR supervisor).
+
+use std::future::Future;
+
+use tokio::sync::oneshot;
+use tokio::task::{JoinError, JoinHandle};
+
+/// What a [`StoppableTask`]'s body awaits to learn it should stop: it
+/// resolves (with `Ok` or, if the handle is gone, `Err`) once stopping is
+/// asked for.
+pub type StopSignal = oneshot::Receiver<()>;
+
+/// A task spawned on the current runtime. [`StoppableTask::stop`] fires its
+/// [`StopSignal`] and waits for it to return; dropping the handle aborts it,
+/// so a forgotten handle never leaves a loop running.
+#[derive(Debug)]
+pub struct StoppableTask<T> {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> StoppableTask<T> {
+    /// Spawns `body(stop_signal)`.
+    pub fn spawn<F, Fut>(body: F) -> StoppableTask<T>
+    where
+        F: FnOnce(StopSignal) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let (stop, signal) = oneshot::channel();
+        StoppableTask {
+            stop: Some(stop),
+            task: Some(tokio::spawn(body(signal))),
+        }
+    }
+
+    /// Asks the task to stop and waits for it; `Err` if it panicked.
+    pub async fn stop(mut self) -> Result<T, JoinError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await,
+            None => unreachable!("the task is taken only here and in drop"),
+        }
+    }
+}
+
+impl<T> Drop for StoppableTask<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_waits_for_the_body_and_drop_aborts_it() {
+        let stopped = StoppableTask::spawn(|signal| async move {
+            let _ = signal.await;
+            "stopped cleanly"
+        });
+        assert_eq!(stopped.stop().await.unwrap(), "stopped cleanly");
+
+        let (alive, mut gone) = tokio::sync::mpsc::channel::<()>(1);
+        let dropped = StoppableTask::spawn(|_signal| async move {
+            let _alive = alive;
+            std::future::pending::<()>().await
+        });
+        drop(dropped);
+        assert!(
+            gone.recv().await.is_none(),
+            "the aborted body dropped its state"
+        );
+    }
+}

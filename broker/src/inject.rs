@@ -8,6 +8,7 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Value, json};
 
+use crate::flags::SessionDefaults;
 use crate::policy::check_role;
 use attache_api::env;
 use attache_api::names::*;
@@ -15,40 +16,58 @@ use attache_api::names::*;
 /// Broker settings the injection uses.
 #[derive(Clone, Debug)]
 pub struct InjectConfig {
-    /// Sidecar image.
+    /// The sidecar container: image, resources, UID, native or plain.
+    pub sidecar: SidecarSpec,
+    /// Where sessions go unless a ServiceAccount says otherwise (region,
+    /// profile, trust anchor), and which overrides it may make.
+    pub session: SessionDefaults,
+    /// Role session name when the ServiceAccount has no
+    /// `attache.dev/session-name`: `serial`, `pod` or a fixed name.
+    pub session_name: String,
+    /// How the sidecar reaches the broker's certificate API.
+    pub broker: BrokerAccess,
+    /// Enforce `attache.dev/allowed-roles`.
+    pub restrictions: bool,
+}
+
+/// The sidecar container the webhook injects.
+#[derive(Clone, Debug)]
+pub struct SidecarSpec {
+    /// Image.
     pub image: String,
-    /// `imagePullPolicy` of the sidecar.
+    /// `imagePullPolicy`.
     pub image_pull_policy: String,
+    /// Requests and limit.
+    pub resources: SidecarResources,
+    /// Native sidecar (init container with `restartPolicy: Always`,
+    /// Kubernetes >= 1.29); false: a plain container.
+    pub native: bool,
+    /// UID and GID it runs as: one no app container uses, so an app sharing
+    /// the pod's process namespace cannot read the sidecar's memory.
+    pub uid: i64,
+}
+
+/// The sidecar's resource requests and limit, as Kubernetes quantities.
+#[derive(Clone, Debug)]
+pub struct SidecarResources {
     /// CPU request, e.g. `10m`.
     pub cpu_request: String,
     /// Memory request, e.g. `16Mi`.
     pub memory_request: String,
     /// Memory limit, e.g. `64Mi`.
     pub memory_limit: String,
-    /// Default region (used when the trust anchor ARN names none).
-    pub region: String,
-    /// Default Roles Anywhere profile ARN.
-    pub profile_arn: Option<String>,
-    /// Default trust anchor ARN.
-    pub trust_anchor_arn: Option<String>,
-    /// URL the sidecar reaches the broker at.
-    pub broker_url: String,
+}
+
+/// How an injected sidecar reaches the broker.
+#[derive(Clone, Debug)]
+pub struct BrokerAccess {
+    /// URL of the certificate API.
+    pub url: String,
     /// PEM bundle the sidecar trusts for the broker.
     pub ca_bundle_pem: String,
-    /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes >= 1.29).
-    pub native_sidecar: bool,
-    /// Enforce `attache.dev/allowed-roles`.
-    pub restrictions: bool,
-    /// Lifetime of the projected ServiceAccount token, seconds.
-    pub sa_token_seconds: i64,
-    /// UID and GID the sidecar runs as: one no app container uses, so an app
-    /// sharing the pod's process namespace cannot read the sidecar's memory.
-    pub sidecar_uid: i64,
-    /// Role session name when the ServiceAccount has no
-    /// `attache.dev/session-name`: `serial`, `pod` or a fixed name.
-    pub session_name: String,
-    /// Profile / trust anchor overrides a ServiceAccount may make.
-    pub overrides: crate::policy::ArnOverrides,
+    /// Lifetime of the projected ServiceAccount token the sidecar proves
+    /// itself with, seconds.
+    pub token_seconds: i64,
 }
 
 impl InjectConfig {
@@ -56,29 +75,33 @@ impl InjectConfig {
     /// anchor in eu-west-1, a native sidecar, namespace restrictions on),
     /// for tests, fuzzing and docs.
     pub fn example() -> Self {
-        let profile = "arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p";
-        let anchor = "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t";
         InjectConfig {
-            image: "ghcr.io/attache-dev/attache:test".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            cpu_request: "10m".into(),
-            memory_request: "16Mi".into(),
-            memory_limit: "64Mi".into(),
-            region: "us-east-1".into(),
-            profile_arn: Some(profile.into()),
-            trust_anchor_arn: Some(anchor.into()),
-            broker_url: "https://attache-broker.attache-system.svc:8443".into(),
-            ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
-            native_sidecar: true,
-            restrictions: true,
-            sa_token_seconds: 3600,
-            sidecar_uid: 19911,
-            session_name: "serial".into(),
-            overrides: crate::policy::ArnOverrides {
-                default_profile: Some(profile.into()),
-                default_trust_anchor: Some(anchor.into()),
-                ..Default::default()
+            sidecar: SidecarSpec {
+                image: "ghcr.io/attache-dev/attache:test".into(),
+                image_pull_policy: "IfNotPresent".into(),
+                resources: SidecarResources {
+                    cpu_request: "10m".into(),
+                    memory_request: "16Mi".into(),
+                    memory_limit: "64Mi".into(),
+                },
+                native: true,
+                uid: 19911,
             },
+            session: SessionDefaults {
+                region: "us-east-1".into(),
+                profile_arn: Some("arn:aws:rolesanywhere:eu-west-1:123456789012:profile/p".into()),
+                trust_anchor_arn: Some(
+                    "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/t".into(),
+                ),
+                ..SessionDefaults::default()
+            },
+            session_name: "serial".into(),
+            broker: BrokerAccess {
+                url: "https://attache-broker.attache-system.svc:8443".into(),
+                ca_bundle_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+                token_seconds: 3600,
+            },
+            restrictions: true,
         }
     }
 }
@@ -240,7 +263,7 @@ pub fn resolve(pod: &Value, ctx: &Context<'_>, cfg: &InjectConfig) -> Result<Pla
         })?,
     };
     let region = attache_aws::arn::arn_region(&anchor)
-        .unwrap_or(&cfg.region)
+        .unwrap_or(&cfg.session.region)
         .to_string();
     let imds = imds_setting(pod, ctx)?;
     let warnings = warnings(pod, cfg, role, &profile);
@@ -326,16 +349,18 @@ fn check_pod(
 /// them) or the broker's defaults.
 fn session_arns(ctx: &Context<'_>, cfg: &InjectConfig) -> Result<(String, String), Decision> {
     let sa = |k: &str| ctx.sa_annotations.get(k).map(|v| v.trim().to_string());
-    cfg.overrides
+    cfg.session
+        .overrides()
         .check(ctx.namespace, ctx.service_account, ctx.sa_annotations)
         .map_err(|e| Decision::Deny(e.to_string()))?;
-    let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.profile_arn.clone()) else {
+    let Some(profile) = sa(ANN_PROFILE_ARN).or_else(|| cfg.session.profile_arn.clone()) else {
         return Err(Decision::Deny(format!(
             "no Roles Anywhere profile for ServiceAccount {}/{}: set {ANN_PROFILE_ARN} on it or start the broker with --profile-arn",
             ctx.namespace, ctx.service_account
         )));
     };
-    let Some(anchor) = sa(ANN_TRUST_ANCHOR_ARN).or_else(|| cfg.trust_anchor_arn.clone()) else {
+    let Some(anchor) = sa(ANN_TRUST_ANCHOR_ARN).or_else(|| cfg.session.trust_anchor_arn.clone())
+    else {
         return Err(Decision::Deny(format!(
             "no trust anchor for ServiceAccount {}/{}: set {ANN_TRUST_ANCHOR_ARN} on it or start the broker with --trust-anchor-arn",
             ctx.namespace, ctx.service_account
@@ -356,7 +381,7 @@ fn warnings(pod: &Value, cfg: &InjectConfig, role: &str, profile: &str) -> Vec<S
     if pod.pointer("/spec/shareProcessNamespace") == Some(&Value::Bool(true)) {
         warnings.push(format!(
             "shareProcessNamespace: true lets the pod's containers see the attache sidecar's process; it runs as UID {} and is not dumpable, so only a container running as that UID or with CAP_SYS_PTRACE could read its key: keep app containers off that UID",
-            cfg.sidecar_uid
+            cfg.sidecar.uid
         ));
     }
     let partition = |arn: &str| arn.split(':').nth(1).unwrap_or("").to_string();
@@ -383,7 +408,7 @@ fn warnings(pod: &Value, cfg: &InjectConfig, role: &str, profile: &str) -> Vec<S
 /// The container lists the sidecar serves: a native sidecar starts before
 /// the init containers, so they get the endpoint too.
 fn app_kinds(cfg: &InjectConfig) -> &'static [&'static str] {
-    if cfg.native_sidecar {
+    if cfg.sidecar.native {
         &["initContainers", "containers"]
     } else {
         &["containers"]
@@ -420,7 +445,7 @@ pub fn patch(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Patch {
     let volumes = [
         json!({"name": TOKEN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
         json!({"name": SA_TOKEN_VOLUME, "projected": {"defaultMode": 0o444, "sources": [{"serviceAccountToken": {
-            "audience": TOKEN_AUDIENCE, "expirationSeconds": cfg.sa_token_seconds, "path": "token"}}]}}),
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": cfg.broker.token_seconds, "path": "token"}}]}}),
     ];
     match pod.pointer("/spec/volumes").and_then(Value::as_array) {
         None => ops.push(add(["spec", "volumes"], Value::from(volumes.to_vec()))),
@@ -435,7 +460,7 @@ pub fn patch(pod: &Value, plan: &Plan, cfg: &InjectConfig) -> Patch {
         .pointer("/spec/initContainers")
         .and_then(Value::as_array)
         .is_some();
-    ops.push(match (cfg.native_sidecar, has_init) {
+    ops.push(match (cfg.sidecar.native, has_init) {
         (true, false) => add(["spec", "initContainers"], json!([sidecar])),
         // First, so later init containers can use AWS too. Applied after the
         // per-container ops above, whose indices refer to the original list.
@@ -532,14 +557,15 @@ fn session_name_env(setting: &str) -> Vec<Value> {
 }
 
 fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
+    let resources = &cfg.sidecar.resources;
     let env = [
         (env::REGION, plan.region.clone()),
         (env::ROLE_ARN, plan.role_arn.clone()),
         (env::PROFILE_ARN, plan.profile_arn.clone()),
         (env::TRUST_ANCHOR_ARN, plan.trust_anchor_arn.clone()),
         (env::SESSION_DURATION, plan.duration_seconds.to_string()),
-        (env::BROKER_URL, cfg.broker_url.clone()),
-        (env::CA_BUNDLE_PEM, cfg.ca_bundle_pem.clone()),
+        (env::BROKER_URL, cfg.broker.url.clone()),
+        (env::CA_BUNDLE_PEM, cfg.broker.ca_bundle_pem.clone()),
         (
             env::SERVICE_ACCOUNT_TOKEN_FILE,
             format!("{SA_TOKEN_DIR}/token"),
@@ -553,8 +579,8 @@ fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
         .then(|| json!({"name": env::IMDS, "value": "true"}));
     let mut c = json!({
         "name": SIDECAR_NAME,
-        "image": cfg.image,
-        "imagePullPolicy": cfg.image_pull_policy,
+        "image": cfg.sidecar.image,
+        "imagePullPolicy": cfg.sidecar.image_pull_policy,
         "args": ["serve"],
         "env": env
             .iter()
@@ -563,13 +589,13 @@ fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
             .chain(imds)
             .collect::<Vec<_>>(),
         "resources": {
-            "requests": {"cpu": cfg.cpu_request, "memory": cfg.memory_request},
-            "limits": {"memory": cfg.memory_limit},
+            "requests": {"cpu": resources.cpu_request, "memory": resources.memory_request},
+            "limits": {"memory": resources.memory_limit},
         },
         "securityContext": {
             "runAsNonRoot": true,
-            "runAsUser": cfg.sidecar_uid,
-            "runAsGroup": cfg.sidecar_uid,
+            "runAsUser": cfg.sidecar.uid,
+            "runAsGroup": cfg.sidecar.uid,
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
@@ -593,7 +619,7 @@ fn sidecar_container(cfg: &InjectConfig, plan: &Plan) -> Value {
             "periodSeconds": 10,
         },
     });
-    if cfg.native_sidecar {
+    if cfg.sidecar.native {
         c["restartPolicy"] = json!("Always");
     }
     c
@@ -607,7 +633,7 @@ pub(crate) mod tests {
 
     pub(crate) fn cfg() -> InjectConfig {
         let mut cfg = InjectConfig::example();
-        cfg.overrides.allowed_profiles =
+        cfg.session.allowed_profile_arns =
             vec!["arn:aws:rolesanywhere:eu-west-1:123456789012:profile/team-*".into()];
         cfg
     }
@@ -791,10 +817,8 @@ pub(crate) mod tests {
 
     #[test]
     fn plain_container_mode_leaves_init_containers_alone() {
-        let cfg = InjectConfig {
-            native_sidecar: false,
-            ..cfg()
-        };
+        let mut cfg = cfg();
+        cfg.sidecar.native = false;
         let Decision::Patch { ops, .. } = run(&pod(), &allowed(), &sa(), &cfg) else {
             panic!()
         };
@@ -1045,10 +1069,8 @@ pub(crate) mod tests {
             json!({"metadata": 1, "spec": {"containers": [{"name": "a"}]}}),
         ] {
             for native_sidecar in [true, false] {
-                let cfg = InjectConfig {
-                    native_sidecar,
-                    ..cfg()
-                };
+                let mut cfg = cfg();
+                cfg.sidecar.native = native_sidecar;
                 assert!(
                     matches!(run(&broken, &allowed(), &sa(), &cfg), Decision::Skip(_)),
                     "{broken}"

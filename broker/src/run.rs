@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 use tokio::sync::oneshot;
 
 use crate::certapi::CertApi;
-use crate::inject::InjectConfig;
+use crate::inject::{BrokerAccess, InjectConfig, SidecarResources, SidecarSpec};
 use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::tls::{RotatingCert, service_names};
@@ -435,26 +435,29 @@ async fn keep_bundles(
 
 /// What the webhook injects, from the flags.
 fn inject_config(args: &RunArgs, serving_pem: &str) -> InjectConfig {
+    let url = args.broker_url.clone();
     InjectConfig {
-        image: args.sidecar_image.clone(),
-        image_pull_policy: args.sidecar_image_pull_policy.clone(),
-        cpu_request: args.sidecar_cpu_request.clone(),
-        memory_request: args.sidecar_memory_request.clone(),
-        memory_limit: args.sidecar_memory_limit.clone(),
-        region: args.session.region.clone(),
-        profile_arn: args.session.profile_arn.clone(),
-        trust_anchor_arn: args.session.trust_anchor_arn.clone(),
-        broker_url: args
-            .broker_url
-            .clone()
-            .unwrap_or_else(|| format!("https://{}.{}.svc:443", args.service_name, args.namespace)),
-        ca_bundle_pem: serving_pem.to_string(),
-        native_sidecar: args.native_sidecar,
-        restrictions: args.namespace_restrictions,
-        sa_token_seconds: args.sa_token_seconds,
-        sidecar_uid: args.sidecar_uid,
+        sidecar: SidecarSpec {
+            image: args.sidecar_image.clone(),
+            image_pull_policy: args.sidecar_image_pull_policy.clone(),
+            resources: SidecarResources {
+                cpu_request: args.sidecar_cpu_request.clone(),
+                memory_request: args.sidecar_memory_request.clone(),
+                memory_limit: args.sidecar_memory_limit.clone(),
+            },
+            native: args.native_sidecar,
+            uid: args.sidecar_uid,
+        },
+        session: args.session.clone(),
         session_name: args.session_name.clone(),
-        overrides: args.session.overrides(),
+        broker: BrokerAccess {
+            url: url.unwrap_or_else(|| {
+                format!("https://{}.{}.svc:443", args.service_name, args.namespace)
+            }),
+            ca_bundle_pem: serving_pem.to_string(),
+            token_seconds: args.sa_token_seconds,
+        },
+        restrictions: args.namespace_restrictions,
     }
 }
 

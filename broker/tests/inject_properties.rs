@@ -16,11 +16,12 @@ use serde_json::{Map, Value, json};
 const ROLE: &str = "arn:aws:iam::123456789012:role/app";
 
 fn config(native_sidecar: bool) -> InjectConfig {
-    InjectConfig {
-        native_sidecar,
+    let mut config = InjectConfig {
         session_name: "pod".into(),
         ..InjectConfig::example()
-    }
+    };
+    config.sidecar.native = native_sidecar;
+    config
 }
 
 /// Env var names, including the ones the webhook sets.

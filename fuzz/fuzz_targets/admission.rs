@@ -20,12 +20,13 @@ use serde_json::Value;
 const ROLE: &str = "arn:aws:iam::123456789012:role/app";
 
 fn config(native: bool, restrictions: bool) -> InjectConfig {
-    InjectConfig {
-        native_sidecar: native,
+    let mut config = InjectConfig {
         restrictions,
         session_name: if native { "pod" } else { "serial" }.into(),
         ..InjectConfig::example()
-    }
+    };
+    config.sidecar.native = native;
+    config
 }
 
 /// (name, value-or-source) pairs of every env var and names of every volume.

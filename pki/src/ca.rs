@@ -97,9 +97,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority")
-            .field("subject", &self.info.subject)
-            .field("not_after", &self.info.not_after)
+        self.info
+            .debug_as(f, "CertificateAuthority")
             .field("key", &"[redacted]")
             .finish()
     }

@@ -65,6 +65,21 @@ pub struct CertificateInfo {
 }
 
 impl CertificateInfo {
+    /// A `Debug` of `name` that starts with the certificate's subject,
+    /// serial and end of validity; the caller adds its own fields (never a
+    /// key) and finishes it.
+    pub(crate) fn debug_as<'a, 'b>(
+        &self,
+        f: &'a mut std::fmt::Formatter<'b>,
+        name: &str,
+    ) -> std::fmt::DebugStruct<'a, 'b> {
+        let mut d = f.debug_struct(name);
+        d.field("subject", &self.subject)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after);
+        d
+    }
+
     /// Reads a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
         let (rest, cert) =

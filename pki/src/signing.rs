@@ -50,10 +50,8 @@ pub struct X509Signer {
 
 impl std::fmt::Debug for X509Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("X509Signer")
-            .field("subject", &self.info.subject)
-            .field("serial", &self.info.serial)
-            .field("not_after", &self.info.not_after)
+        self.info
+            .debug_as(f, "X509Signer")
             .field("chain_len", &self.chain_der.len())
             .field("key", &self.key)
             .finish()

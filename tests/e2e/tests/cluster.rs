@@ -82,6 +82,19 @@ async fn team(server: &ApiServer) -> (kube::Client, String) {
     (admin, ns)
 }
 
+/// Where most tests start: the deployed API server, the shared broker, an
+/// admin client and a [`team`] namespace.
+async fn setup() -> (
+    &'static ApiServer,
+    &'static SharedBroker,
+    kube::Client,
+    String,
+) {
+    let server = deployed().await;
+    let (admin, ns) = team(server).await;
+    (server, broker().await, admin, ns)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_manifests_and_examples_are_accepted_by_the_real_api_server() {
     // A server of its own: the overlay re-applies the base with other settings.
@@ -426,9 +439,7 @@ fn kubelet_env(container: &Value, name: &str) -> Value {
 /// spec (its env expanded as the kubelet would) names its sessions after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_named_after_the_pod_when_the_service_account_asks() {
-    let server = deployed().await;
-    let broker = broker().await;
-    let (admin, ns) = team(server).await;
+    let (server, broker, admin, ns) = setup().await;
     let annotations = json!({"attache.dev/role-arn": ROLE, "attache.dev/session-name": "pod"});
     service_account(&admin, &ns, "named", annotations).await;
     let (uid, stored) = create_pod(&admin, &ns, &pod("batch-7", "named")).await;
@@ -470,9 +481,7 @@ async fn sessions_are_named_after_the_pod_when_the_service_account_asks() {
 /// container provider) gets the role through the sidecar run from that spec.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_annotated_for_imds_serves_clients_that_speak_only_imds() {
-    let server = deployed().await;
-    let broker = broker().await;
-    let (admin, ns) = team(server).await;
+    let (server, broker, admin, ns) = setup().await;
     let mut legacy = pod("legacy", "app");
     legacy.metadata.annotations = Some([("attache.dev/imds".into(), "true".into())].into());
     let (uid, stored) = create_pod(&admin, &ns, &legacy).await;
@@ -520,9 +529,7 @@ async fn a_pod_annotated_for_imds_serves_clients_that_speak_only_imds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
-    let server = deployed().await;
-    let broker = broker().await;
-    let (admin, ns) = team(server).await;
+    let (server, broker, admin, ns) = setup().await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     let created = pods
         .create(&PostParams::default(), &pod("web", "app"))
@@ -630,9 +637,7 @@ async fn a_sidecar_with_a_pod_bound_token_serves_the_role_to_every_sdk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_api_authenticates_authorizes_and_checks_the_csr() {
-    let server = deployed().await;
-    let broker = broker().await;
-    let (admin, ns) = team(server).await;
+    let (server, broker, admin, ns) = setup().await;
     let csr = fresh_csr;
     let post = |token: Option<String>, csr: String| {
         let http = broker.http();

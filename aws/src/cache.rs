@@ -201,15 +201,16 @@ impl<S: CredentialSource> CredentialSource for Arc<S> {
 pub struct Held {
     /// The credentials.
     pub credentials: Arc<Credentials>,
-    /// `GET /v1/credentials` body; zeroed on drop.
-    pub container_json: zeroize::Zeroizing<Vec<u8>>,
+    /// `GET /v1/credentials` body, shared by every response that carries
+    /// it (no copy per request); zeroed when the last of them drops.
+    pub container_json: bytes::Bytes,
 }
 
 impl Held {
     fn new(credentials: Credentials) -> Held {
-        let container_json = zeroize::Zeroizing::new(
+        let container_json = bytes::Bytes::from_owner(zeroize::Zeroizing::new(
             serde_json::to_vec(&credentials.container_json()).unwrap_or_default(),
-        );
+        ));
         Held {
             credentials: Arc::new(credentials),
             container_json,

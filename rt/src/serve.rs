@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -285,45 +286,84 @@ enum Phase {
     Idle(Instant),
     /// The first bytes of a request arrived then; its headers are not all in.
     Headers(Instant),
-    /// This many requests are being answered (bounded by the router's own
-    /// request timeout, not here).
-    Busy(usize),
+    /// Requests are being answered (bounded by the router's own request
+    /// timeout, not here); the word holds how many.
+    Busy,
 }
 
 /// A connection's [`Phase`], shared by its reader ([`Watched`]), its service
 /// ([`Tracked`]) and the task that closes it when a deadline passes.
+///
+/// Packed in one atomic word, since it changes on every request: the top two
+/// bits say which phase, the rest hold the busy count or when the phase
+/// started (nanoseconds since the connection opened). All three users run in
+/// the connection's own task, so the word is never contended.
 #[derive(Clone)]
-struct Activity(Arc<Mutex<Phase>>);
+struct Activity(Arc<Packed>);
+
+struct Packed {
+    opened: Instant,
+    word: AtomicU64,
+}
+
+const PHASE_BITS: u64 = 0b11 << 62;
+const IDLE: u64 = 0;
+const HEADERS: u64 = 0b01 << 62;
+const BUSY: u64 = 0b10 << 62;
 
 impl Activity {
     /// A new connection owes its first request's headers at once: clients
     /// open a connection to send a request.
     fn new() -> Self {
-        Activity(Arc::new(Mutex::new(Phase::Headers(Instant::now()))))
+        Activity(Arc::new(Packed {
+            opened: Instant::now(),
+            word: AtomicU64::new(HEADERS),
+        }))
     }
 
-    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *phase = change(*phase);
+    /// `phase` starting now.
+    fn starting_now(&self, phase: u64) -> u64 {
+        let nanos = Instant::now()
+            .saturating_duration_since(self.0.opened)
+            .as_nanos();
+        phase | (u64::try_from(nanos).unwrap_or(u64::MAX) & !PHASE_BITS)
+    }
+
+    fn update(&self, change: impl Fn(u64) -> u64) {
+        let _ = self
+            .0
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(change(w)));
     }
 
     fn phase(&self) -> Phase {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        let word = self.0.word.load(Ordering::Relaxed);
+        let value = word & !PHASE_BITS;
+        let since = self.0.opened + Duration::from_nanos(value);
+        match word & PHASE_BITS {
+            IDLE => Phase::Idle(since),
+            HEADERS => Phase::Headers(since),
+            _ => Phase::Busy,
+        }
     }
 
     /// Bytes arrived: on an idle connection they start a request's headers.
     fn bytes_read(&self) {
-        self.update(|p| match p {
-            Phase::Idle(_) => Phase::Headers(Instant::now()),
-            other => other,
-        });
+        let word = self.0.word.load(Ordering::Relaxed);
+        if word & PHASE_BITS == IDLE {
+            let headers = self.starting_now(HEADERS);
+            let _ =
+                self.0
+                    .word
+                    .compare_exchange(word, headers, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// A request's headers are in and it is being answered until the guard drops.
     fn request_started(&self) -> BusyGuard {
-        self.update(|p| match p {
-            Phase::Busy(n) => Phase::Busy(n + 1),
-            _ => Phase::Busy(1),
+        self.update(|w| match w & PHASE_BITS {
+            BUSY => w + 1,
+            _ => BUSY | 1,
         });
         BusyGuard(self.clone())
     }
@@ -332,7 +372,7 @@ impl Activity {
         match self.phase() {
             Phase::Idle(since) => Some(since + IDLE_TIMEOUT),
             Phase::Headers(since) => Some(since + HEADER_READ_TIMEOUT),
-            Phase::Busy(_) => None,
+            Phase::Busy => None,
         }
     }
 
@@ -353,9 +393,13 @@ struct BusyGuard(Activity);
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.0.update(|p| match p {
-            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-            _ => Phase::Idle(Instant::now()),
+        let idle = self.0.starting_now(IDLE);
+        self.0.update(|w| {
+            if w & PHASE_BITS == BUSY && w & !PHASE_BITS > 1 {
+                w - 1
+            } else {
+                idle
+            }
         });
     }
 }
@@ -421,24 +465,41 @@ struct Tracked<S> {
 impl<S, R> tower::Service<R> for Tracked<S>
 where
     S: tower::Service<R>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let busy = self.activity.request_started();
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answered = answer.await;
-            drop(busy);
-            answered
-        })
+        let busy = Some(self.activity.request_started());
+        TrackedFuture {
+            answer: self.inner.call(request),
+            busy,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer; the connection is busy until it is ready.
+    struct TrackedFuture<F> {
+        #[pin]
+        answer: F,
+        busy: Option<BusyGuard>,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let answered = std::task::ready!(this.answer.poll(cx));
+        this.busy.take();
+        Poll::Ready(answered)
     }
 }
 

@@ -4,6 +4,9 @@
 //! - `/v1/credentials` throughput (8 keep-alive connections) and latency
 //!   (1 connection, closed loop) of the real `attache-sidecar serve` process,
 //!   next to a bare hyper "hello" server process on loopback (the ceiling).
+//! - The CPU each server process spends per request (its user + system time
+//!   over a load round, divided by the requests it answered): the cost of
+//!   the sidecar's own work, free of the load generator sharing the cores.
 //! - The sidecar's resident memory at steady state (VmRSS / VmHWM).
 //! - Start-to-ready time of the sidecar process against the AWS emulator,
 //!   with the sidecar's own breakdown of it (runtime, logging, TLS client and
@@ -89,6 +92,12 @@ fn main() {
         (hello.addr, hello_get),
         (hello_big.addr, hello_get),
     ]);
+    let cpu = [
+        (sidecar.child.id(), addr, creds),
+        (hello.child.id(), hello.addr, hello_get),
+        (hello_big.child.id(), hello_big.addr, hello_get),
+    ]
+    .map(|(pid, addr, fetch)| cpu_per_request(pid, addr, fetch));
     let sc_lat = latencies(addr, LATENCY_REQUESTS, creds);
     let hello_lat = latencies(hello.addr, LATENCY_REQUESTS, hello_get);
     let pid = sidecar.child.id();
@@ -111,6 +120,13 @@ fn main() {
     println!(
         "    vs hello server ({reply_len} B body, as long as the credentials reply): {big_rps:.0} req/s   ratio {:.2}",
         sc_rps / big_rps
+    );
+    println!(
+        "  server CPU per request (user + system, least of {ROUNDS} rounds): sidecar {:.1} us, hello {:.1} us ({:.1} us with the {reply_len} B body)   sidecar / hello {:.2}",
+        cpu[0],
+        cpu[1],
+        cpu[2],
+        cpu[0] / cpu[2],
     );
     println!(
         "  latency, 1 connection:  p50 {:>6.1} us  p99 {:>6.1} us   hello server: p50 {:>6.1} us  p99 {:>6.1} us   (target p99 < 200 us)",
@@ -149,6 +165,36 @@ fn main() {
         signing.1,
         signing.0 / signing.1
     );
+}
+
+/// Microseconds of CPU (user + system) process `pid` spends per request
+/// answered on [`CONNECTIONS`] connections, least of [`ROUNDS`] rounds.
+fn cpu_per_request(pid: u32, addr: SocketAddr, fetch: Fetch) -> f64 {
+    let round = Duration::from_secs(THROUGHPUT_SECS);
+    (0..ROUNDS)
+        .map(|_| {
+            let before = cpu_seconds(pid);
+            let served = load(addr, CONNECTIONS, round, fetch) * round.as_secs_f64();
+            (cpu_seconds(pid) - before) / served * 1e6
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// User + system time of process `pid` so far, in seconds (`/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
 }
 
 /// `attache-sidecar serve` logging JSON, with its start-up breakdown, to

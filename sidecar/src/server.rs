@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use subtle::ConstantTimeEq as _;
+use prometheus_client::metrics::counter::Counter;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -22,8 +22,6 @@ use attache_aws::credentials::rfc3339;
 
 /// Largest request body accepted (no endpoint takes a body).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Requests handled at once; more wait.
-pub const MAX_CONCURRENT: usize = 512;
 /// At most this many IMDSv2 session tokens are remembered.
 const MAX_IMDS_TOKENS: usize = 1024;
 
@@ -89,7 +87,14 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 /// router, no boxed futures) and the layers around it stay the only cost.
 #[derive(Clone)]
 pub struct Endpoint {
-    state: Arc<EndpointState>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: EndpointState,
+    /// The series of `GET /v1/credentials` answered 200, looked up once:
+    /// it counts nearly every request.
+    credentials_served: Counter,
 }
 
 impl<B> tower::Service<Request<B>> for Endpoint {
@@ -103,14 +108,21 @@ impl<B> tower::Service<Request<B>> for Endpoint {
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (route, resp) = self.dispatch(req.method(), req.uri().path(), req.headers());
-        self.state
-            .metrics
-            .requests
-            .get_or_create(&RequestLabel {
+        let status = resp.status().as_u16();
+        if route == CREDENTIALS_PATH && status == 200 {
+            self.shared.credentials_served.inc();
+        } else {
+            let label = RequestLabel {
                 path: route,
-                status: resp.status().as_u16(),
-            })
-            .inc();
+                status,
+            };
+            self.shared
+                .state
+                .metrics
+                .requests
+                .get_or_create(&label)
+                .inc();
+        }
         std::future::ready(Ok(resp))
     }
 }
@@ -121,6 +133,19 @@ type Handler = fn(&EndpointState, &HeaderMap, &str) -> Response;
 const IMDS_ROLES: &str = "/latest/meta-data/iam/security-credentials/";
 
 impl Endpoint {
+    fn new(state: EndpointState) -> Endpoint {
+        let credentials_served = state.metrics.requests.get_or_create_owned(&RequestLabel {
+            path: CREDENTIALS_PATH,
+            status: 200,
+        });
+        Endpoint {
+            shared: Arc::new(Shared {
+                state,
+                credentials_served,
+            }),
+        }
+    }
+
     /// Routes one request; returns the route label for metrics and the answer.
     fn dispatch(
         &self,
@@ -128,7 +153,7 @@ impl Endpoint {
         path: &str,
         headers: &HeaderMap,
     ) -> (&'static str, Response) {
-        let s = &*self.state;
+        let s = &self.shared.state;
         let imds = s.imds.is_some();
         let (route, allowed, handler): (&'static str, &'static str, Handler) = match path {
             CREDENTIALS_PATH => (CREDENTIALS_PATH, "GET", credentials),
@@ -171,31 +196,24 @@ impl Endpoint {
     }
 }
 
-/// The endpoint service with its body-size and concurrency limits; slow
-/// clients are cut off by the listener's header-read timeout
-/// ([`attache_rt::serve::serve`]).
-pub fn service(
-    state: EndpointState,
-) -> tower::limit::ConcurrencyLimit<tower_http::limit::RequestBodyLimit<Endpoint>> {
-    tower::ServiceBuilder::new()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            MAX_CONCURRENT,
-        ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
-        .service(Endpoint {
-            state: Arc::new(state),
-        })
+/// The endpoint service with its body-size limit; slow clients are cut off
+/// by the listener's header-read timeout ([`attache_rt::serve::serve`]).
+///
+/// No concurrency limit: every answer is computed inside `call` without
+/// waiting, so no more requests are ever in flight than the runtime has
+/// worker threads (a limit of 512 never bound, and cost a shared semaphore
+/// per request).
+pub fn service(state: EndpointState) -> tower_http::limit::RequestBodyLimit<Endpoint> {
+    tower_http::limit::RequestBodyLimit::new(Endpoint::new(state), MAX_BODY_BYTES)
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers.get(header::AUTHORIZATION) else {
         return false;
     };
-    let given = given.as_bytes();
-    // Lengths are not secret (the token's length is fixed); contents compare in constant time.
-    given.len() == token.len() && bool::from(given.ct_eq(token.as_bytes()))
+    // Lengths are not secret (the token's length is fixed); contents compare
+    // in constant time.
+    aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), token.as_bytes()).is_ok()
 }
 
 fn credentials(s: &EndpointState, headers: &HeaderMap, _path: &str) -> Response {
@@ -208,11 +226,7 @@ fn credentials(s: &EndpointState, headers: &HeaderMap, _path: &str) -> Response 
     }
     match s.cache.current_held() {
         Some(h) => {
-            let mut r = respond(
-                StatusCode::OK,
-                "application/json",
-                h.container_json.to_vec(),
-            );
+            let mut r = respond(StatusCode::OK, "application/json", h.container_json.clone());
             r.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r

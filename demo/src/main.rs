@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use attache_emulator::client::{self, SessionCredentials};
+use attache_emulator::client::{self, SigningCredentials};
 use attache_emulator::{Emulator, EmulatorConfig};
 use attache_pki::{
     CaOptions, CertificateAuthority, KeyType, PrivateKey, VerifiedCsr, WorkloadIdentity,
@@ -212,7 +212,7 @@ async fn start_sidecar(
 async fn read_credentials(
     http: &reqwest::Client,
     endpoint: &Endpoint,
-) -> Result<SessionCredentials> {
+) -> Result<SigningCredentials> {
     let token = std::fs::read_to_string(&endpoint.token_file)?;
     let reply: serde_json::Value = http
         .get(format!("http://{}/v1/credentials", endpoint.listen))
@@ -222,10 +222,10 @@ async fn read_credentials(
         .error_for_status()?
         .json()
         .await?;
-    let creds = SessionCredentials {
+    let creds = SigningCredentials {
         access_key_id: str_field(&reply, "AccessKeyId")?,
-        secret_access_key: str_field(&reply, "SecretAccessKey")?,
-        session_token: str_field(&reply, "Token")?,
+        secret_access_key: str_field(&reply, "SecretAccessKey")?.into(),
+        session_token: Some(str_field(&reply, "Token")?.into()),
     };
     println!(
         "    AccessKeyId {}  Expiration {}  RoleArn {}",
@@ -241,7 +241,7 @@ async fn read_credentials(
 async fn show_pull_secret(
     http: &reqwest::Client,
     aws_endpoint: &str,
-    creds: &SessionCredentials,
+    creds: &SigningCredentials,
 ) -> Result<()> {
     let reply = client::get_authorization_token(http, aws_endpoint, REGION, creds).await?;
     let data = &reply["authorizationData"][0];

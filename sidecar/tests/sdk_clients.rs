@@ -488,10 +488,10 @@ async fn aws_config_child() {
         .provide_credentials()
         .await
         .expect("the default chain resolves credentials");
-    let session = attache_emulator::client::SessionCredentials {
+    let session = attache_emulator::client::SigningCredentials {
         access_key_id: creds.access_key_id().to_string(),
-        secret_access_key: creds.secret_access_key().to_string(),
-        session_token: creds.session_token().unwrap_or_default().to_string(),
+        secret_access_key: creds.secret_access_key().to_string().into(),
+        session_token: creds.session_token().map(|t| t.to_string().into()),
     };
     let endpoint = std::env::var("STS_ENDPOINT").unwrap();
     let arn = attache_emulator::client::get_caller_identity(

@@ -2,24 +2,9 @@
 //! signed with `attache_aws::sigv4` (the `aws-sigv4` crate, as the AWS SDKs
 //! sign): for the demo, and for tests that prove credentials work end to end.
 
-/// Temporary credentials to sign with.
-#[derive(Clone)]
-pub struct SessionCredentials {
-    /// `ASIA...`
-    pub access_key_id: String,
-    /// The secret key.
-    pub secret_access_key: String,
-    /// The session token (`X-Amz-Security-Token`).
-    pub session_token: String,
-}
-
-impl std::fmt::Debug for SessionCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
+/// Temporary credentials to sign with (attache-aws's: the same type the
+/// sidecar and broker sign their own calls with).
+pub use attache_aws::sigv4::SigningCredentials;
 
 /// What a call returned: the HTTP status and body.
 #[derive(Debug)]
@@ -36,16 +21,11 @@ pub async fn signed_post(
     base: &str,
     region: &str,
     service: &str,
-    creds: &SessionCredentials,
+    creds: &SigningCredentials,
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<Reply> {
     let url = format!("{}/", base.trim_end_matches('/'));
-    let signing = attache_aws::sigv4::SigningCredentials {
-        access_key_id: creds.access_key_id.clone(),
-        secret_access_key: creds.secret_access_key.clone().into(),
-        session_token: Some(creds.session_token.clone().into()),
-    };
     let signed = attache_aws::sigv4::sigv4_headers(
         "POST",
         &url,
@@ -53,7 +33,7 @@ pub async fn signed_post(
         body.as_bytes(),
         region,
         service,
-        &signing,
+        creds,
         std::time::SystemTime::now(),
     )
     .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
@@ -74,7 +54,7 @@ pub async fn get_caller_identity(
     http: &reqwest::Client,
     base: &str,
     region: &str,
-    creds: &SessionCredentials,
+    creds: &SigningCredentials,
 ) -> anyhow::Result<String> {
     let reply = signed_post(
         http,
@@ -108,7 +88,7 @@ pub async fn get_authorization_token(
     http: &reqwest::Client,
     base: &str,
     region: &str,
-    creds: &SessionCredentials,
+    creds: &SigningCredentials,
 ) -> anyhow::Result<serde_json::Value> {
     let reply = signed_post(
         http,

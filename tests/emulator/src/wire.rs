@@ -38,18 +38,20 @@ impl std::fmt::Debug for RawRequest {
 impl RawRequest {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.values(name).next()
     }
 
     /// How many times a header occurs.
     pub fn header_count(&self, name: &str) -> usize {
+        self.values(name).count()
+    }
+
+    /// Every value of a header, in order, by case-insensitive name.
+    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         self.headers
             .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .count()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use attache_emulator::client::{SessionCredentials, get_caller_identity};
+use attache_emulator::client::{SigningCredentials, get_caller_identity};
 use attache_emulator::{Emulator, EmulatorConfig, Operation};
 use attache_pki::{CertificateAuthority, IssuedCertificate, KeyType, PrivateKey};
 use common::{ACCOUNT, REGION, SPIFFE_URI as SPIFFE, ca_params, serial_hex, workload_leaf};
@@ -193,10 +193,10 @@ async fn assert_helper_gets_the_role(emu: &Emulator, files: &Files, cert: &Issue
     assert_eq!(s.access_key_id, access_key_id);
     assert_eq!(s.role_session_name, serial_hex(&cert.der));
 
-    let creds = SessionCredentials {
+    let creds = SigningCredentials {
         access_key_id: access_key_id.to_string(),
-        secret_access_key: doc["SecretAccessKey"].as_str().unwrap().to_string(),
-        session_token: doc["SessionToken"].as_str().unwrap().to_string(),
+        secret_access_key: doc["SecretAccessKey"].as_str().unwrap().to_string().into(),
+        session_token: Some(doc["SessionToken"].as_str().unwrap().to_string().into()),
     };
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let arn = get_caller_identity(&http, &emu.url(), REGION, &creds)

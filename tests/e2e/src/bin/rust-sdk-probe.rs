@@ -16,10 +16,10 @@ async fn main() -> Result<()> {
         .await
         .context("the default chain resolved no credentials")?;
     anyhow::ensure!(creds.expiry().is_some(), "the credentials carry no expiry");
-    let session = attache_emulator::client::SessionCredentials {
+    let session = attache_emulator::client::SigningCredentials {
         access_key_id: creds.access_key_id().to_string(),
-        secret_access_key: creds.secret_access_key().to_string(),
-        session_token: creds.session_token().unwrap_or_default().to_string(),
+        secret_access_key: creds.secret_access_key().to_string().into(),
+        session_token: creds.session_token().map(|t| t.to_string().into()),
     };
     let endpoint = std::env::var("STS_ENDPOINT").context("STS_ENDPOINT")?;
     let region = std::env::var("AWS_REGION").context("AWS_REGION")?;

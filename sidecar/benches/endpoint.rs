@@ -180,9 +180,12 @@ fn cpu_per_request(pid: u32, addr: SocketAddr, fetch: Fetch) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// User + system time of process `pid` so far, in seconds (`/proc/<pid>/stat`).
+/// User + system time of process `pid` so far, in seconds (`/proc/<pid>/stat`);
+/// NaN (printed as such) if it cannot be read.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th of the line.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

@@ -190,8 +190,10 @@ pub struct EcrContext {
 /// The running controller.
 pub struct EcrHandle {
     leading: watch::Receiver<bool>,
-    elector: leader::Elector,
+    // Dropped in this order: the supervisor (and with it every write) is
+    // aborted before the elector stops campaigning.
     supervisor: StoppableTask<()>,
+    elector: leader::Elector,
 }
 
 impl EcrHandle {

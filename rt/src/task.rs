@@ -12,13 +12,23 @@ use tokio::task::{JoinError, JoinHandle};
 /// asked for.
 pub type StopSignal = oneshot::Receiver<()>;
 
+/// A spawned task aborted when this handle is dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A task spawned on the current runtime. [`StoppableTask::stop`] fires its
 /// [`StopSignal`] and waits for it to return; dropping the handle aborts it,
 /// so a forgotten handle never leaves a loop running.
 #[derive(Debug)]
 pub struct StoppableTask<T> {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<T>>,
+    stop: oneshot::Sender<()>,
+    task: AbortOnDrop<T>,
 }
 
 impl<T: Send + 'static> StoppableTask<T> {
@@ -30,28 +40,17 @@ impl<T: Send + 'static> StoppableTask<T> {
     {
         let (stop, signal) = oneshot::channel();
         StoppableTask {
-            stop: Some(stop),
-            task: Some(tokio::spawn(body(signal))),
+            stop,
+            task: AbortOnDrop(tokio::spawn(body(signal))),
         }
     }
 
-    /// Asks the task to stop and waits for it; `Err` if it panicked.
-    pub async fn stop(mut self) -> Result<T, JoinError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await,
-            None => unreachable!("the task is taken only here and in drop"),
-        }
-    }
-}
-
-impl<T> Drop for StoppableTask<T> {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    /// Asks the task to stop and waits for it; `Err` if it panicked. If this
+    /// wait is itself dropped, the task is aborted.
+    pub async fn stop(self) -> Result<T, JoinError> {
+        let StoppableTask { stop, mut task } = self;
+        let _ = stop.send(());
+        (&mut task.0).await
     }
 }
 

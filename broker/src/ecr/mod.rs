@@ -50,7 +50,7 @@ use attache_aws::cache::RefreshPolicy;
 use attache_pki::CertificateAuthority;
 use attache_rt::clock::Clock;
 use attache_rt::parse::duration;
-use attache_rt::task::{StopSignal, StoppableTask};
+use attache_rt::task::{AbortOnDrop, StopSignal, StoppableTask};
 use clap::Args;
 use tokio::sync::watch;
 
@@ -340,14 +340,6 @@ impl Plan {
             ecr_endpoints: endpoints(&args.ecr_endpoint)?,
             identity: identity(args),
         })
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
